@@ -1,0 +1,162 @@
+//! Exactly-once effects for retried requests (the Raft dissertation's client sessions, §6.3).
+//!
+//! [`Deduped`] wraps a [`StateMachine`] and applies [`Envelope`]s. It remembers, per client,
+//! the outcomes of that client's recent requests. A duplicate request id is answered with the
+//! remembered outcome and not applied again. Everything here is deterministic: the table is
+//! part of the replicated state, is included in snapshots, and is trimmed by rules that depend
+//! only on the applied commands (never on time or local configuration).
+//!
+//! Trimming: per client, outcomes are kept for the `window` highest sequence numbers seen; a
+//! request older than that window whose outcome is gone is refused with
+//! [`Applied::Expired`] rather than applied twice. At most `clients_max` clients are
+//! remembered; the least recently active is forgotten first.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{Envelope, RequestId};
+use crate::state_machine::{Payload, SnapshotError, StateMachine};
+
+/// Default number of recent outcomes remembered per client.
+pub const WINDOW_DEFAULT: u64 = 4096;
+/// Default number of clients remembered.
+pub const CLIENTS_MAX_DEFAULT: usize = 1024;
+
+/// The result of applying an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied<O> {
+    /// Applied now, or a duplicate answered with the first outcome.
+    Output(O),
+    /// A duplicate too old for its outcome to be remembered: not applied again.
+    Expired,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound = "O: Payload")]
+struct ClientSession<O> {
+    last_active: u64,
+    seq_max: u64,
+    outcomes: BTreeMap<u64, O>,
+}
+
+/// A state machine wrapped with a deterministic duplicate-request table.
+#[derive(Debug)]
+pub struct Deduped<S: StateMachine> {
+    inner: S,
+    sessions: BTreeMap<u64, ClientSession<S::Output>>,
+    applied_count: u64,
+    window: u64,
+    clients_max: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "O: Payload")]
+struct DedupSnapshot<O> {
+    inner: Vec<u8>,
+    sessions: BTreeMap<u64, ClientSession<O>>,
+    applied_count: u64,
+}
+
+impl<S: StateMachine> Deduped<S> {
+    /// Wraps `inner` with the default limits.
+    pub fn new(inner: S) -> Self {
+        Self::with_limits(inner, WINDOW_DEFAULT, CLIENTS_MAX_DEFAULT)
+    }
+
+    /// Wraps `inner` with explicit limits (every replica must use the same ones).
+    pub fn with_limits(inner: S, window: u64, clients_max: usize) -> Self {
+        Self {
+            inner,
+            sessions: BTreeMap::new(),
+            applied_count: 0,
+            window: window.max(1),
+            clients_max: clients_max.max(1),
+        }
+    }
+
+    /// The wrapped state machine.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Number of envelopes applied (duplicates included).
+    pub fn applied_count(&self) -> u64 {
+        self.applied_count
+    }
+
+    /// Applies an envelope exactly once per request id.
+    pub fn apply(&mut self, envelope: Envelope<S::Command>) -> Applied<S::Output> {
+        self.applied_count += 1;
+        let RequestId { client, seq } = envelope.id;
+        let now = self.applied_count;
+        if let Some(session) = self.sessions.get_mut(&client) {
+            session.last_active = now;
+            if let Some(out) = session.outcomes.get(&seq) {
+                return Applied::Output(out.clone());
+            }
+            if seq.saturating_add(self.window) <= session.seq_max {
+                return Applied::Expired;
+            }
+        }
+        let output = self.inner.apply(envelope.command);
+        self.remember(client, seq, now, output.clone());
+        Applied::Output(output)
+    }
+
+    fn remember(&mut self, client: u64, seq: u64, now: u64, output: S::Output) {
+        if !self.sessions.contains_key(&client) && self.sessions.len() >= self.clients_max {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(id, s)| (s.last_active, **id))
+                .map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.sessions.remove(&id);
+            }
+        }
+        let window = self.window;
+        let session = self
+            .sessions
+            .entry(client)
+            .or_insert_with(|| ClientSession {
+                last_active: now,
+                seq_max: 0,
+                outcomes: BTreeMap::new(),
+            });
+        session.seq_max = session.seq_max.max(seq);
+        session.outcomes.insert(seq, output);
+        let floor = session.seq_max.saturating_sub(window);
+        while let Some((&lowest, _)) = session.outcomes.first_key_value() {
+            if lowest > floor {
+                break;
+            }
+            session.outcomes.remove(&lowest);
+        }
+    }
+
+    /// Answers a query from the wrapped state machine.
+    pub fn query(&self, query: &S::Query) -> S::Answer {
+        self.inner.query(query)
+    }
+
+    /// Serializes the wrapped state and the duplicate table.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let snap = DedupSnapshot {
+            inner: self.inner.snapshot(),
+            sessions: self.sessions.clone(),
+            applied_count: self.applied_count,
+        };
+        postcard::to_stdvec(&snap).unwrap_or_default()
+    }
+
+    /// Restores from [`Deduped::snapshot`] output.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let snap: DedupSnapshot<S::Output> =
+            postcard::from_bytes(bytes).map_err(|e| SnapshotError(e.to_string()))?;
+        self.inner.restore(&snap.inner)?;
+        self.sessions = snap.sessions;
+        self.applied_count = snap.applied_count;
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! Durable storage shared by the log implementations: a thin layer over `raft-engine`.
+//!
+//! raft-engine is TiKV's append-only log store for Raft groups: entries are appended in
+//! batches, a batch written with `sync = true` is fsync'd before `write` returns (one fsync
+//! covers every entry of the batch: group commit), old entries are dropped with `compact_to`,
+//! and small key-values (hard state, snapshots, applied index) live beside the entries.
+//! Entries are `raft::eraftpb::Entry` protobuf messages; implementations that are not Raft put
+//! their payload in `data` and a monotonically increasing `index`.
+
+use std::path::Path;
+
+use raft::eraftpb::Entry;
+use raft_engine::{Config, Engine, LogBatch, MessageExt, ReadableSize};
+
+use crate::log::LogError;
+
+/// Tells raft-engine how to find an entry's index.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryExt;
+
+impl MessageExt for EntryExt {
+    type Entry = Entry;
+    fn index(e: &Entry) -> u64 {
+        e.index
+    }
+}
+
+/// Opens (or creates) a raft-engine instance in `dir`.
+pub fn open_engine(dir: &Path) -> Result<Engine, LogError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| LogError::Storage(format!("create {}: {e}", dir.display())))?;
+    let cfg = Config {
+        dir: dir.to_string_lossy().into_owned(),
+        target_file_size: ReadableSize::mb(32),
+        purge_threshold: ReadableSize::mb(256),
+        ..Config::default()
+    };
+    Engine::open(cfg).map_err(storage_err)
+}
+
+/// Maps a raft-engine error to [`LogError::Storage`].
+pub fn storage_err(e: raft_engine::Error) -> LogError {
+    LogError::Storage(e.to_string())
+}
+
+/// Builds an entry holding `data` at `index`.
+pub fn entry(index: u64, term: u64, data: Vec<u8>) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = data.into();
+    e
+}
+
+/// Appends entries to `group` and writes them, fsync'd when `sync`.
+pub fn append(engine: &Engine, group: u64, entries: &[Entry], sync: bool) -> Result<(), LogError> {
+    let mut batch = LogBatch::with_capacity(entries.len());
+    batch
+        .add_entries::<EntryExt>(group, entries)
+        .map_err(storage_err)?;
+    engine.write(&mut batch, sync).map_err(storage_err)?;
+    Ok(())
+}
+
+/// Reads entries `[begin, end)` of `group`.
+pub fn read_entries(
+    engine: &Engine,
+    group: u64,
+    begin: u64,
+    end: u64,
+) -> Result<Vec<Entry>, LogError> {
+    let mut out = Vec::new();
+    if begin < end {
+        engine
+            .fetch_entries_to::<EntryExt>(group, begin, end, None, &mut out)
+            .map_err(storage_err)?;
+    }
+    Ok(out)
+}
