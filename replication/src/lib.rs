@@ -6,11 +6,15 @@
 //! * [`dedup`]: exactly-once effects for retried requests.
 //! * [`single`]: a single-node log (embedded use, tests, `market up --single`).
 //! * [`storage`]: raft-engine, the durable store under every log.
+//! * [`raft`]: the Raft log (raft-rs over raft-engine).
+//! * [`abcast`]: the rotating-sequencer atomic broadcast log.
 //! * [`conformance`]: the suite every implementation passes.
 
+pub mod abcast;
 pub mod conformance;
 pub mod dedup;
 pub mod log;
+pub mod raft;
 pub mod single;
 pub mod state_machine;
 pub mod storage;

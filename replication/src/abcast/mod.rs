@@ -1,0 +1,1 @@
+//! Rotating-sequencer atomic broadcast (in progress).
