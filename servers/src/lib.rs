@@ -1,1 +1,6 @@
-//! servers
+//! The marketplace's server processes: the seller and buyer HTTP servers (thin wrappers over
+//! `marketcore::Market`), the SOAP financial transactions service, and the `market` binary
+//! that runs them.
+
+pub mod http;
+pub mod payments;
