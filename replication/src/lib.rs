@@ -8,6 +8,7 @@
 //! * [`storage`]: raft-engine, the durable store under every log.
 //! * [`raft`]: the Raft log (raft-rs over raft-engine).
 //! * [`abcast`]: the rotating-sequencer atomic broadcast log.
+//! * [`remote`]: the RPC client and server that let frontends use a log in other processes.
 //! * [`conformance`]: the suite every implementation passes.
 
 pub mod abcast;
@@ -15,6 +16,7 @@ pub mod conformance;
 pub mod dedup;
 pub mod log;
 pub mod raft;
+pub mod remote;
 pub mod single;
 pub mod state_machine;
 pub mod storage;
