@@ -3,4 +3,6 @@
 //! that runs them.
 
 pub mod http;
+pub mod metrics;
 pub mod payments;
+pub mod router;
