@@ -8,6 +8,7 @@
 //! Every decision is drawn from one ChaCha stream, so `--seed` makes the sequence of
 //! approvals repeatable.
 
+pub mod client;
 pub mod soap;
 
 use std::sync::atomic::{AtomicU64, Ordering};
