@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use marketcore::clock::Clock;
 use marketcore::customer::CustomerConfig;
 use marketcore::password::PasswordParams;
 use marketcore::{EmbeddedMarket, EmbeddedOptions, MarketError};
@@ -24,7 +25,7 @@ use crate::payments::client::SoapPaymentClient;
 use crate::payments::{PaymentsConfig, PaymentsService};
 
 /// Settings of a one-process marketplace.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SingleOptions {
     /// Durable data directory; `None` keeps everything in memory.
     pub data_dir: Option<PathBuf>,
@@ -44,6 +45,9 @@ pub struct SingleOptions {
     pub password: PasswordParams,
     /// HTTP limits.
     pub limits: Limits,
+    /// The clock commands are stamped with; `None` is the system clock (tests pass a
+    /// `ManualClock` to expire sessions without waiting).
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 impl SingleOptions {
@@ -60,6 +64,7 @@ impl SingleOptions {
             session_idle: Duration::from_secs(300),
             password: PasswordParams::TESTING,
             limits: Limits::default(),
+            clock: None,
         }
     }
 }
@@ -134,6 +139,9 @@ pub async fn start(options: SingleOptions) -> Result<Running, StartError> {
         .map_err(|e| StartError::Payments(e.to_string()))?;
     let mut embedded = EmbeddedOptions::new(Arc::new(client));
     embedded.market.password = options.password;
+    if let Some(clock) = &options.clock {
+        embedded.clock = Arc::clone(clock);
+    }
     embedded.customer = CustomerConfig {
         session_idle_ms: options.session_idle.as_millis() as u64,
         ..CustomerConfig::default()

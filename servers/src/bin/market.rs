@@ -83,6 +83,7 @@ async fn up_single(args: UpArgs) -> Result<(), String> {
         session_idle: Duration::from_secs(args.session_idle_secs),
         password: marketcore::password::PasswordParams::PRODUCTION,
         limits: Limits::default(),
+        clock: None,
     };
     let running = single::start(options).await.map_err(|e| e.to_string())?;
     let file = serde_json::json!({
