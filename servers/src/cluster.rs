@@ -167,10 +167,14 @@ pub struct Cluster {
 impl Cluster {
     /// Reads and checks `path`; relative directories become relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self, ClusterError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ClusterError::Io { path: path.to_path_buf(), source })?;
-        let mut cluster: Cluster =
-            toml::from_str(&text).map_err(|e| ClusterError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cluster: Cluster = toml::from_str(&text).map_err(|e| ClusterError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         if cluster.data_dir.is_relative() {
             cluster.data_dir = base.join(&cluster.data_dir);
@@ -184,8 +188,12 @@ impl Cluster {
 
     /// Writes the cluster as TOML.
     pub fn save(&self, path: &Path) -> Result<(), ClusterError> {
-        let text = toml::to_string_pretty(self).map_err(|e| ClusterError::Invalid(e.to_string()))?;
-        std::fs::write(path, text).map_err(|source| ClusterError::Io { path: path.to_path_buf(), source })
+        let text =
+            toml::to_string_pretty(self).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        std::fs::write(path, text).map_err(|source| ClusterError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Checks ids are unique and dense and addresses are not reused.
@@ -194,12 +202,17 @@ impl Cluster {
             let ids: Vec<u64> = ids.collect();
             let set: BTreeSet<u64> = ids.iter().copied().collect();
             if set.len() != ids.len() || set.iter().copied().ne(0..ids.len() as u64) {
-                return Err(ClusterError::Invalid(format!("{what} ids must be 0..{} without gaps or repeats", ids.len())));
+                return Err(ClusterError::Invalid(format!(
+                    "{what} ids must be 0..{} without gaps or repeats",
+                    ids.len()
+                )));
             }
             Ok(())
         }
         if self.customer_db.is_empty() || self.product_db.is_empty() {
-            return Err(ClusterError::Invalid("both databases need at least one replica".into()));
+            return Err(ClusterError::Invalid(
+                "both databases need at least one replica".into(),
+            ));
         }
         dense(self.customer_db.iter().map(|r| r.id), "customer_db")?;
         dense(self.product_db.iter().map(|r| r.id), "product_db")?;
@@ -217,7 +230,9 @@ impl Cluster {
             }
         }
         if !(0.0..=1.0).contains(&self.payments.approve_rate) {
-            return Err(ClusterError::Invalid("payments.approve_rate must be within 0..1".into()));
+            return Err(ClusterError::Invalid(
+                "payments.approve_rate must be within 0..1".into(),
+            ));
         }
         Ok(())
     }
@@ -230,11 +245,37 @@ impl Cluster {
             certs_dir: data_dir.join("certs"),
             data_dir,
             session_idle_secs: 300,
-            payments: PaymentsSection { listen: at(0), approve_rate: 0.9, seed: None },
-            seller: (0..4).map(|i| Frontend { id: i, listen: at(10 + i as u16) }).collect(),
-            buyer: (0..4).map(|i| Frontend { id: i, listen: at(20 + i as u16) }).collect(),
-            customer_db: (0..5).map(|i| DbReplica { id: i, peer: at(30 + i as u16), client: at(40 + i as u16) }).collect(),
-            product_db: (0..5).map(|i| DbReplica { id: i, peer: at(50 + i as u16), client: at(60 + i as u16) }).collect(),
+            payments: PaymentsSection {
+                listen: at(0),
+                approve_rate: 0.9,
+                seed: None,
+            },
+            seller: (0..4)
+                .map(|i| Frontend {
+                    id: i,
+                    listen: at(10 + i as u16),
+                })
+                .collect(),
+            buyer: (0..4)
+                .map(|i| Frontend {
+                    id: i,
+                    listen: at(20 + i as u16),
+                })
+                .collect(),
+            customer_db: (0..5)
+                .map(|i| DbReplica {
+                    id: i,
+                    peer: at(30 + i as u16),
+                    client: at(40 + i as u16),
+                })
+                .collect(),
+            product_db: (0..5)
+                .map(|i| DbReplica {
+                    id: i,
+                    peer: at(50 + i as u16),
+                    client: at(60 + i as u16),
+                })
+                .collect(),
         }
     }
 
@@ -246,10 +287,26 @@ impl Cluster {
     /// Every certificate name the cluster needs.
     pub fn cert_names(&self) -> Vec<String> {
         let mut names = Vec::new();
-        names.extend(self.customer_db.iter().map(|r| Self::cert_name(RoleKind::CustomerDb, r.id)));
-        names.extend(self.product_db.iter().map(|r| Self::cert_name(RoleKind::ProductDb, r.id)));
-        names.extend(self.seller.iter().map(|r| Self::cert_name(RoleKind::Seller, r.id)));
-        names.extend(self.buyer.iter().map(|r| Self::cert_name(RoleKind::Buyer, r.id)));
+        names.extend(
+            self.customer_db
+                .iter()
+                .map(|r| Self::cert_name(RoleKind::CustomerDb, r.id)),
+        );
+        names.extend(
+            self.product_db
+                .iter()
+                .map(|r| Self::cert_name(RoleKind::ProductDb, r.id)),
+        );
+        names.extend(
+            self.seller
+                .iter()
+                .map(|r| Self::cert_name(RoleKind::Seller, r.id)),
+        );
+        names.extend(
+            self.buyer
+                .iter()
+                .map(|r| Self::cert_name(RoleKind::Buyer, r.id)),
+        );
         names.push(Self::cert_name(RoleKind::Admin, 0));
         names
     }
@@ -303,7 +360,13 @@ mod tests {
         c.buyer[0].listen = c.seller[0].listen;
         assert!(matches!(c.check(), Err(ClusterError::Invalid(_))));
         std::fs::write(&path, "data_dir = 3").expect("write");
-        assert!(matches!(Cluster::load(&path), Err(ClusterError::Parse { .. })));
-        assert!(matches!(Cluster::load(&dir.path().join("missing.toml")), Err(ClusterError::Io { .. })));
+        assert!(matches!(
+            Cluster::load(&path),
+            Err(ClusterError::Parse { .. })
+        ));
+        assert!(matches!(
+            Cluster::load(&dir.path().join("missing.toml")),
+            Err(ClusterError::Io { .. })
+        ));
     }
 }

@@ -64,7 +64,8 @@ pub trait Handler: Send + Sync + 'static {
     /// The response sent when a request exceeds its time limit.
     fn timeout_response(&self) -> Response<Body> {
         let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, "request timed out\n");
-        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         resp
     }
 }
@@ -148,16 +149,26 @@ pub enum BodyError {
 pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(BodyError::TooLarge(limit))
+        }
         Err(e) => Err(BodyError::Io(e.to_string())),
     }
 }
 
 /// A response with a body and a content type.
-pub fn with_body(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub fn with_body(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
@@ -170,7 +181,10 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(bytes) => with_body(status, "application/json", bytes),
-        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "response encoding failed\n"),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "response encoding failed\n",
+        ),
     }
 }
 

@@ -3,6 +3,7 @@
 //! that runs them.
 
 pub mod cluster;
+pub mod deploy;
 pub mod frontend;
 pub mod http;
 pub mod metrics;

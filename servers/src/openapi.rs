@@ -16,10 +16,19 @@ fn problem_responses(codes: &[u16]) -> Value {
     Value::Object(map)
 }
 
-fn op(summary: &str, ok: u16, ok_schema: Option<&str>, body: Option<&str>, errors: &[u16], auth: bool) -> Value {
+fn op(
+    summary: &str,
+    ok: u16,
+    ok_schema: Option<&str>,
+    body: Option<&str>,
+    errors: &[u16],
+    auth: bool,
+) -> Value {
     let mut responses = problem_responses(errors);
     let ok_resp = match ok_schema {
-        Some(s) => json!({"description": "success", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{s}")}}}}),
+        Some(s) => {
+            json!({"description": "success", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{s}")}}}})
+        }
         None => json!({"description": "success, no body"}),
     };
     if let Value::Object(m) = &mut responses {
@@ -32,7 +41,8 @@ fn op(summary: &str, ok: u16, ok_schema: Option<&str>, body: Option<&str>, error
     if auth {
         o["security"] = json!([{"bearer": []}]);
     }
-    if body.is_some() || ok == 204 || summary.starts_with("remove") || summary.starts_with("logout") {
+    if body.is_some() || ok == 204 || summary.starts_with("remove") || summary.starts_with("logout")
+    {
         o["parameters"] = json!([{"$ref": "#/components/parameters/IdempotencyKey"}]);
     }
     o
@@ -43,7 +53,10 @@ fn id_param(name: &str, desc: &str) -> Value {
 }
 
 fn with_params(mut o: Value, extra: Vec<Value>) -> Value {
-    let mut params = o.get("parameters").and_then(|p| p.as_array().cloned()).unwrap_or_default();
+    let mut params = o
+        .get("parameters")
+        .and_then(|p| p.as_array().cloned())
+        .unwrap_or_default();
     params.extend(extra);
     o["parameters"] = Value::Array(params);
     o
@@ -53,7 +66,8 @@ fn with_params(mut o: Value, extra: Vec<Value>) -> Value {
 pub fn document() -> Value {
     let string = |min: u32, max: u32| json!({"type": "string", "minLength": min, "maxLength": max});
     let int = |min: i64, max: i64| json!({"type": "integer", "minimum": min, "maximum": max});
-    let quantity_param = json!({"name": "quantity", "in": "query", "required": false, "schema": int(1, 1_000_000)});
+    let quantity_param =
+        json!({"name": "quantity", "in": "query", "required": false, "schema": int(1, 1_000_000)});
     json!({
         "openapi": "3.1.0",
         "info": {

@@ -19,7 +19,11 @@ pub struct Route {
 impl Route {
     /// Shorthand constructor.
     pub const fn new(method: Method, template: &'static str, name: &'static str) -> Self {
-        Self { method, template, name }
+        Self {
+            method,
+            template,
+            name,
+        }
     }
 }
 
@@ -67,7 +71,10 @@ pub fn route<'p>(table: &[Route], method: &Method, path: &'p str) -> Matched<'p>
     for r in table {
         if let Some(params) = match_template(r.template, path) {
             if r.method == *method {
-                return Matched::Found { name: r.name, params };
+                return Matched::Found {
+                    name: r.name,
+                    params,
+                };
             }
             allow.push(r.method.clone());
         }
@@ -82,7 +89,9 @@ pub fn route<'p>(table: &[Route], method: &Method, path: &'p str) -> Matched<'p>
 /// Parses a query string into decoded `(key, value)` pairs (`+` is a space, `%XX` decoded);
 /// malformed escapes are an error naming the key.
 pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
-    let Some(q) = query else { return Ok(Vec::new()) };
+    let Some(q) = query else {
+        return Ok(Vec::new());
+    };
     let mut out = Vec::new();
     for part in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -126,26 +135,54 @@ mod tests {
     const TABLE: [Route; 3] = [
         Route::new(Method::GET, "/v1/items", "search_items"),
         Route::new(Method::GET, "/v1/items/{id}", "get_item"),
-        Route::new(Method::PUT, "/v1/sellers/me/items/{id}/price", "change_price"),
+        Route::new(
+            Method::PUT,
+            "/v1/sellers/me/items/{id}/price",
+            "change_price",
+        ),
     ];
 
     #[test]
     fn matches_params_and_methods() {
-        assert_eq!(route(&TABLE, &Method::GET, "/v1/items"), Matched::Found { name: "search_items", params: vec![] });
-        assert_eq!(route(&TABLE, &Method::GET, "/v1/items/3-17"), Matched::Found { name: "get_item", params: vec!["3-17"] });
+        assert_eq!(
+            route(&TABLE, &Method::GET, "/v1/items"),
+            Matched::Found {
+                name: "search_items",
+                params: vec![]
+            }
+        );
+        assert_eq!(
+            route(&TABLE, &Method::GET, "/v1/items/3-17"),
+            Matched::Found {
+                name: "get_item",
+                params: vec!["3-17"]
+            }
+        );
         assert_eq!(
             route(&TABLE, &Method::PUT, "/v1/sellers/me/items/1-2/price"),
-            Matched::Found { name: "change_price", params: vec!["1-2"] }
+            Matched::Found {
+                name: "change_price",
+                params: vec!["1-2"]
+            }
         );
-        assert_eq!(route(&TABLE, &Method::POST, "/v1/items/3"), Matched::MethodNotAllowed { allow: vec![Method::GET] });
+        assert_eq!(
+            route(&TABLE, &Method::POST, "/v1/items/3"),
+            Matched::MethodNotAllowed {
+                allow: vec![Method::GET]
+            }
+        );
         assert_eq!(route(&TABLE, &Method::GET, "/v1/items/"), Matched::NotFound);
-        assert_eq!(route(&TABLE, &Method::GET, "/v1/items/3/extra"), Matched::NotFound);
+        assert_eq!(
+            route(&TABLE, &Method::GET, "/v1/items/3/extra"),
+            Matched::NotFound
+        );
         assert_eq!(route(&TABLE, &Method::GET, "/nope"), Matched::NotFound);
     }
 
     #[test]
     fn decodes_queries() {
-        let q = query_pairs(Some("category=3&keyword=desk&keyword=L%45D&limit=5&x=a+b")).expect("parse");
+        let q = query_pairs(Some("category=3&keyword=desk&keyword=L%45D&limit=5&x=a+b"))
+            .expect("parse");
         assert_eq!(q[2], ("keyword".to_string(), "LED".to_string()));
         assert_eq!(q[4], ("x".to_string(), "a b".to_string()));
         assert!(query_pairs(Some("keyword=%zz")).is_err());

@@ -113,7 +113,9 @@ impl Running {
 }
 
 async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
-    http::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    http::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
@@ -133,10 +135,18 @@ pub async fn start(options: SingleOptions) -> Result<Running, StartError> {
         seed: options.seed,
         public_url: format!("http://{payments_addr}/soap"),
     }));
-    tasks.push(tokio::spawn(http::serve(pay_listener, payments, options.limits.clone(), stopped(stop_rx.clone()))));
+    tasks.push(tokio::spawn(http::serve(
+        pay_listener,
+        payments,
+        options.limits.clone(),
+        stopped(stop_rx.clone()),
+    )));
 
-    let client = SoapPaymentClient::new(&format!("http://{payments_addr}/soap"), Duration::from_secs(5))
-        .map_err(|e| StartError::Payments(e.to_string()))?;
+    let client = SoapPaymentClient::new(
+        &format!("http://{payments_addr}/soap"),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| StartError::Payments(e.to_string()))?;
     let mut embedded = EmbeddedOptions::new(Arc::new(client));
     embedded.market.password = options.password;
     if let Some(clock) = &options.clock {
@@ -152,12 +162,28 @@ pub async fn start(options: SingleOptions) -> Result<Running, StartError> {
     });
 
     let (seller_listener, seller_addr) = bind(options.seller_addr).await?;
-    let seller = Arc::new(ApiServer::<SellerApi>::new(Arc::clone(market.market()), options.limits.clone()));
-    tasks.push(tokio::spawn(http::serve(seller_listener, seller, options.limits.clone(), stopped(stop_rx.clone()))));
+    let seller = Arc::new(ApiServer::<SellerApi>::new(
+        Arc::clone(market.market()),
+        options.limits.clone(),
+    ));
+    tasks.push(tokio::spawn(http::serve(
+        seller_listener,
+        seller,
+        options.limits.clone(),
+        stopped(stop_rx.clone()),
+    )));
 
     let (buyer_listener, buyer_addr) = bind(options.buyer_addr).await?;
-    let buyer = Arc::new(ApiServer::<BuyerApi>::new(Arc::clone(market.market()), options.limits.clone()));
-    tasks.push(tokio::spawn(http::serve(buyer_listener, buyer, options.limits.clone(), stopped(stop_rx.clone()))));
+    let buyer = Arc::new(ApiServer::<BuyerApi>::new(
+        Arc::clone(market.market()),
+        options.limits.clone(),
+    ));
+    tasks.push(tokio::spawn(http::serve(
+        buyer_listener,
+        buyer,
+        options.limits.clone(),
+        stopped(stop_rx.clone()),
+    )));
 
     // Lapse stale reservations and idle sessions even when nobody writes.
     let ticker_market = Arc::clone(market.market());
@@ -177,5 +203,12 @@ pub async fn start(options: SingleOptions) -> Result<Running, StartError> {
         }
     }));
 
-    Ok(Running { seller_addr, buyer_addr, payments_addr, market, stop, tasks })
+    Ok(Running {
+        seller_addr,
+        buyer_addr,
+        payments_addr,
+        market,
+        stop,
+        tasks,
+    })
 }

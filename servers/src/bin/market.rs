@@ -2,12 +2,14 @@
 //! whole marketplace locally.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use servers::cluster::{Cluster, RoleKind};
+use servers::deploy::{self, up::UpOptions};
 use servers::http::{self, Limits};
 use servers::payments::{PaymentsConfig, PaymentsService};
 use servers::single::{self, SingleOptions};
@@ -21,10 +23,66 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the marketplace locally and writes cluster.json with its endpoints.
+    /// Runs the reference cluster locally as separate processes (or, with --single, the whole
+    /// marketplace in one process) and writes cluster.json with its endpoints.
     Up(UpArgs),
-    /// Runs the financial transactions (SOAP) service alone.
+    /// Runs one database replica.
+    Node {
+        /// Which database.
+        #[arg(value_enum)]
+        db: DbKind,
+        /// Replica id in the cluster file.
+        #[arg(long)]
+        id: u64,
+        /// The cluster file.
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
+    /// Runs one seller or buyer HTTP server.
+    Serve {
+        /// Which server.
+        #[arg(value_enum)]
+        role: FrontendKind,
+        /// Server id in the cluster file.
+        #[arg(long)]
+        id: u64,
+        /// The cluster file.
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
+    /// Runs the financial transactions (SOAP) service.
     Payments(PaymentsArgs),
+    /// Makes the cluster CA and a certificate for every process of the cluster file.
+    Certs {
+        /// The cluster file.
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        /// Replace existing certificates.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Shows every database replica's role, term, commit and applied index.
+    Status {
+        /// The cluster file.
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DbKind {
+    /// The customer database (atomic broadcast).
+    CustomerDb,
+    /// The product database (Raft).
+    ProductDb,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FrontendKind {
+    /// The seller server.
+    Seller,
+    /// The buyer server.
+    Buyer,
 }
 
 #[derive(clap::Args)]
@@ -54,6 +112,9 @@ struct UpArgs {
 
 #[derive(clap::Args)]
 struct PaymentsArgs {
+    /// Take the listen address, approval rate and seed from this cluster file.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
@@ -67,8 +128,11 @@ struct PaymentsArgs {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MARKET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft_engine=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 async fn up_single(args: UpArgs) -> Result<(), String> {
@@ -93,8 +157,12 @@ async fn up_single(args: UpArgs) -> Result<(), String> {
         "processes": [{"name": "market-single", "pid": std::process::id(), "role": "single", "addr": running.seller_addr.to_string()}],
     });
     let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())?;
-    std::fs::write(&args.cluster_json, text).map_err(|e| format!("{}: {e}", args.cluster_json.display()))?;
-    println!("marketplace up (one process, data in {})", args.data_dir.join("single").display());
+    std::fs::write(&args.cluster_json, text)
+        .map_err(|e| format!("{}: {e}", args.cluster_json.display()))?;
+    println!(
+        "marketplace up (one process, data in {})",
+        args.data_dir.join("single").display()
+    );
     println!("  seller server   http://{}", running.seller_addr);
     println!("  buyer server    http://{}", running.buyer_addr);
     println!("  payments (SOAP) http://{}/soap", running.payments_addr);
@@ -107,20 +175,62 @@ async fn up_single(args: UpArgs) -> Result<(), String> {
 }
 
 async fn payments(args: PaymentsArgs) -> Result<(), String> {
-    let (listener, addr) = http::bind(args.listen).await.map_err(|e| format!("{}: {e}", args.listen))?;
+    let (listen, approve_rate, seed) = match &args.config {
+        Some(path) => {
+            let c = load(path)?;
+            (c.payments.listen, c.payments.approve_rate, c.payments.seed)
+        }
+        None => (args.listen, args.approve_rate, args.seed),
+    };
+    let (listener, addr) = http::bind(listen)
+        .await
+        .map_err(|e| format!("{listen}: {e}"))?;
     let service = Arc::new(PaymentsService::new(PaymentsConfig {
-        approve_rate: args.approve_rate,
-        seed: args.seed,
+        approve_rate,
+        seed,
         public_url: format!("http://{addr}/soap"),
     }));
     tracing::info!(%addr, "payment service listening");
-    http::serve(listener, service, Limits::default(), http::shutdown_signal()).await.map_err(|e| e.to_string())
+    http::serve(
+        listener,
+        service,
+        Limits::default(),
+        http::shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn load(path: &Path) -> Result<Cluster, String> {
+    Cluster::load(path).map_err(|e| e.to_string())
+}
+
+fn certs(config: &Path, force: bool) -> Result<(), String> {
+    let cluster = load(config)?;
+    if cluster.certs_dir.join("ca.pem").exists() && !force {
+        return Err(format!(
+            "{} already holds a CA; pass --force to replace it",
+            cluster.certs_dir.display()
+        ));
+    }
+    let names = cluster.cert_names();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    transport::certs::generate_cluster(&cluster.certs_dir, &refs).map_err(|e| e.to_string())?;
+    println!(
+        "wrote the cluster CA and {} certificates to {}",
+        names.len(),
+        cluster.certs_dir.display()
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("market: cannot start the runtime: {e}");
@@ -129,8 +239,34 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Up(args) => up_single(args).await,
+            Command::Up(args) if args.single => up_single(args).await,
+            Command::Up(args) => {
+                deploy::up::run(UpOptions {
+                    data_dir: args.data_dir,
+                    base_port: args.base_port,
+                    cluster_json: args.cluster_json,
+                    approve_rate: args.approve_rate,
+                    ready_timeout: Duration::from_secs(90),
+                })
+                .await
+            }
+            Command::Node { db, id, config } => {
+                let role = match db {
+                    DbKind::CustomerDb => RoleKind::CustomerDb,
+                    DbKind::ProductDb => RoleKind::ProductDb,
+                };
+                deploy::node::run(load(&config)?, role, id).await
+            }
+            Command::Serve { role, id, config } => {
+                let role = match role {
+                    FrontendKind::Seller => RoleKind::Seller,
+                    FrontendKind::Buyer => RoleKind::Buyer,
+                };
+                deploy::frontend::run(load(&config)?, role, id).await
+            }
             Command::Payments(args) => payments(args).await,
+            Command::Certs { config, force } => certs(&config, force),
+            Command::Status { config } => deploy::status::run(load(&config)?).await,
         }
     });
     match result {

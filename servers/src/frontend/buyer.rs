@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use hyper::{Method, StatusCode};
-use marketcore::api::{AddToCart, CreateAccount, FeedbackRequest, Login, PurchaseRequest, SearchQuery};
+use marketcore::api::{
+    AddToCart, CreateAccount, FeedbackRequest, Login, PurchaseRequest, SearchQuery,
+};
 use marketcore::{Market, MarketError};
 
 use super::{decode_json, ok_json, Api, Call, Outcome};
@@ -12,7 +14,10 @@ use crate::router::Route;
 pub struct BuyerApi;
 
 fn param(call: &Call) -> Result<&str, MarketError> {
-    call.params.first().map(String::as_str).ok_or_else(|| MarketError::NotFound("item".into()))
+    call.params
+        .first()
+        .map(String::as_str)
+        .ok_or_else(|| MarketError::NotFound("item".into()))
 }
 
 fn search_query(call: &Call) -> Result<SearchQuery, MarketError> {
@@ -20,10 +25,16 @@ fn search_query(call: &Call) -> Result<SearchQuery, MarketError> {
     for (k, v) in &call.query {
         match k.as_str() {
             "category" => {
-                q.category = Some(v.parse().map_err(|_| MarketError::invalid("category", format!("{v:?} is not an integer")))?)
+                q.category = Some(v.parse().map_err(|_| {
+                    MarketError::invalid("category", format!("{v:?} is not an integer"))
+                })?)
             }
             "keyword" => q.keywords.push(v.clone()),
-            "limit" => q.limit = Some(v.parse().map_err(|_| MarketError::invalid("limit", format!("{v:?} is not an integer")))?),
+            "limit" => {
+                q.limit = Some(v.parse().map_err(|_| {
+                    MarketError::invalid("limit", format!("{v:?} is not an integer"))
+                })?)
+            }
             other => return Err(MarketError::invalid(other, "unknown query parameter")),
         }
     }
@@ -38,18 +49,34 @@ impl Api for BuyerApi {
         vec![
             Route::new(Method::POST, "/v1/buyers", "create_buyer"),
             Route::new(Method::POST, "/v1/buyers/sessions", "login_buyer"),
-            Route::new(Method::DELETE, "/v1/buyers/sessions/current", "logout_buyer"),
+            Route::new(
+                Method::DELETE,
+                "/v1/buyers/sessions/current",
+                "logout_buyer",
+            ),
             Route::new(Method::GET, "/v1/items", "search_items"),
             Route::new(Method::GET, "/v1/items/{id}", "get_item"),
             Route::new(Method::GET, "/v1/buyers/me/cart", "display_cart"),
             Route::new(Method::DELETE, "/v1/buyers/me/cart", "clear_cart"),
             Route::new(Method::POST, "/v1/buyers/me/cart/items", "add_to_cart"),
-            Route::new(Method::DELETE, "/v1/buyers/me/cart/items/{id}", "remove_cart"),
+            Route::new(
+                Method::DELETE,
+                "/v1/buyers/me/cart/items/{id}",
+                "remove_cart",
+            ),
             Route::new(Method::POST, "/v1/buyers/me/cart/save", "save_cart"),
             Route::new(Method::POST, "/v1/buyers/me/purchases", "make_purchase"),
-            Route::new(Method::GET, "/v1/buyers/me/purchases", "get_purchase_history"),
+            Route::new(
+                Method::GET,
+                "/v1/buyers/me/purchases",
+                "get_purchase_history",
+            ),
             Route::new(Method::POST, "/v1/buyers/me/feedback", "provide_feedback"),
-            Route::new(Method::GET, "/v1/sellers/{seller_id}/rating", "get_seller_rating"),
+            Route::new(
+                Method::GET,
+                "/v1/sellers/{seller_id}/rating",
+                "get_seller_rating",
+            ),
         ]
     }
 
@@ -67,7 +94,10 @@ impl Api for BuyerApi {
                 market.logout_buyer(call.token()?).await?;
                 Ok((StatusCode::NO_CONTENT, None))
             }
-            "search_items" => ok_json(StatusCode::OK, &market.search_items(&search_query(call)?).await?),
+            "search_items" => ok_json(
+                StatusCode::OK,
+                &market.search_items(&search_query(call)?).await?,
+            ),
             "get_item" => ok_json(StatusCode::OK, &market.get_item(param(call)?).await?),
             "display_cart" => ok_json(StatusCode::OK, &market.display_cart(call.token()?).await?),
             "clear_cart" => {
@@ -82,7 +112,10 @@ impl Api for BuyerApi {
             "remove_cart" => {
                 let token = call.token()?;
                 let quantity = call.query_int("quantity")?;
-                ok_json(StatusCode::OK, &market.remove_cart(token, param(call)?, quantity).await?)
+                ok_json(
+                    StatusCode::OK,
+                    &market.remove_cart(token, param(call)?, quantity).await?,
+                )
             }
             "save_cart" => {
                 market.save_cart(call.token()?).await?;
@@ -91,9 +124,17 @@ impl Api for BuyerApi {
             "make_purchase" => {
                 let token = call.token()?;
                 let req: PurchaseRequest = decode_json(&call.body)?;
-                ok_json(StatusCode::CREATED, &market.make_purchase(token, &req, call.key.as_deref()).await?)
+                ok_json(
+                    StatusCode::CREATED,
+                    &market
+                        .make_purchase(token, &req, call.key.as_deref())
+                        .await?,
+                )
             }
-            "get_purchase_history" => ok_json(StatusCode::OK, &market.get_purchase_history(call.token()?).await?),
+            "get_purchase_history" => ok_json(
+                StatusCode::OK,
+                &market.get_purchase_history(call.token()?).await?,
+            ),
             "provide_feedback" => {
                 let token = call.token()?;
                 let req: FeedbackRequest = decode_json(&call.body)?;
@@ -102,7 +143,9 @@ impl Api for BuyerApi {
             }
             "get_seller_rating" => {
                 let raw = param(call)?;
-                let id: u64 = raw.parse().map_err(|_| MarketError::NotFound(format!("seller {raw:?}")))?;
+                let id: u64 = raw
+                    .parse()
+                    .map_err(|_| MarketError::NotFound(format!("seller {raw:?}")))?;
                 ok_json(StatusCode::OK, &market.get_seller_rating(id).await?)
             }
             other => Err(MarketError::NotFound(format!("route {other}"))),

@@ -46,12 +46,14 @@ pub type Outcome = Result<(StatusCode, Option<Bytes>), MarketError>;
 
 /// Renders a [`MarketError`] as an RFC 9457 problem response.
 pub fn problem(err: &MarketError) -> Response<Body> {
-    let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let p = err.problem();
     let body = serde_json::to_vec(&p).unwrap_or_default();
     let mut resp = http::with_body(status, "application/problem+json", body);
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
@@ -92,11 +94,15 @@ pub fn bearer(req: &Request<Incoming>) -> Result<String, MarketError> {
         .headers()
         .get(AUTHORIZATION)
         .ok_or_else(|| MarketError::Unauthenticated("missing Authorization header".into()))?;
-    let value = value.to_str().map_err(|_| MarketError::Unauthenticated("malformed Authorization header".into()))?;
+    let value = value
+        .to_str()
+        .map_err(|_| MarketError::Unauthenticated("malformed Authorization header".into()))?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| MarketError::Unauthenticated("expected `Authorization: Bearer <token>`".into()))?
+        .ok_or_else(|| {
+            MarketError::Unauthenticated("expected `Authorization: Bearer <token>`".into())
+        })?
         .trim();
     if token.is_empty() {
         return Err(MarketError::Unauthenticated("empty bearer token".into()));
@@ -106,10 +112,18 @@ pub fn bearer(req: &Request<Incoming>) -> Result<String, MarketError> {
 
 /// The validated `Idempotency-Key`, if any.
 pub fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, MarketError> {
-    let Some(value) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
     let bytes = value.as_bytes();
-    if bytes.is_empty() || bytes.len() > IDEMPOTENCY_KEY_CHARS_MAX || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
-        return Err(MarketError::invalid("Idempotency-Key", "must be 1 to 64 visible ASCII characters"));
+    if bytes.is_empty()
+        || bytes.len() > IDEMPOTENCY_KEY_CHARS_MAX
+        || !bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    {
+        return Err(MarketError::invalid(
+            "Idempotency-Key",
+            "must be 1 to 64 visible ASCII characters",
+        ));
     }
     Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
@@ -153,7 +167,10 @@ impl Call {
     pub fn query_int(&self, name: &str) -> Result<Option<i64>, MarketError> {
         match self.query.iter().rev().find(|(k, _)| k == name) {
             None => Ok(None),
-            Some((_, v)) => v.parse().map(Some).map_err(|_| MarketError::invalid(name, format!("{v:?} is not an integer"))),
+            Some((_, v)) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| MarketError::invalid(name, format!("{v:?} is not an integer"))),
         }
     }
 }
@@ -185,8 +202,16 @@ impl<A: Api> ApiServer<A> {
     pub fn new(market: Arc<Market>, limits: Limits) -> Self {
         let routes = A::routes();
         let names: Vec<&'static str> = routes.iter().map(|r| r.name).collect();
-        let openapi = Bytes::from(serde_json::to_vec(&crate::openapi::document()).unwrap_or_default());
-        Self { market, metrics: Metrics::new(A::NAME, &names), routes, limits, openapi, _api: std::marker::PhantomData }
+        let openapi =
+            Bytes::from(serde_json::to_vec(&crate::openapi::document()).unwrap_or_default());
+        Self {
+            market,
+            metrics: Metrics::new(A::NAME, &names),
+            routes,
+            limits,
+            openapi,
+            _api: std::marker::PhantomData,
+        }
     }
 
     /// The Market behind this server.
@@ -199,16 +224,26 @@ impl<A: Api> ApiServer<A> {
             Ok(()) => http::text(StatusCode::OK, "ok\n"),
             Err(e) => {
                 tracing::warn!(error = %e, "health check failed");
-                http::text(StatusCode::SERVICE_UNAVAILABLE, "a database is unreachable\n")
+                http::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "a database is unreachable\n",
+                )
             }
         }
     }
 
-    async fn api_call(&self, req: Request<Incoming>, name: &'static str, params: Vec<String>) -> Response<Body> {
+    async fn api_call(
+        &self,
+        req: Request<Incoming>,
+        name: &'static str,
+        params: Vec<String>,
+    ) -> Response<Body> {
         let mutating = req.method() != Method::GET && req.method() != Method::HEAD;
         let query = match router::query_pairs(req.uri().query()) {
             Ok(q) => q,
-            Err(field) => return problem(&MarketError::invalid(field, "malformed percent-encoding")),
+            Err(field) => {
+                return problem(&MarketError::invalid(field, "malformed percent-encoding"))
+            }
         };
         let token = bearer(&req);
         let key = match idempotency_key(&req) {
@@ -225,7 +260,14 @@ impl<A: Api> ApiServer<A> {
         } else {
             Bytes::new()
         };
-        let call = Call { route: name, params, query, token, key, body };
+        let call = Call {
+            route: name,
+            params,
+            query,
+            token,
+            key,
+            body,
+        };
         let Some(key) = call.key.clone() else {
             return render(&A::dispatch(&self.market, &call).await);
         };
@@ -240,13 +282,23 @@ impl<A: Api> ApiServer<A> {
         }
         let outcome = A::dispatch(&self.market, &call).await;
         let (status, body) = match &outcome {
-            Ok((s, b)) => (s.as_u16(), b.clone().map(|b| b.to_vec()).unwrap_or_default()),
-            Err(e) => (e.http_status(), serde_json::to_vec(&e.problem()).unwrap_or_default()),
+            Ok((s, b)) => (
+                s.as_u16(),
+                b.clone().map(|b| b.to_vec()).unwrap_or_default(),
+            ),
+            Err(e) => (
+                e.http_status(),
+                serde_json::to_vec(&e.problem()).unwrap_or_default(),
+            ),
         };
         if status >= 500 {
             return render(&outcome);
         }
-        match self.market.idempotency_record(&scope, &key, status, body).await {
+        match self
+            .market
+            .idempotency_record(&scope, &key, status, body)
+            .await
+        {
             // A concurrent request with the same key won the race: answer what it answered.
             Ok(first) => replay(first.status, first.body),
             Err(e) => {
@@ -259,10 +311,16 @@ impl<A: Api> ApiServer<A> {
 
 /// Both databases answer a linearizable read (so each has a reachable quorum).
 async fn health(market: &Market) -> Result<(), MarketError> {
-    let probe = marketcore::api::SearchQuery { limit: Some(1), ..Default::default() };
-    let (customers, products) = tokio::join!(market.get_seller_rating(0), market.search_items(&probe));
+    let probe = marketcore::api::SearchQuery {
+        limit: Some(1),
+        ..Default::default()
+    };
+    let (customers, products) =
+        tokio::join!(market.get_seller_rating(0), market.search_items(&probe));
     match (customers, products) {
-        (Err(e @ MarketError::Unavailable(_)), _) | (_, Err(e @ MarketError::Unavailable(_))) => Err(e),
+        (Err(e @ MarketError::Unavailable(_)), _) | (_, Err(e @ MarketError::Unavailable(_))) => {
+            Err(e)
+        }
         _ => Ok(()),
     }
 }
@@ -273,7 +331,11 @@ fn replay(status: u16, body: Vec<u8>) -> Response<Body> {
     if status == StatusCode::NO_CONTENT || body.is_empty() {
         return http::empty(status);
     }
-    let ct = if status.is_success() { "application/json" } else { "application/problem+json" };
+    let ct = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
     http::with_body(status, ct, body)
 }
 
@@ -284,30 +346,54 @@ impl<A: Api> Handler for ApiServer<A> {
         let path = req.uri().path().to_string();
         let (name, resp) = match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => ("healthz", self.healthz().await),
-            (&Method::GET, "/metrics") => {
-                ("metrics", http::with_body(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render()))
-            }
-            (&Method::GET, "/openapi.json") => ("openapi", http::with_body(StatusCode::OK, "application/json", self.openapi.clone())),
+            (&Method::GET, "/metrics") => (
+                "metrics",
+                http::with_body(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render(),
+                ),
+            ),
+            (&Method::GET, "/openapi.json") => (
+                "openapi",
+                http::with_body(StatusCode::OK, "application/json", self.openapi.clone()),
+            ),
             _ => match router::route(&self.routes, req.method(), &path) {
                 Matched::Found { name, params } => {
-                    let params = params.into_iter().map(|p| router::percent_decode(p).unwrap_or_else(|| p.to_string())).collect();
+                    let params = params
+                        .into_iter()
+                        .map(|p| router::percent_decode(p).unwrap_or_else(|| p.to_string()))
+                        .collect();
                     (name, self.api_call(req, name, params).await)
                 }
                 Matched::MethodNotAllowed { allow } => {
                     let mut resp = problem(&MarketError::MethodNotAllowed);
-                    let allow = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+                    let allow = allow
+                        .iter()
+                        .map(Method::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     if let Ok(v) = HeaderValue::from_str(&allow) {
                         resp.headers_mut().insert(ALLOW, v);
                     }
                     ("other", resp)
                 }
-                Matched::NotFound => ("other", problem(&MarketError::NotFound(format!("route {path}")))),
+                Matched::NotFound => (
+                    "other",
+                    problem(&MarketError::NotFound(format!("route {path}"))),
+                ),
             },
         };
         let status = resp.status().as_u16();
         let elapsed = started.elapsed();
         self.metrics.record(name, status, elapsed);
-        tracing::debug!(server = A::NAME, route = name, status, elapsed_us = elapsed.as_micros() as u64, "request");
+        tracing::debug!(
+            server = A::NAME,
+            route = name,
+            status,
+            elapsed_us = elapsed.as_micros() as u64,
+            "request"
+        );
         resp
     }
 

@@ -12,7 +12,10 @@ use crate::router::Route;
 pub struct SellerApi;
 
 fn param(call: &Call) -> Result<&str, MarketError> {
-    call.params.first().map(String::as_str).ok_or_else(|| MarketError::NotFound("item".into()))
+    call.params
+        .first()
+        .map(String::as_str)
+        .ok_or_else(|| MarketError::NotFound("item".into()))
 }
 
 #[async_trait]
@@ -23,11 +26,19 @@ impl Api for SellerApi {
         vec![
             Route::new(Method::POST, "/v1/sellers", "create_seller"),
             Route::new(Method::POST, "/v1/sellers/sessions", "login_seller"),
-            Route::new(Method::DELETE, "/v1/sellers/sessions/current", "logout_seller"),
+            Route::new(
+                Method::DELETE,
+                "/v1/sellers/sessions/current",
+                "logout_seller",
+            ),
             Route::new(Method::GET, "/v1/sellers/me/rating", "get_seller_rating"),
             Route::new(Method::POST, "/v1/sellers/me/items", "add_item"),
             Route::new(Method::GET, "/v1/sellers/me/items", "all_items_by_seller"),
-            Route::new(Method::PUT, "/v1/sellers/me/items/{id}/price", "change_price"),
+            Route::new(
+                Method::PUT,
+                "/v1/sellers/me/items/{id}/price",
+                "change_price",
+            ),
             Route::new(Method::DELETE, "/v1/sellers/me/items/{id}", "remove_item"),
         ]
     }
@@ -46,22 +57,33 @@ impl Api for SellerApi {
                 market.logout_seller(call.token()?).await?;
                 Ok((StatusCode::NO_CONTENT, None))
             }
-            "get_seller_rating" => ok_json(StatusCode::OK, &market.get_my_rating(call.token()?).await?),
+            "get_seller_rating" => {
+                ok_json(StatusCode::OK, &market.get_my_rating(call.token()?).await?)
+            }
             "add_item" => {
                 let token = call.token()?;
                 let req: NewItem = decode_json(&call.body)?;
                 ok_json(StatusCode::CREATED, &market.add_item(token, &req).await?)
             }
-            "all_items_by_seller" => ok_json(StatusCode::OK, &market.all_items_by_seller(call.token()?).await?),
+            "all_items_by_seller" => ok_json(
+                StatusCode::OK,
+                &market.all_items_by_seller(call.token()?).await?,
+            ),
             "change_price" => {
                 let token = call.token()?;
                 let req: PriceChange = decode_json(&call.body)?;
-                ok_json(StatusCode::OK, &market.change_price(token, param(call)?, &req).await?)
+                ok_json(
+                    StatusCode::OK,
+                    &market.change_price(token, param(call)?, &req).await?,
+                )
             }
             "remove_item" => {
                 let token = call.token()?;
                 let quantity = call.query_int("quantity")?;
-                ok_json(StatusCode::OK, &market.remove_item(token, param(call)?, quantity).await?)
+                ok_json(
+                    StatusCode::OK,
+                    &market.remove_item(token, param(call)?, quantity).await?,
+                )
             }
             other => Err(MarketError::NotFound(format!("route {other}"))),
         }

@@ -32,23 +32,38 @@ pub struct SoapPaymentClient {
 impl SoapPaymentClient {
     /// A client of the service whose SOAP endpoint is `url` (e.g. `http://127.0.0.1:7200/soap`).
     pub fn new(url: &str, timeout: Duration) -> Result<Self, PaymentError> {
-        let uri: Uri = url.parse().map_err(|e| PaymentError::Protocol(format!("bad payment service URL {url}: {e}")))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| PaymentError::Protocol(format!("bad payment service URL {url}: {e}")))?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        Ok(Self { uri, client, timeout })
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Self {
+            uri,
+            client,
+            timeout,
+        })
     }
 
     async fn call(&self, envelope: String) -> Result<(u16, Bytes), PaymentError> {
         let req = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("text/xml; charset=utf-8"))
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/xml; charset=utf-8"),
+            )
             .header("SOAPAction", HeaderValue::from_static("\"ProcessPayment\""))
             .body(Full::new(Bytes::from(envelope)))
             .map_err(|e| PaymentError::Protocol(e.to_string()))?;
-        let resp = self.client.request(req).await.map_err(|e| PaymentError::Unavailable(e.to_string()))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| PaymentError::Unavailable(e.to_string()))?;
         let status = resp.status().as_u16();
         let body = Limited::new(resp.into_body(), RESPONSE_BYTES_MAX)
             .collect()
@@ -71,10 +86,16 @@ impl PaymentService for SoapPaymentClient {
         });
         let (status, body) = tokio::time::timeout(self.timeout, self.call(envelope))
             .await
-            .map_err(|_| PaymentError::Unavailable(format!("no answer within {:?}", self.timeout)))??;
-        let text = std::str::from_utf8(&body).map_err(|_| PaymentError::Protocol("answer is not UTF-8".into()))?;
+            .map_err(|_| {
+                PaymentError::Unavailable(format!("no answer within {:?}", self.timeout))
+            })??;
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| PaymentError::Protocol("answer is not UTF-8".into()))?;
         match soap::parse_response(text) {
-            Ok(r) => Ok(PaymentOutcome { approved: r.approved, transaction_id: r.transaction_id }),
+            Ok(r) => Ok(PaymentOutcome {
+                approved: r.approved,
+                transaction_id: r.transaction_id,
+            }),
             Err(e) => Err(PaymentError::Protocol(format!("HTTP {status}: {e}"))),
         }
     }

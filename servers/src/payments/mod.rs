@@ -39,7 +39,11 @@ pub struct PaymentsConfig {
 
 impl Default for PaymentsConfig {
     fn default() -> Self {
-        Self { approve_rate: 0.9, seed: None, public_url: "http://127.0.0.1/soap".into() }
+        Self {
+            approve_rate: 0.9,
+            seed: None,
+            public_url: "http://127.0.0.1/soap".into(),
+        }
     }
 }
 
@@ -56,7 +60,11 @@ pub struct PaymentsService {
 impl PaymentsService {
     /// Builds the service; `approve_rate` is clamped into `[0, 1]`.
     pub fn new(mut config: PaymentsConfig) -> Self {
-        config.approve_rate = if config.approve_rate.is_nan() { 0.0 } else { config.approve_rate.clamp(0.0, 1.0) };
+        config.approve_rate = if config.approve_rate.is_nan() {
+            0.0
+        } else {
+            config.approve_rate.clamp(0.0, 1.0)
+        };
         let rng = match config.seed {
             Some(seed) => ChaCha8Rng::seed_from_u64(seed),
             None => ChaCha8Rng::from_entropy(),
@@ -83,12 +91,19 @@ impl PaymentsService {
             self.declined.fetch_add(1, Ordering::Relaxed);
         }
         let n = self.next_tx.fetch_add(1, Ordering::Relaxed);
-        ProcessPaymentResponse { approved, transaction_id: format!("tx-{n}") }
+        ProcessPaymentResponse {
+            approved,
+            transaction_id: format!("tx-{n}"),
+        }
     }
 
     fn fault(&self, err: &SoapError) -> Response<Body> {
         self.faults.fetch_add(1, Ordering::Relaxed);
-        http::with_body(StatusCode::INTERNAL_SERVER_ERROR, "text/xml; charset=utf-8", soap::render_fault(err))
+        http::with_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/xml; charset=utf-8",
+            soap::render_fault(err),
+        )
     }
 
     fn metrics(&self) -> String {
@@ -112,18 +127,25 @@ fn soap_action_ok(value: Option<&HeaderValue>) -> bool {
 impl Handler for PaymentsService {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
-        let wants_wsdl = req.uri().query().is_some_and(|q| q.eq_ignore_ascii_case("wsdl"));
+        let wants_wsdl = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.eq_ignore_ascii_case("wsdl"));
         match (req.method().clone(), path.as_str()) {
-            (Method::GET, "/soap") if wants_wsdl => {
-                http::with_body(StatusCode::OK, "text/xml; charset=utf-8", soap::wsdl(&self.config.public_url))
-            }
+            (Method::GET, "/soap") if wants_wsdl => http::with_body(
+                StatusCode::OK,
+                "text/xml; charset=utf-8",
+                soap::wsdl(&self.config.public_url),
+            ),
             (Method::GET, "/healthz") => http::text(StatusCode::OK, "ok\n"),
             (Method::GET, "/metrics") => {
                 http::with_body(StatusCode::OK, "text/plain; version=0.0.4", self.metrics())
             }
             (Method::POST, "/soap") => {
                 if !soap_action_ok(req.headers().get("soapaction")) {
-                    return self.fault(&SoapError::UnknownOperation("missing or unknown SOAPAction".into()));
+                    return self.fault(&SoapError::UnknownOperation(
+                        "missing or unknown SOAPAction".into(),
+                    ));
                 }
                 let body = match http::read_body(req.into_body(), SOAP_BODY_BYTES_MAX).await {
                     Ok(b) => b,
@@ -136,7 +158,11 @@ impl Handler for PaymentsService {
                 match soap::parse_request(text) {
                     Ok(payment) => {
                         let resp = self.decide(&payment);
-                        http::with_body(StatusCode::OK, "text/xml; charset=utf-8", soap::render_response(&resp))
+                        http::with_body(
+                            StatusCode::OK,
+                            "text/xml; charset=utf-8",
+                            soap::render_response(&resp),
+                        )
                     }
                     Err(e) => self.fault(&e),
                 }

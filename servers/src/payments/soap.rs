@@ -114,12 +114,17 @@ fn parse_tree(xml: &str) -> Result<Element, SoapError> {
     let mut stack: Vec<Element> = Vec::new();
     let mut root: Option<Element> = None;
     loop {
-        let (res, event) = reader.read_resolved_event().map_err(|e| SoapError::Xml(e.to_string()))?;
+        let (res, event) = reader
+            .read_resolved_event()
+            .map_err(|e| SoapError::Xml(e.to_string()))?;
         let ns = match &res {
             ResolveResult::Bound(Namespace(n)) => Some(String::from_utf8_lossy(n).into_owned()),
             ResolveResult::Unbound => None,
             ResolveResult::Unknown(p) => {
-                return Err(SoapError::Xml(format!("unknown prefix {}", String::from_utf8_lossy(p))))
+                return Err(SoapError::Xml(format!(
+                    "unknown prefix {}",
+                    String::from_utf8_lossy(p)
+                )))
             }
         };
         match event {
@@ -131,18 +136,30 @@ fn parse_tree(xml: &str) -> Result<Element, SoapError> {
                     return Err(SoapError::Xml("nesting too deep".into()));
                 }
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
-                stack.push(Element { ns, name, children: Vec::new(), text: String::new() });
+                stack.push(Element {
+                    ns,
+                    name,
+                    children: Vec::new(),
+                    text: String::new(),
+                });
             }
             Event::Empty(e) => {
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
-                let el = Element { ns, name, children: Vec::new(), text: String::new() };
+                let el = Element {
+                    ns,
+                    name,
+                    children: Vec::new(),
+                    text: String::new(),
+                };
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(el),
                     None => root = Some(el),
                 }
             }
             Event::End(_) => {
-                let el = stack.pop().ok_or_else(|| SoapError::Xml("unbalanced end tag".into()))?;
+                let el = stack
+                    .pop()
+                    .ok_or_else(|| SoapError::Xml("unbalanced end tag".into()))?;
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(el),
                     None => root = Some(el),
@@ -157,7 +174,10 @@ fn parse_tree(xml: &str) -> Result<Element, SoapError> {
                 push_text(&mut stack, &s)?;
             }
             Event::GeneralRef(r) => {
-                let s = if let Some(ch) = r.resolve_char_ref().map_err(|e| SoapError::Xml(e.to_string()))? {
+                let s = if let Some(ch) = r
+                    .resolve_char_ref()
+                    .map_err(|e| SoapError::Xml(e.to_string()))?
+                {
                     ch.to_string()
                 } else {
                     let name = r.decode().map_err(|e| SoapError::Xml(e.to_string()))?;
@@ -196,7 +216,10 @@ fn push_text(stack: &mut [Element], s: &str) -> Result<(), SoapError> {
 fn body_payload(xml: &str) -> Result<Element, SoapError> {
     let root = parse_tree(xml)?;
     if root.name != "Envelope" || root.ns.as_deref() != Some(SOAP_ENV_NS) {
-        return Err(SoapError::NotEnvelope(format!("root element is {}", root.name)));
+        return Err(SoapError::NotEnvelope(format!(
+            "root element is {}",
+            root.name
+        )));
     }
     let body = root
         .children
@@ -204,25 +227,44 @@ fn body_payload(xml: &str) -> Result<Element, SoapError> {
         .find(|c| c.name == "Body" && c.ns.as_deref() == Some(SOAP_ENV_NS))
         .ok_or_else(|| SoapError::NotEnvelope("no soap:Body".into()))?;
     let mut payload = body.children.into_iter();
-    let first = payload.next().ok_or_else(|| SoapError::NotEnvelope("empty soap:Body".into()))?;
+    let first = payload
+        .next()
+        .ok_or_else(|| SoapError::NotEnvelope("empty soap:Body".into()))?;
     if payload.next().is_some() {
-        return Err(SoapError::NotEnvelope("more than one element in soap:Body".into()));
+        return Err(SoapError::NotEnvelope(
+            "more than one element in soap:Body".into(),
+        ));
     }
     Ok(first)
 }
 
 fn field<'a>(el: &'a Element, name: &'static str) -> Result<&'a str, SoapError> {
-    let mut found = el.children.iter().filter(|c| c.name == name && c.ns.as_deref() == Some(PAYMENTS_NS));
-    let f = found.next().ok_or(SoapError::InvalidField { field: name, reason: "missing".into() })?;
+    let mut found = el
+        .children
+        .iter()
+        .filter(|c| c.name == name && c.ns.as_deref() == Some(PAYMENTS_NS));
+    let f = found.next().ok_or(SoapError::InvalidField {
+        field: name,
+        reason: "missing".into(),
+    })?;
     if found.next().is_some() {
-        return Err(SoapError::InvalidField { field: name, reason: "repeated".into() });
+        return Err(SoapError::InvalidField {
+            field: name,
+            reason: "repeated".into(),
+        });
     }
     if !f.children.is_empty() {
-        return Err(SoapError::InvalidField { field: name, reason: "must be text".into() });
+        return Err(SoapError::InvalidField {
+            field: name,
+            reason: "must be text".into(),
+        });
     }
     let value = f.text.trim();
     if value.chars().count() > FIELD_CHARS_MAX {
-        return Err(SoapError::InvalidField { field: name, reason: format!("longer than {FIELD_CHARS_MAX} characters") });
+        return Err(SoapError::InvalidField {
+            field: name,
+            reason: format!("longer than {FIELD_CHARS_MAX} characters"),
+        });
     }
     Ok(value)
 }
@@ -234,9 +276,10 @@ pub fn parse_request(xml: &str) -> Result<ProcessPayment, SoapError> {
         return Err(SoapError::UnknownOperation(op.name));
     }
     let amount = field(&op, "AmountCents")?;
-    let amount_cents = amount
-        .parse::<u64>()
-        .map_err(|_| SoapError::InvalidField { field: "AmountCents", reason: format!("{amount:?} is not a non-negative integer") })?;
+    let amount_cents = amount.parse::<u64>().map_err(|_| SoapError::InvalidField {
+        field: "AmountCents",
+        reason: format!("{amount:?} is not a non-negative integer"),
+    })?;
     Ok(ProcessPayment {
         name: field(&op, "Name")?.to_string(),
         card_number: field(&op, "CardNumber")?.to_string(),
@@ -250,8 +293,17 @@ pub fn parse_request(xml: &str) -> Result<ProcessPayment, SoapError> {
 pub fn parse_response(xml: &str) -> Result<ProcessPaymentResponse, SoapError> {
     let op = body_payload(xml)?;
     if op.name == "Fault" && op.ns.as_deref() == Some(SOAP_ENV_NS) {
-        let text = |n: &str| op.children.iter().find(|c| c.name == n).map(|c| c.text.trim().to_string()).unwrap_or_default();
-        return Err(SoapError::Fault { code: text("faultcode"), message: text("faultstring") });
+        let text = |n: &str| {
+            op.children
+                .iter()
+                .find(|c| c.name == n)
+                .map(|c| c.text.trim().to_string())
+                .unwrap_or_default()
+        };
+        return Err(SoapError::Fault {
+            code: text("faultcode"),
+            message: text("faultstring"),
+        });
     }
     if op.name != "ProcessPaymentResponse" || op.ns.as_deref() != Some(PAYMENTS_NS) {
         return Err(SoapError::UnknownOperation(op.name));
@@ -259,9 +311,17 @@ pub fn parse_response(xml: &str) -> Result<ProcessPaymentResponse, SoapError> {
     let approved = match field(&op, "Approved")? {
         "true" | "1" => true,
         "false" | "0" => false,
-        other => return Err(SoapError::InvalidField { field: "Approved", reason: format!("{other:?} is not a boolean") }),
+        other => {
+            return Err(SoapError::InvalidField {
+                field: "Approved",
+                reason: format!("{other:?} is not a boolean"),
+            })
+        }
     };
-    Ok(ProcessPaymentResponse { approved, transaction_id: field(&op, "TransactionId")?.to_string() })
+    Ok(ProcessPaymentResponse {
+        approved,
+        transaction_id: field(&op, "TransactionId")?.to_string(),
+    })
 }
 
 fn envelope(body: &str) -> String {
@@ -371,8 +431,14 @@ mod tests {
 
     #[test]
     fn response_and_fault_round_trip() {
-        let resp = ProcessPaymentResponse { approved: true, transaction_id: "tx-1".into() };
-        assert_eq!(parse_response(&render_response(&resp)).expect("parse"), resp);
+        let resp = ProcessPaymentResponse {
+            approved: true,
+            transaction_id: "tx-1".into(),
+        };
+        assert_eq!(
+            parse_response(&render_response(&resp)).expect("parse"),
+            resp
+        );
         let fault = render_fault(&SoapError::UnknownOperation("Refund".into()));
         match parse_response(&fault) {
             Err(SoapError::Fault { code, message }) => {
@@ -390,7 +456,10 @@ mod tests {
         );
         assert_eq!(parse_request(&xml).expect("parse").amount_cents, 5);
         let wrong_ns = xml.replace(PAYMENTS_NS, "urn:other");
-        assert!(matches!(parse_request(&wrong_ns), Err(SoapError::UnknownOperation(_))));
+        assert!(matches!(
+            parse_request(&wrong_ns),
+            Err(SoapError::UnknownOperation(_))
+        ));
     }
 
     #[test]
@@ -422,9 +491,18 @@ mod tests {
         let no_name = xml.replace("<p:Name>Ada &lt;&amp;&gt; Lovelace</p:Name>", "");
         assert_eq!(
             parse_request(&no_name),
-            Err(SoapError::InvalidField { field: "Name", reason: "missing".into() })
+            Err(SoapError::InvalidField {
+                field: "Name",
+                reason: "missing".into()
+            })
         );
         let bad_amount = xml.replace("<p:AmountCents>2500<", "<p:AmountCents>-3<");
-        assert!(matches!(parse_request(&bad_amount), Err(SoapError::InvalidField { field: "AmountCents", .. })));
+        assert!(matches!(
+            parse_request(&bad_amount),
+            Err(SoapError::InvalidField {
+                field: "AmountCents",
+                ..
+            })
+        ));
     }
 }

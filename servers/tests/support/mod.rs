@@ -26,7 +26,11 @@ impl Resp {
         self.json()["code"].as_str().unwrap_or("").to_string()
     }
     pub fn content_type(&self) -> String {
-        self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
     }
 }
 
@@ -38,11 +42,23 @@ pub struct Http {
 
 impl Http {
     pub fn new(addr: std::net::SocketAddr) -> Self {
-        Self { client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()), base: format!("http://{addr}") }
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            base: format!("http://{addr}"),
+        }
     }
 
-    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, key: Option<&str>, body: Option<Vec<u8>>) -> Resp {
-        let mut b = Request::builder().method(method).uri(format!("{}{path}", self.base));
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
@@ -52,22 +68,42 @@ impl Http {
         if body.is_some() {
             b = b.header("content-type", "application/json");
         }
-        let req = b.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("request");
+        let req = b
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("request");
         let resp = self.client.request(req).await.expect("http");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.expect("body").to_bytes();
-        Resp { status, headers, body }
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
         self.send(Method::GET, path, token, None, None).await
     }
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
-        self.send(Method::POST, path, token, None, Some(serde_json::to_vec(&body).expect("json"))).await
+        self.send(
+            Method::POST,
+            path,
+            token,
+            None,
+            Some(serde_json::to_vec(&body).expect("json")),
+        )
+        .await
     }
     pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
-        self.send(Method::PUT, path, token, None, Some(serde_json::to_vec(&body).expect("json"))).await
+        self.send(
+            Method::PUT,
+            path,
+            token,
+            None,
+            Some(serde_json::to_vec(&body).expect("json")),
+        )
+        .await
     }
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Resp {
         self.send(Method::DELETE, path, token, None, None).await

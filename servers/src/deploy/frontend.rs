@@ -1,0 +1,177 @@
+//! `market serve seller|buyer --id N`: one stateless HTTP frontend of the distributed
+//! marketplace.
+//!
+//! The frontend holds no user state. It reaches both databases over QUIC with mutual TLS as a
+//! client-only node (identity `seller-N` / `buyer-N`), through [`RemoteLog`]s that send each
+//! proposal or read to one replica and fail over to the next, keeping the request id so a
+//! retried proposal takes effect once. Any number of frontends serve the same databases.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use marketcore::clock::SystemClock;
+use marketcore::customer::CustomerMachine;
+use marketcore::product::ProductMachine;
+use marketcore::{Market, MarketConfig};
+use replication::remote::{RemoteConfig, RemoteLog};
+use replication::ReplicatedLog;
+use transport::certs;
+use transport::quic::{PeerInfo, QuicConfig, QuicNetwork};
+use transport::Network;
+
+use crate::cluster::{Cluster, RoleKind};
+use crate::frontend::buyer::BuyerApi;
+use crate::frontend::seller::SellerApi;
+use crate::frontend::ApiServer;
+use crate::http::{self, Limits};
+use crate::payments::client::SoapPaymentClient;
+
+/// The client-network peer table: every database replica's client endpoint, plus the
+/// identities that may connect to them (all frontends and the admin tool).
+pub fn client_peers(cluster: &Cluster) -> BTreeMap<u64, PeerInfo> {
+    let mut peers = BTreeMap::new();
+    for r in &cluster.customer_db {
+        peers.insert(
+            Cluster::client_node_id(RoleKind::CustomerDb, r.id),
+            PeerInfo::server(Cluster::cert_name(RoleKind::CustomerDb, r.id), r.client),
+        );
+    }
+    for r in &cluster.product_db {
+        peers.insert(
+            Cluster::client_node_id(RoleKind::ProductDb, r.id),
+            PeerInfo::server(Cluster::cert_name(RoleKind::ProductDb, r.id), r.client),
+        );
+    }
+    for f in &cluster.seller {
+        peers.insert(
+            Cluster::client_node_id(RoleKind::Seller, f.id),
+            PeerInfo::client_only(Cluster::cert_name(RoleKind::Seller, f.id)),
+        );
+    }
+    for f in &cluster.buyer {
+        peers.insert(
+            Cluster::client_node_id(RoleKind::Buyer, f.id),
+            PeerInfo::client_only(Cluster::cert_name(RoleKind::Buyer, f.id)),
+        );
+    }
+    peers.insert(
+        Cluster::client_node_id(RoleKind::Admin, 0),
+        PeerInfo::client_only(Cluster::cert_name(RoleKind::Admin, 0)),
+    );
+    peers
+}
+
+/// Joins the client network as `role`/`id` (a client-only node).
+pub fn client_network(
+    cluster: &Cluster,
+    role: RoleKind,
+    id: u64,
+) -> Result<Arc<QuicNetwork>, String> {
+    let name = Cluster::cert_name(role, id);
+    let identity = certs::load_identity(&cluster.certs_dir, &name)
+        .map_err(|e| format!("certificate of {name}: {e}"))?;
+    let bind: SocketAddr = "0.0.0.0:0".parse().map_err(|e| format!("{e}"))?;
+    let config = QuicConfig::new(
+        Cluster::client_node_id(role, id),
+        identity,
+        bind,
+        client_peers(cluster),
+    );
+    QuicNetwork::bind(config)
+        .map(Arc::new)
+        .map_err(|e| format!("client network: {e}"))
+}
+
+/// Remote handles of both databases.
+pub fn remote_logs(
+    cluster: &Cluster,
+    network: Arc<dyn Network>,
+) -> (
+    Arc<RemoteLog<CustomerMachine>>,
+    Arc<RemoteLog<ProductMachine>>,
+) {
+    let config = RemoteConfig {
+        attempt_timeout: Duration::from_millis(1500),
+        ..RemoteConfig::default()
+    };
+    let customers = cluster
+        .customer_db
+        .iter()
+        .map(|r| Cluster::client_node_id(RoleKind::CustomerDb, r.id))
+        .collect();
+    let products = cluster
+        .product_db
+        .iter()
+        .map(|r| Cluster::client_node_id(RoleKind::ProductDb, r.id))
+        .collect();
+    (
+        Arc::new(RemoteLog::new(
+            Arc::clone(&network),
+            customers,
+            config.clone(),
+        )),
+        Arc::new(RemoteLog::new(network, products, config)),
+    )
+}
+
+/// Runs one frontend until SIGINT/SIGTERM.
+pub async fn run(cluster: Cluster, role: RoleKind, id: u64) -> Result<(), String> {
+    let listen = match role {
+        RoleKind::Seller => cluster.seller.iter().find(|f| f.id == id).map(|f| f.listen),
+        RoleKind::Buyer => cluster.buyer.iter().find(|f| f.id == id).map(|f| f.listen),
+        _ => None,
+    }
+    .ok_or_else(|| format!("no {} with id {id} in the cluster file", role.name()))?;
+    let network = client_network(&cluster, role, id)?;
+    let (customers, products) = remote_logs(&cluster, network.clone() as Arc<dyn Network>);
+    let payments = SoapPaymentClient::new(
+        &format!("http://{}/soap", cluster.payments.listen),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| e.to_string())?;
+    let market = Arc::new(Market::new(
+        customers as Arc<dyn ReplicatedLog<CustomerMachine>>,
+        products as Arc<dyn ReplicatedLog<ProductMachine>>,
+        Arc::new(payments),
+        Arc::new(SystemClock),
+        MarketConfig::default(),
+    ));
+    let (listener, addr) = http::bind(listen)
+        .await
+        .map_err(|e| format!("{listen}: {e}"))?;
+    tracing::info!(role = role.name(), id, %addr, "frontend listening");
+    let limits = Limits::default();
+    let result = match role {
+        RoleKind::Seller => {
+            let server = Arc::new(ApiServer::<SellerApi>::new(
+                Arc::clone(&market),
+                limits.clone(),
+            ));
+            http::serve(listener, server, limits, http::shutdown_signal()).await
+        }
+        _ => {
+            let server = Arc::new(ApiServer::<BuyerApi>::new(
+                Arc::clone(&market),
+                limits.clone(),
+            ));
+            // Buyer frontends also lapse stale reservations while the product database is idle.
+            let ticker = Arc::clone(&market);
+            let tick = tokio::spawn(async move {
+                let mut interval = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    interval.tick().await;
+                    if let Err(e) = ticker.tick().await {
+                        tracing::debug!(error = %e, "tick failed");
+                    }
+                }
+            });
+            let r = http::serve(listener, server, limits, http::shutdown_signal()).await;
+            tick.abort();
+            r
+        }
+    };
+    network.shutdown();
+    result.map_err(|e| e.to_string())
+}

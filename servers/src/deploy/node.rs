@@ -1,0 +1,121 @@
+//! `market node customer-db|product-db --id N`: one database replica.
+//!
+//! A replica has two QUIC endpoints, both mutual TLS with the cluster CA:
+//!
+//! * the **peer** endpoint, where replicas of the same database exchange protocol messages
+//!   (atomic broadcast for the customer database, Raft for the product database);
+//! * the **client** endpoint, where frontends and `market status` send [`LogRequest`]s
+//!   (proposals, reads, status), served by [`replication::remote::serve`].
+//!
+//! Keeping them apart means a burst of client traffic never queues behind replication
+//! traffic in one receive stream, and each network's peer table lists exactly who may talk.
+//!
+//! [`LogRequest`]: replication::remote::LogRequest
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use marketcore::customer::{CustomerConfig, CustomerMachine};
+use marketcore::product::{ProductConfig, ProductMachine};
+use replication::abcast::{AbcastConfig, AbcastLog};
+use replication::raft::{RaftConfig, RaftLog};
+use replication::{ReplicatedLog, StateMachine};
+use transport::certs;
+use transport::quic::{PeerInfo, QuicConfig, QuicNetwork};
+use transport::Network;
+
+use super::frontend::client_peers;
+use crate::cluster::{Cluster, DbReplica, RoleKind};
+
+/// The customer database's configuration, identical on every replica (it comes from the
+/// shared cluster file).
+pub fn customer_config(cluster: &Cluster) -> CustomerConfig {
+    CustomerConfig {
+        session_idle_ms: cluster.session_idle_secs.saturating_mul(1000),
+        ..CustomerConfig::default()
+    }
+}
+
+fn replicas(cluster: &Cluster, db: RoleKind) -> &[DbReplica] {
+    match db {
+        RoleKind::CustomerDb => &cluster.customer_db,
+        _ => &cluster.product_db,
+    }
+}
+
+fn networks(
+    cluster: &Cluster,
+    db: RoleKind,
+    id: u64,
+) -> Result<(Arc<QuicNetwork>, Arc<QuicNetwork>), String> {
+    let me = replicas(cluster, db)
+        .iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| format!("no {} replica with id {id} in the cluster file", db.name()))?;
+    let name = Cluster::cert_name(db, id);
+    let identity = certs::load_identity(&cluster.certs_dir, &name)
+        .map_err(|e| format!("certificate of {name}: {e}"))?;
+    let peers: BTreeMap<u64, PeerInfo> = replicas(cluster, db)
+        .iter()
+        .map(|r| (r.id, PeerInfo::server(Cluster::cert_name(db, r.id), r.peer)))
+        .collect();
+    let peer_net = QuicNetwork::bind(QuicConfig::new(id, identity.clone(), me.peer, peers))
+        .map_err(|e| format!("peer endpoint {}: {e}", me.peer))?;
+    let client_net = QuicNetwork::bind(QuicConfig::new(
+        Cluster::client_node_id(db, id),
+        identity,
+        me.client,
+        client_peers(cluster),
+    ))
+    .map_err(|e| format!("client endpoint {}: {e}", me.client))?;
+    Ok((Arc::new(peer_net), Arc::new(client_net)))
+}
+
+async fn serve_until_signal<S: StateMachine>(
+    client_net: Arc<QuicNetwork>,
+    log: Arc<dyn ReplicatedLog<S>>,
+) {
+    let serving = replication::remote::serve::<S>(client_net.clone() as Arc<dyn Network>, log);
+    tokio::select! {
+        _ = serving => {}
+        _ = crate::http::shutdown_signal() => {}
+    }
+    client_net.shutdown();
+}
+
+/// Runs one database replica until SIGINT/SIGTERM.
+pub async fn run(cluster: Cluster, db: RoleKind, id: u64) -> Result<(), String> {
+    let (peer_net, client_net) = networks(&cluster, db, id)?;
+    let dir = cluster.replica_dir(db, id);
+    let n = replicas(&cluster, db).len() as u64;
+    match db {
+        RoleKind::CustomerDb => {
+            let machine = CustomerMachine::new(customer_config(&cluster));
+            let log = AbcastLog::open(
+                AbcastConfig::new(id, n),
+                &dir,
+                peer_net.clone() as Arc<dyn Network>,
+                machine,
+            )
+            .map_err(|e| format!("customer-db {id}: {e}"))?;
+            tracing::info!(id, dir = %dir.display(), "customer-db replica up");
+            serve_until_signal::<CustomerMachine>(client_net, Arc::new(log)).await;
+        }
+        RoleKind::ProductDb => {
+            let ids: Vec<u64> = cluster.product_db.iter().map(|r| r.id).collect();
+            let machine = ProductMachine::new(ProductConfig::default());
+            let log = RaftLog::start(
+                RaftConfig::new(id, ids, &dir),
+                peer_net.clone() as Arc<dyn Network>,
+                machine,
+            )
+            .map_err(|e| format!("product-db {id}: {e}"))?;
+            tracing::info!(id, dir = %dir.display(), "product-db replica up");
+            serve_until_signal::<ProductMachine>(client_net, log.clone()).await;
+            log.shutdown();
+        }
+        other => return Err(format!("{} is not a database", other.name())),
+    }
+    peer_net.shutdown();
+    Ok(())
+}
