@@ -33,6 +33,7 @@ const BATCH_MAX: usize = 4096;
 const QUEUE_MAX: usize = 65_536;
 
 type Reply<S> = oneshot::Sender<Result<<S as StateMachine>::Output, LogError>>;
+type Op<S> = (Envelope<<S as StateMachine>::Command>, Reply<S>);
 
 struct Shared<S: StateMachine> {
     state: RwLock<Deduped<S>>,
@@ -43,7 +44,7 @@ struct Shared<S: StateMachine> {
 pub struct SingleNodeLog<S: StateMachine> {
     shared: Arc<Shared<S>>,
     /// `None` in memory-only mode.
-    writer: Option<mpsc::Sender<(Envelope<S::Command>, Reply<S>)>>,
+    writer: Option<mpsc::Sender<Op<S>>>,
     writer_thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -147,12 +148,12 @@ fn applied_to_result<O>(a: Applied<O>) -> Result<O, LogError> {
 fn writer_loop<S: StateMachine>(
     engine: Engine,
     shared: Arc<Shared<S>>,
-    mut rx: mpsc::Receiver<(Envelope<S::Command>, Reply<S>)>,
+    mut rx: mpsc::Receiver<Op<S>>,
     mut last_index: u64,
     snapshot_every: u64,
 ) {
     let mut since_snapshot = 0u64;
-    let mut batch: Vec<(Envelope<S::Command>, Reply<S>)> = Vec::with_capacity(BATCH_MAX);
+    let mut batch: Vec<Op<S>> = Vec::with_capacity(BATCH_MAX);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < BATCH_MAX {

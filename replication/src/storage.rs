@@ -45,11 +45,7 @@ pub fn storage_err(e: raft_engine::Error) -> LogError {
 
 /// Builds an entry holding `data` at `index`.
 pub fn entry(index: u64, term: u64, data: Vec<u8>) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = data.into();
-    e
+    Entry { index, term, data: data.into(), ..Entry::default() }
 }
 
 /// Appends entries to `group` and writes them, fsync'd when `sync`.

@@ -1,0 +1,1014 @@
+//! The customer database: a deterministic [`StateMachine`] of accounts, sessions, carts,
+//! purchase history, ratings and remembered HTTP responses.
+//!
+//! # What it holds
+//!
+//! * **Sellers and buyers**, in separate username namespaces (case-sensitive). Ids are assigned
+//!   in apply from counters, so every replica assigns the same id. Passwords arrive as
+//!   finished Argon2id PHC strings ([`crate::password`]); apply never hashes.
+//! * **Sessions**: a token (chosen at random by the frontend) maps to a user. A user may hold
+//!   several. A session ends at logout, or when `session_idle_ms` pass without activity. Time
+//!   is the `at_ms` carried by commands; the machine keeps `clock_ms`, the highest `at_ms`
+//!   seen, and every command first *advances* to it: sessions idle for `session_idle_ms`
+//!   are ended then, deterministically. Queries take the reader's `now_ms` so that an expired
+//!   session is refused even before a command has swept it. [`CustomerCommand::Touch`]
+//!   refreshes a session's activity mark; the Market proposes it only when the mark is older
+//!   than a few seconds, so reads do not all become writes.
+//! * **Carts**: one working and one saved cart per buyer, shared by all of the buyer's
+//!   sessions. Ending any session of the buyer (logout, expiry) resets the working cart to the
+//!   saved cart, as API.md says. A cart query made after a session of the buyer has expired
+//!   but before the sweep already shows the reset cart.
+//! * **Purchases** (history newest first), items-purchased per buyer, items-sold per seller,
+//!   the items each buyer bought (with their sellers), and the feedback each buyer gave (once
+//!   per item). Recording a purchase is idempotent per product-database reservation id.
+//! * **Remembered responses** for `Idempotency-Key` retries: `(scope, key) -> (status, body)`,
+//!   kept `idempotency_ttl_ms` by command time, at most `idempotency_entries_max` entries
+//!   and `idempotency_total_bytes_max` bytes in total (oldest evicted first), of at most
+//!   `idempotency_body_bytes_max` bytes each. The first recorded response for a key wins.
+//!
+//! Every limit lives in [`CustomerConfig`], which is part of the replicated state (it is in
+//! the snapshot), so replicas cannot disagree about it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use replication::{SnapshotError, StateMachine};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Cart, CartLine, Purchase, PurchaseLine, Rating, Vote};
+use crate::clock::rfc3339;
+use crate::error::MarketError;
+use crate::ids::{BuyerId, ItemId, PurchaseId, Role, SellerId, UserId};
+
+/// Limits of the customer database; every replica must use the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerConfig {
+    /// A session ends after this long without activity (API.md: 300 s).
+    pub session_idle_ms: u64,
+    /// Most sessions one user may hold; opening one more ends the least recently active.
+    pub sessions_per_user_max: usize,
+    /// How long a remembered response is kept (API.md: 10 minutes).
+    pub idempotency_ttl_ms: u64,
+    /// Most remembered responses; the oldest is evicted first.
+    pub idempotency_entries_max: usize,
+    /// Largest response body that is remembered.
+    pub idempotency_body_bytes_max: usize,
+    /// Most bytes of remembered bodies in total; the oldest are evicted first.
+    pub idempotency_total_bytes_max: u64,
+    /// Most distinct items in one cart.
+    pub cart_lines_max: usize,
+}
+
+impl Default for CustomerConfig {
+    fn default() -> Self {
+        Self {
+            session_idle_ms: 300_000,
+            sessions_per_user_max: 64,
+            idempotency_ttl_ms: 600_000,
+            idempotency_entries_max: 100_000,
+            idempotency_body_bytes_max: 256 * 1024,
+            idempotency_total_bytes_max: 64 * 1024 * 1024,
+            cart_lines_max: 100,
+        }
+    }
+}
+
+/// A remembered HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Body bytes exactly as first sent (the content type follows from the status: 204 has
+    /// none, 4xx/5xx are `application/problem+json`, the rest `application/json`).
+    pub body: Vec<u8>,
+}
+
+/// Commands of the customer database. Times, ids of sessions (tokens) and password hashes
+/// are chosen by the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CustomerCommand {
+    /// Creates a seller. Output: [`CustomerOutput::SellerCreated`] or `username_taken`.
+    CreateSeller {
+        /// Validated name.
+        name: String,
+        /// Validated username.
+        username: String,
+        /// Argon2id PHC string.
+        password_hash: String,
+        /// Proposer's time.
+        at_ms: u64,
+    },
+    /// Creates a buyer. Output: [`CustomerOutput::BuyerCreated`] or `username_taken`.
+    CreateBuyer {
+        /// Validated name.
+        name: String,
+        /// Validated username.
+        username: String,
+        /// Argon2id PHC string.
+        password_hash: String,
+        /// Proposer's time.
+        at_ms: u64,
+    },
+    /// Opens a session for a user whose password the proposer verified.
+    /// Output: [`CustomerOutput::Done`].
+    OpenSession {
+        /// The user.
+        user: UserId,
+        /// A fresh random token.
+        token: String,
+        /// Proposer's time.
+        at_ms: u64,
+    },
+    /// Ends a session (logout). Output: [`CustomerOutput::Done`]; unknown token: unauthenticated.
+    CloseSession {
+        /// The session's token.
+        token: String,
+        /// Proposer's time.
+        at_ms: u64,
+    },
+    /// Refreshes a session's activity mark. Output: [`CustomerOutput::Done`].
+    Touch {
+        /// The session's token.
+        token: String,
+        /// Proposer's time.
+        at_ms: u64,
+    },
+    /// Adds units to the working cart if the cart's new quantity does not exceed `available`
+    /// (the item's quantity the proposer just read). Output: [`CustomerOutput::Cart`].
+    AddToCart {
+        /// The buyer.
+        buyer: BuyerId,
+        /// The item.
+        item: ItemId,
+        /// Units to add.
+        quantity: u64,
+        /// The item's current quantity.
+        available: u64,
+        /// Proposer's time.
+        at_ms: u64,
+    },
+    /// Removes units (all of the line when `None` or more than in the cart) from the working
+    /// cart. Output: [`CustomerOutput::Cart`]; item not in the cart: not_found.
+    RemoveFromCart {
+        /// The buyer.
+        buyer: BuyerId,
+        /// The item.
+        item: ItemId,
+        /// Units to remove.
+        quantity: Option<u64>,
+        /// Proposer's time.
+        at_ms: u64,
+    },
+    /// Empties the working and the saved cart. Output: [`CustomerOutput::Done`].
+    ClearCart {
+        /// The buyer.
+        buyer: BuyerId,
+        /// Proposer's time.
+        at_ms: u64,
+    },
+    /// Copies the working cart to the saved cart. Output: [`CustomerOutput::Done`].
+    SaveCart {
+        /// The buyer.
+        buyer: BuyerId,
+        /// Proposer's time.
+        at_ms: u64,
+    },
+    /// Records a paid purchase (idempotent per (`reservation_id`, `reserved_at_ms`)): history,
+    /// counters, and the
+    /// working and saved carts emptied. Output: [`CustomerOutput::Purchase`].
+    RecordPurchase {
+        /// The buyer.
+        buyer: BuyerId,
+        /// The product database reservation that was confirmed.
+        reservation_id: u64,
+        /// When that reservation was made (see `product::Reservation::reserved_at_ms`).
+        reserved_at_ms: u64,
+        /// What was bought, at the prices paid.
+        lines: Vec<PurchaseLine>,
+        /// Proposer's time (the purchase's `created_at`).
+        at_ms: u64,
+    },
+    /// Records feedback on a purchased item and updates its seller's rating.
+    /// Output: [`CustomerOutput::Feedback`] (`fresh: false` when feedback was already given:
+    /// nothing changed), or `not_purchased`.
+    GiveFeedback {
+        /// The buyer.
+        buyer: BuyerId,
+        /// The item.
+        item: ItemId,
+        /// Up or down.
+        vote: Vote,
+        /// Proposer's time.
+        at_ms: u64,
+    },
+    /// Remembers a response for `(scope, key)` unless one is already remembered.
+    /// Output: [`CustomerOutput::Remembered`] with the response now remembered (the first).
+    RememberResponse {
+        /// Whose key: e.g. `"buyer:3"`.
+        scope: String,
+        /// The `Idempotency-Key`.
+        key: String,
+        /// The response.
+        response: StoredResponse,
+        /// Proposer's time.
+        at_ms: u64,
+    },
+    /// Only advances time (expires sessions and remembered responses).
+    /// Output: [`CustomerOutput::Done`].
+    Tick {
+        /// Proposer's time.
+        at_ms: u64,
+    },
+}
+
+impl CustomerCommand {
+    /// The time the command carries.
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            Self::CreateSeller { at_ms, .. }
+            | Self::CreateBuyer { at_ms, .. }
+            | Self::OpenSession { at_ms, .. }
+            | Self::CloseSession { at_ms, .. }
+            | Self::Touch { at_ms, .. }
+            | Self::AddToCart { at_ms, .. }
+            | Self::RemoveFromCart { at_ms, .. }
+            | Self::ClearCart { at_ms, .. }
+            | Self::SaveCart { at_ms, .. }
+            | Self::RecordPurchase { at_ms, .. }
+            | Self::GiveFeedback { at_ms, .. }
+            | Self::RememberResponse { at_ms, .. }
+            | Self::Tick { at_ms } => *at_ms,
+        }
+    }
+}
+
+/// Successful outputs of customer commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CustomerOutput {
+    /// A seller was created.
+    SellerCreated(SellerId),
+    /// A buyer was created.
+    BuyerCreated(BuyerId),
+    /// The command took effect.
+    Done,
+    /// The working cart after the command.
+    Cart(Cart),
+    /// The recorded purchase.
+    Purchase(Purchase),
+    /// Feedback outcome.
+    Feedback {
+        /// The item's seller.
+        seller: SellerId,
+        /// The vote recorded (the first one, when `fresh` is false).
+        vote: Vote,
+        /// False when feedback had already been given (nothing changed).
+        fresh: bool,
+    },
+    /// The response remembered for the key.
+    Remembered(StoredResponse),
+}
+
+/// Queries of the customer database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CustomerQuery {
+    /// The id and password hash of a username. Answer: [`CustomerAnswer::Credentials`].
+    Credentials {
+        /// Seller or buyer namespace.
+        role: Role,
+        /// The username.
+        username: String,
+    },
+    /// The user of a live session at `now_ms`. Answer: [`CustomerAnswer::Session`].
+    Session {
+        /// The token.
+        token: String,
+        /// The reader's time.
+        now_ms: u64,
+    },
+    /// A buyer's working cart at `now_ms`. Answer: [`CustomerAnswer::Cart`].
+    Cart {
+        /// The buyer.
+        buyer: BuyerId,
+        /// The reader's time.
+        now_ms: u64,
+    },
+    /// A buyer's purchases, newest first. Answer: [`CustomerAnswer::Purchases`].
+    Purchases {
+        /// The buyer.
+        buyer: BuyerId,
+    },
+    /// A seller's rating. Answer: [`CustomerAnswer::Rating`].
+    Rating {
+        /// The seller.
+        seller: SellerId,
+    },
+    /// A seller's account summary. Answer: [`CustomerAnswer::Seller`].
+    Seller {
+        /// The seller.
+        seller: SellerId,
+    },
+    /// A buyer's account summary. Answer: [`CustomerAnswer::Buyer`].
+    Buyer {
+        /// The buyer.
+        buyer: BuyerId,
+    },
+    /// A remembered response, if still kept at `now_ms`. Answer: [`CustomerAnswer::Remembered`].
+    Remembered {
+        /// Whose key.
+        scope: String,
+        /// The `Idempotency-Key`.
+        key: String,
+        /// The reader's time.
+        now_ms: u64,
+    },
+}
+
+/// A live session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Its user.
+    pub user: UserId,
+    /// Last activity mark (ms since the epoch).
+    pub last_active_ms: u64,
+}
+
+/// A seller's account summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SellerSummary {
+    /// Display name.
+    pub name: String,
+    /// Username.
+    pub username: String,
+    /// Units sold.
+    pub items_sold: u64,
+    /// Rating.
+    pub rating: Rating,
+    /// Live or not-yet-swept sessions.
+    pub sessions: usize,
+}
+
+/// A buyer's account summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuyerSummary {
+    /// Display name.
+    pub name: String,
+    /// Username.
+    pub username: String,
+    /// Units bought.
+    pub items_purchased: u64,
+    /// Number of purchases.
+    pub purchases: usize,
+    /// Items bought (ids), with their sellers.
+    pub purchased_items: Vec<(ItemId, SellerId)>,
+    /// Feedback given, per item.
+    pub feedback_given: Vec<(ItemId, Vote)>,
+    /// The saved cart.
+    pub saved_cart: Vec<CartLine>,
+    /// Live or not-yet-swept sessions.
+    pub sessions: usize,
+}
+
+/// Answers of the customer database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CustomerAnswer {
+    /// `None`: no such username.
+    Credentials(Option<(UserId, String)>),
+    /// `None`: unknown, ended or expired.
+    Session(Option<SessionInfo>),
+    /// The working cart (`None`: no such buyer).
+    Cart(Option<Cart>),
+    /// Newest first (`None`: no such buyer).
+    Purchases(Option<Vec<Purchase>>),
+    /// `None`: no such seller.
+    Rating(Option<Rating>),
+    /// `None`: no such seller.
+    Seller(Option<SellerSummary>),
+    /// `None`: no such buyer.
+    Buyer(Option<BuyerSummary>),
+    /// `None`: nothing remembered (or expired).
+    Remembered(Option<StoredResponse>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Seller {
+    name: String,
+    username: String,
+    password_hash: String,
+    items_sold: u64,
+    up: u64,
+    down: u64,
+    sessions: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Buyer {
+    name: String,
+    username: String,
+    password_hash: String,
+    items_purchased: u64,
+    working: BTreeMap<ItemId, u64>,
+    saved: BTreeMap<ItemId, u64>,
+    purchases: Vec<PurchaseId>,
+    purchased_items: BTreeMap<ItemId, SellerId>,
+    feedback_given: BTreeMap<ItemId, Vote>,
+    sessions: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    user: UserId,
+    last_active_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Remembered {
+    response: StoredResponse,
+    at_ms: u64,
+}
+
+/// The customer database state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerMachine {
+    config: CustomerConfig,
+    clock_ms: u64,
+    next_seller: u64,
+    next_buyer: u64,
+    next_purchase: u64,
+    sellers: BTreeMap<SellerId, Seller>,
+    seller_usernames: BTreeMap<String, SellerId>,
+    buyers: BTreeMap<BuyerId, Buyer>,
+    buyer_usernames: BTreeMap<String, BuyerId>,
+    sessions: BTreeMap<String, Session>,
+    /// `(last_active_ms, token)`, to end idle sessions in order.
+    session_idle: BTreeSet<(u64, String)>,
+    purchases: BTreeMap<PurchaseId, (BuyerId, Purchase)>,
+    /// (reservation id, reserved at) -> the purchase recorded for it.
+    purchase_by_reservation: BTreeMap<(u64, u64), PurchaseId>,
+    remembered: BTreeMap<(String, String), Remembered>,
+    /// `(at_ms, scope, key)`, to expire remembered responses in order.
+    remembered_age: BTreeSet<(u64, String, String)>,
+    /// Sum of remembered body sizes.
+    remembered_bytes: u64,
+}
+
+impl Default for CustomerMachine {
+    fn default() -> Self {
+        Self::new(CustomerConfig::default())
+    }
+}
+
+fn cart_view(working: &BTreeMap<ItemId, u64>, saved: &BTreeMap<ItemId, u64>) -> Cart {
+    Cart {
+        items: working
+            .iter()
+            .map(|(id, q)| CartLine {
+                item_id: id.to_string(),
+                quantity: *q,
+            })
+            .collect(),
+        saved: !working.is_empty() && working == saved,
+    }
+}
+
+impl CustomerMachine {
+    /// An empty database with the given limits.
+    pub fn new(config: CustomerConfig) -> Self {
+        Self {
+            config,
+            clock_ms: 0,
+            next_seller: 1,
+            next_buyer: 1,
+            next_purchase: 1,
+            sellers: BTreeMap::new(),
+            seller_usernames: BTreeMap::new(),
+            buyers: BTreeMap::new(),
+            buyer_usernames: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            session_idle: BTreeSet::new(),
+            purchases: BTreeMap::new(),
+            purchase_by_reservation: BTreeMap::new(),
+            remembered: BTreeMap::new(),
+            remembered_age: BTreeSet::new(),
+            remembered_bytes: 0,
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &CustomerConfig {
+        &self.config
+    }
+
+    /// The highest command time applied so far.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Number of sessions not yet ended (some may be idle past expiry until the next command).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn session_live(&self, s: &Session, now_ms: u64) -> bool {
+        now_ms < s.last_active_ms.saturating_add(self.config.session_idle_ms)
+    }
+
+    /// Moves time forward to `at_ms` (never backward) and ends whatever expired.
+    fn advance(&mut self, at_ms: u64) {
+        self.clock_ms = self.clock_ms.max(at_ms);
+        let now = self.clock_ms;
+        let idle = self.config.session_idle_ms;
+        while let Some((last, token)) = self.session_idle.first().cloned() {
+            if now < last.saturating_add(idle) {
+                break;
+            }
+            self.end_session(&token);
+        }
+        let ttl = self.config.idempotency_ttl_ms;
+        while let Some((at, _, _)) = self.remembered_age.first() {
+            if now < at.saturating_add(ttl) {
+                break;
+            }
+            self.forget_oldest_response();
+        }
+    }
+
+    /// Forgets the oldest remembered response.
+    fn forget_oldest_response(&mut self) {
+        if let Some((_, scope, key)) = self.remembered_age.pop_first() {
+            if let Some(r) = self.remembered.remove(&(scope, key)) {
+                self.remembered_bytes = self
+                    .remembered_bytes
+                    .saturating_sub(r.response.body.len() as u64);
+            }
+        }
+    }
+
+    /// Ends a session; a buyer's working cart goes back to the saved cart.
+    fn end_session(&mut self, token: &str) -> bool {
+        let Some(session) = self.sessions.remove(token) else {
+            return false;
+        };
+        self.session_idle
+            .remove(&(session.last_active_ms, token.to_string()));
+        match session.user {
+            UserId::Seller(id) => {
+                if let Some(s) = self.sellers.get_mut(&id) {
+                    s.sessions.remove(token);
+                }
+            }
+            UserId::Buyer(id) => {
+                if let Some(b) = self.buyers.get_mut(&id) {
+                    b.sessions.remove(token);
+                    b.working = b.saved.clone();
+                }
+            }
+        }
+        true
+    }
+
+    fn buyer_mut(&mut self, buyer: BuyerId) -> Result<&mut Buyer, MarketError> {
+        self.buyers
+            .get_mut(&buyer)
+            .ok_or_else(|| MarketError::NotFound(format!("buyer {buyer}")))
+    }
+
+    fn apply_command(&mut self, command: CustomerCommand) -> Result<CustomerOutput, MarketError> {
+        self.advance(command.at_ms());
+        match command {
+            CustomerCommand::CreateSeller {
+                name,
+                username,
+                password_hash,
+                ..
+            } => {
+                if self.seller_usernames.contains_key(&username) {
+                    return Err(MarketError::UsernameTaken(username));
+                }
+                let id = SellerId(self.next_seller);
+                self.next_seller += 1;
+                self.seller_usernames.insert(username.clone(), id);
+                self.sellers.insert(
+                    id,
+                    Seller {
+                        name,
+                        username,
+                        password_hash,
+                        items_sold: 0,
+                        up: 0,
+                        down: 0,
+                        sessions: BTreeSet::new(),
+                    },
+                );
+                Ok(CustomerOutput::SellerCreated(id))
+            }
+            CustomerCommand::CreateBuyer {
+                name,
+                username,
+                password_hash,
+                ..
+            } => {
+                if self.buyer_usernames.contains_key(&username) {
+                    return Err(MarketError::UsernameTaken(username));
+                }
+                let id = BuyerId(self.next_buyer);
+                self.next_buyer += 1;
+                self.buyer_usernames.insert(username.clone(), id);
+                self.buyers.insert(
+                    id,
+                    Buyer {
+                        name,
+                        username,
+                        password_hash,
+                        items_purchased: 0,
+                        working: BTreeMap::new(),
+                        saved: BTreeMap::new(),
+                        purchases: Vec::new(),
+                        purchased_items: BTreeMap::new(),
+                        feedback_given: BTreeMap::new(),
+                        sessions: BTreeSet::new(),
+                    },
+                );
+                Ok(CustomerOutput::BuyerCreated(id))
+            }
+            CustomerCommand::OpenSession { user, token, at_ms } => {
+                if self.sessions.contains_key(&token) {
+                    return Err(MarketError::Unavailable("session token collision".into()));
+                }
+                let user_sessions = match user {
+                    UserId::Seller(id) => self.sellers.get(&id).map(|s| s.sessions.clone()),
+                    UserId::Buyer(id) => self.buyers.get(&id).map(|b| b.sessions.clone()),
+                }
+                .ok_or_else(|| MarketError::Unauthenticated("no such user".into()))?;
+                if user_sessions.len() >= self.config.sessions_per_user_max.max(1) {
+                    let oldest = user_sessions
+                        .iter()
+                        .filter_map(|t| self.sessions.get(t).map(|s| (s.last_active_ms, t.clone())))
+                        .min();
+                    if let Some((_, t)) = oldest {
+                        self.end_session(&t);
+                    }
+                }
+                let last_active_ms = at_ms.max(self.clock_ms);
+                self.sessions.insert(
+                    token.clone(),
+                    Session {
+                        user,
+                        last_active_ms,
+                    },
+                );
+                self.session_idle.insert((last_active_ms, token.clone()));
+                match user {
+                    UserId::Seller(id) => {
+                        if let Some(s) = self.sellers.get_mut(&id) {
+                            s.sessions.insert(token);
+                        }
+                    }
+                    UserId::Buyer(id) => {
+                        if let Some(b) = self.buyers.get_mut(&id) {
+                            b.sessions.insert(token);
+                        }
+                    }
+                }
+                Ok(CustomerOutput::Done)
+            }
+            CustomerCommand::CloseSession { token, .. } => {
+                if self.end_session(&token) {
+                    Ok(CustomerOutput::Done)
+                } else {
+                    Err(MarketError::Unauthenticated(
+                        "unknown or ended session".into(),
+                    ))
+                }
+            }
+            CustomerCommand::Touch { token, .. } => {
+                let now = self.clock_ms;
+                let Some(session) = self.sessions.get_mut(&token) else {
+                    return Err(MarketError::Unauthenticated(
+                        "unknown or ended session".into(),
+                    ));
+                };
+                let old = session.last_active_ms;
+                if now > old {
+                    session.last_active_ms = now;
+                    self.session_idle.remove(&(old, token.clone()));
+                    self.session_idle.insert((now, token));
+                }
+                Ok(CustomerOutput::Done)
+            }
+            CustomerCommand::AddToCart {
+                buyer,
+                item,
+                quantity,
+                available,
+                ..
+            } => {
+                let lines_max = self.config.cart_lines_max;
+                let b = self.buyer_mut(buyer)?;
+                if !b.working.contains_key(&item) && b.working.len() >= lines_max {
+                    return Err(MarketError::invalid(
+                        "item_id",
+                        format!("a cart holds at most {lines_max} different items"),
+                    ));
+                }
+                let current = b.working.get(&item).copied().unwrap_or(0);
+                let new = current.saturating_add(quantity);
+                if quantity == 0 || new > available {
+                    return Err(MarketError::InsufficientQuantity {
+                        item: item.to_string(),
+                    });
+                }
+                b.working.insert(item, new);
+                Ok(CustomerOutput::Cart(cart_view(&b.working, &b.saved)))
+            }
+            CustomerCommand::RemoveFromCart {
+                buyer,
+                item,
+                quantity,
+                ..
+            } => {
+                let b = self.buyer_mut(buyer)?;
+                let Some(current) = b.working.get(&item).copied() else {
+                    return Err(MarketError::NotFound(format!(
+                        "item {item} is not in the cart"
+                    )));
+                };
+                match quantity {
+                    Some(q) if q < current => {
+                        b.working.insert(item, current - q);
+                    }
+                    _ => {
+                        b.working.remove(&item);
+                    }
+                }
+                Ok(CustomerOutput::Cart(cart_view(&b.working, &b.saved)))
+            }
+            CustomerCommand::ClearCart { buyer, .. } => {
+                let b = self.buyer_mut(buyer)?;
+                b.working.clear();
+                b.saved.clear();
+                Ok(CustomerOutput::Done)
+            }
+            CustomerCommand::SaveCart { buyer, .. } => {
+                let b = self.buyer_mut(buyer)?;
+                b.saved = b.working.clone();
+                Ok(CustomerOutput::Done)
+            }
+            CustomerCommand::RecordPurchase {
+                buyer,
+                reservation_id,
+                reserved_at_ms,
+                lines,
+                at_ms,
+            } => self.record_purchase(buyer, (reservation_id, reserved_at_ms), lines, at_ms),
+            CustomerCommand::GiveFeedback {
+                buyer, item, vote, ..
+            } => {
+                let b = self.buyer_mut(buyer)?;
+                let Some(seller) = b.purchased_items.get(&item).copied() else {
+                    return Err(MarketError::NotPurchased {
+                        item: item.to_string(),
+                    });
+                };
+                if let Some(first) = b.feedback_given.get(&item) {
+                    return Ok(CustomerOutput::Feedback {
+                        seller,
+                        vote: *first,
+                        fresh: false,
+                    });
+                }
+                b.feedback_given.insert(item, vote);
+                if let Some(s) = self.sellers.get_mut(&seller) {
+                    match vote {
+                        Vote::Up => s.up += 1,
+                        Vote::Down => s.down += 1,
+                    }
+                }
+                Ok(CustomerOutput::Feedback {
+                    seller,
+                    vote,
+                    fresh: true,
+                })
+            }
+            CustomerCommand::RememberResponse {
+                scope,
+                key,
+                response,
+                at_ms,
+            } => {
+                let k = (scope, key);
+                if let Some(r) = self.remembered.get(&k) {
+                    return Ok(CustomerOutput::Remembered(r.response.clone()));
+                }
+                if response.body.len() > self.config.idempotency_body_bytes_max {
+                    return Err(MarketError::invalid(
+                        "body",
+                        "response too large to remember",
+                    ));
+                }
+                let at = at_ms.max(self.clock_ms);
+                let size = response.body.len() as u64;
+                while !self.remembered.is_empty()
+                    && (self.remembered.len() >= self.config.idempotency_entries_max.max(1)
+                        || self.remembered_bytes.saturating_add(size)
+                            > self.config.idempotency_total_bytes_max)
+                {
+                    self.forget_oldest_response();
+                }
+                self.remembered_bytes = self.remembered_bytes.saturating_add(size);
+                self.remembered_age.insert((at, k.0.clone(), k.1.clone()));
+                self.remembered.insert(
+                    k,
+                    Remembered {
+                        response: response.clone(),
+                        at_ms: at,
+                    },
+                );
+                Ok(CustomerOutput::Remembered(response))
+            }
+            CustomerCommand::Tick { .. } => Ok(CustomerOutput::Done),
+        }
+    }
+
+    fn record_purchase(
+        &mut self,
+        buyer: BuyerId,
+        reservation: (u64, u64),
+        lines: Vec<PurchaseLine>,
+        at_ms: u64,
+    ) -> Result<CustomerOutput, MarketError> {
+        if let Some(pid) = self.purchase_by_reservation.get(&reservation) {
+            return match self.purchases.get(pid) {
+                Some((owner, p)) if *owner == buyer => Ok(CustomerOutput::Purchase(p.clone())),
+                _ => Err(MarketError::invalid(
+                    "reservation_id",
+                    "belongs to another purchase",
+                )),
+            };
+        }
+        if lines.is_empty() {
+            return Err(MarketError::CartEmpty);
+        }
+        let mut parsed = Vec::with_capacity(lines.len());
+        for l in &lines {
+            let id: ItemId = l
+                .item_id
+                .parse()
+                .map_err(|_| MarketError::invalid("item_id", "not an item id"))?;
+            parsed.push((id, SellerId(l.seller_id), l.quantity));
+        }
+        let next = self.next_purchase;
+        let b = self.buyer_mut(buyer)?;
+        let id = PurchaseId(next);
+        let total_cents = lines.iter().fold(0u64, |acc, l| {
+            acc.saturating_add(l.quantity.saturating_mul(l.price_cents))
+        });
+        let units = lines
+            .iter()
+            .fold(0u64, |acc, l| acc.saturating_add(l.quantity));
+        b.items_purchased = b.items_purchased.saturating_add(units);
+        b.purchases.push(id);
+        b.working.clear();
+        b.saved.clear();
+        for (item, seller, _) in &parsed {
+            b.purchased_items.insert(*item, *seller);
+        }
+        for (_, seller, q) in &parsed {
+            if let Some(s) = self.sellers.get_mut(seller) {
+                s.items_sold = s.items_sold.saturating_add(*q);
+            }
+        }
+        self.next_purchase += 1;
+        let purchase = Purchase {
+            purchase_id: id.0,
+            created_at: rfc3339(at_ms.max(self.clock_ms)),
+            total_cents,
+            lines,
+        };
+        self.purchases.insert(id, (buyer, purchase.clone()));
+        self.purchase_by_reservation.insert(reservation, id);
+        Ok(CustomerOutput::Purchase(purchase))
+    }
+
+    fn answer(&self, query: &CustomerQuery) -> CustomerAnswer {
+        match query {
+            CustomerQuery::Credentials { role, username } => {
+                CustomerAnswer::Credentials(match role {
+                    Role::Seller => self.seller_usernames.get(username).and_then(|id| {
+                        self.sellers
+                            .get(id)
+                            .map(|s| (UserId::Seller(*id), s.password_hash.clone()))
+                    }),
+                    Role::Buyer => self.buyer_usernames.get(username).and_then(|id| {
+                        self.buyers
+                            .get(id)
+                            .map(|b| (UserId::Buyer(*id), b.password_hash.clone()))
+                    }),
+                })
+            }
+            CustomerQuery::Session { token, now_ms } => {
+                let now = (*now_ms).max(self.clock_ms);
+                CustomerAnswer::Session(
+                    self.sessions
+                        .get(token)
+                        .filter(|s| self.session_live(s, now))
+                        .map(|s| SessionInfo {
+                            user: s.user,
+                            last_active_ms: s.last_active_ms,
+                        }),
+                )
+            }
+            CustomerQuery::Cart { buyer, now_ms } => {
+                let now = (*now_ms).max(self.clock_ms);
+                CustomerAnswer::Cart(self.buyers.get(buyer).map(|b| {
+                    let some_session_expired = b.sessions.iter().any(|t| {
+                        self.sessions
+                            .get(t)
+                            .is_some_and(|s| !self.session_live(s, now))
+                    });
+                    if some_session_expired {
+                        cart_view(&b.saved, &b.saved)
+                    } else {
+                        cart_view(&b.working, &b.saved)
+                    }
+                }))
+            }
+            CustomerQuery::Purchases { buyer } => {
+                CustomerAnswer::Purchases(self.buyers.get(buyer).map(|b| {
+                    b.purchases
+                        .iter()
+                        .rev()
+                        .filter_map(|id| self.purchases.get(id).map(|(_, p)| p.clone()))
+                        .collect()
+                }))
+            }
+            CustomerQuery::Rating { seller } => {
+                CustomerAnswer::Rating(self.sellers.get(seller).map(|s| Rating {
+                    seller_id: seller.0,
+                    up: s.up,
+                    down: s.down,
+                }))
+            }
+            CustomerQuery::Seller { seller } => {
+                CustomerAnswer::Seller(self.sellers.get(seller).map(|s| SellerSummary {
+                    name: s.name.clone(),
+                    username: s.username.clone(),
+                    items_sold: s.items_sold,
+                    rating: Rating {
+                        seller_id: seller.0,
+                        up: s.up,
+                        down: s.down,
+                    },
+                    sessions: s.sessions.len(),
+                }))
+            }
+            CustomerQuery::Buyer { buyer } => {
+                CustomerAnswer::Buyer(self.buyers.get(buyer).map(|b| BuyerSummary {
+                    name: b.name.clone(),
+                    username: b.username.clone(),
+                    items_purchased: b.items_purchased,
+                    purchases: b.purchases.len(),
+                    purchased_items: b.purchased_items.iter().map(|(i, s)| (*i, *s)).collect(),
+                    feedback_given: b.feedback_given.iter().map(|(i, v)| (*i, *v)).collect(),
+                    saved_cart: cart_view(&b.saved, &b.saved).items,
+                    sessions: b.sessions.len(),
+                }))
+            }
+            CustomerQuery::Remembered { scope, key, now_ms } => {
+                let now = (*now_ms).max(self.clock_ms);
+                CustomerAnswer::Remembered(
+                    self.remembered
+                        .get(&(scope.clone(), key.clone()))
+                        .filter(|r| now < r.at_ms.saturating_add(self.config.idempotency_ttl_ms))
+                        .map(|r| r.response.clone()),
+                )
+            }
+        }
+    }
+}
+
+impl StateMachine for CustomerMachine {
+    type Command = CustomerCommand;
+    type Output = Result<CustomerOutput, MarketError>;
+    type Query = CustomerQuery;
+    type Answer = CustomerAnswer;
+
+    fn apply(&mut self, command: CustomerCommand) -> Self::Output {
+        self.apply_command(command)
+    }
+
+    fn query(&self, query: &CustomerQuery) -> CustomerAnswer {
+        self.answer(query)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        // Serializing plain maps and strings into a Vec cannot fail.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        *self = postcard::from_bytes(snapshot).map_err(|e| SnapshotError(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1153 @@
+//! The [`Market`]: every client function of API.md, written against two replicated logs.
+//!
+//! The Market is the frontend half of the domain. It validates requests, reads the clock,
+//! chooses random tokens and salts, hashes passwords — everything that must not happen inside
+//! a state machine — and then proposes deterministic commands to the customer database and
+//! the product database, or reads them. It holds the logs as `Arc<dyn ReplicatedLog<_>>`, so
+//! the same Market runs over single-node logs (embedded, tests), over the Raft and atomic
+//! broadcast logs in process, or over the remote QUIC client of those logs in a server.
+//! It keeps no user state of its own: any number of Markets may serve the same databases.
+//!
+//! # Request ids and retries
+//!
+//! Every proposal carries a [`RequestId`]: `client` is a random `u64` chosen when the Market
+//! is built, `seq` an atomic counter. When a log answers [`LogError::Unavailable`] the Market
+//! retries that same step with the *same* id (the log deduplicates, so the step takes effect
+//! once), up to [`MarketConfig::propose_attempts`] times, then answers
+//! [`MarketError::Unavailable`].
+//!
+//! # Authentication
+//!
+//! [`Market::authenticate`] reads the session (linearizable) with the current time, refuses a
+//! missing, unknown, ended, expired or wrong-role token with `unauthenticated`, and proposes a
+//! `Touch` only when the session's activity mark is older than
+//! [`MarketConfig::touch_after_ms`] — so a burst of reads costs one write, not one each.
+//! Every function that needs a logged-in user takes an [`Auth`]: a token (`&str` or
+//! `&String` convert into one), or a [`UserId`] that `authenticate` returned earlier in the
+//! same request (an HTTP server that authenticated to build the idempotency scope passes
+//! that, saving a second session read).
+//!
+//! # The purchase workflow
+//!
+//! [`Market::make_purchase`]: validate the card; read the working cart (`cart_empty`);
+//! `Reserve` every line in the product database (all or none: `insufficient_quantity` names the
+//! item); ask the [`PaymentService`]. Declined: `Release`, answer `payment_declined`; nothing
+//! else changed. Service error: `Release`, answer `unavailable`. Approved: `Confirm` in the
+//! product database, then `RecordPurchase` in the customer database (history, counters, both
+//! carts emptied). A reservation that is neither confirmed nor released (the frontend died)
+//! lapses after [`MarketConfig::reservation_ttl_ms`] and its units return.
+//!
+//! **Idempotency-Key.** When the HTTP request carried a key, the reservation id is derived
+//! from (buyer, key) ([`reservation_id_for`]) instead of drawn at random. A retry of the same
+//! purchase on any replica then finds the same reservation (the product database remembers
+//! finished reservations for 10 minutes): if it was confirmed, the payment is not asked
+//! again and `RecordPurchase` — idempotent per (reservation id, reservation time) — returns
+//! the same purchase; if it was released after a decline, the retry answers
+//! `payment_declined` again; if it lapsed or the payment service failed, `unavailable`
+//! (retry with a new key). The HTTP layer additionally remembers whole responses
+//! ([`Market::idempotency_lookup`], [`Market::idempotency_record`]), which covers every
+//! other mutating route and answers most retries before they reach this code.
+//!
+//! What is not covered: the payment service takes no idempotency key, so a retry that finds
+//! the reservation still *held* (the first attempt is still running, or died between the
+//! payment and `Confirm`) asks for payment again. And if the reservation lapses while the
+//! payment service is deciding (over [`MarketConfig::reservation_ttl_ms`], 2 minutes by
+//! default), an approved payment is answered `unavailable` with nothing bought; there is no
+//! refund call in API.md.
+//!
+//! # Feedback
+//!
+//! The customer database is the gate (purchased? first time?) and updates the seller's
+//! rating; then the product database adds the vote to the item, idempotently per
+//! (buyer, item). A retry after a failure between the two steps gets `feedback_exists` but
+//! also completes the product-side step, so the two databases never stay out of step.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+use replication::{LogError, LogStatus, ReadConsistency, ReplicatedLog, RequestId};
+
+use crate::api::{
+    AddToCart, BuyerCreated, BuyerLoginResponse, Cart, CreateAccount, FeedbackRequest, Item, Items,
+    Login, NewItem, PriceChange, Purchase, PurchaseLine, PurchaseRequest, Purchases, Rating,
+    SearchQuery, SellerCreated, SellerLoginResponse,
+};
+use crate::clock::Clock;
+use crate::customer::{
+    CustomerAnswer, CustomerCommand, CustomerMachine, CustomerOutput, CustomerQuery, StoredResponse,
+};
+use crate::error::MarketError;
+use crate::ids::{BuyerId, ItemId, Role, SellerId, UserId};
+use crate::password::{self, PasswordParams};
+use crate::payment::{PaymentRequest, PaymentService};
+use crate::product::{
+    ProductAnswer, ProductCommand, ProductMachine, ProductOutput, ProductQuery, ReleaseReason,
+    Reservation, ReservationState,
+};
+use crate::validate;
+
+/// Longest bearer token looked up (tokens the Market issues are 64 characters).
+pub const TOKEN_CHARS_MAX: usize = 128;
+/// Longest idempotency scope.
+pub const SCOPE_CHARS_MAX: usize = 128;
+
+/// Who is calling: a bearer token to check, or a user that [`Market::authenticate`] already
+/// checked for this same request (an HTTP server that authenticated to find the
+/// idempotency scope passes the result, saving a second session read). A `Verified` user of
+/// the wrong role is refused with `unauthenticated`, like a wrong-role token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Auth<'a> {
+    /// `Authorization: Bearer <token>`.
+    Token(&'a str),
+    /// Already authenticated.
+    Verified(UserId),
+}
+
+impl std::fmt::Debug for Auth<'_> {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Token(_) => f.write_str("Token(<redacted>)"),
+            Auth::Verified(u) => write!(f, "Verified({u:?})"),
+        }
+    }
+}
+
+impl<'a> From<&'a str> for Auth<'a> {
+    fn from(token: &'a str) -> Self {
+        Auth::Token(token)
+    }
+}
+
+impl<'a> From<&'a String> for Auth<'a> {
+    fn from(token: &'a String) -> Self {
+        Auth::Token(token)
+    }
+}
+
+impl From<UserId> for Auth<'static> {
+    fn from(user: UserId) -> Self {
+        Auth::Verified(user)
+    }
+}
+
+impl From<SellerId> for Auth<'static> {
+    fn from(seller: SellerId) -> Self {
+        Auth::Verified(UserId::Seller(seller))
+    }
+}
+
+impl From<BuyerId> for Auth<'static> {
+    fn from(buyer: BuyerId) -> Self {
+        Auth::Verified(UserId::Buyer(buyer))
+    }
+}
+
+/// Frontend settings of a [`Market`]. Unlike the state machines' configs these may differ
+/// between frontends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarketConfig {
+    /// Argon2id cost of new password hashes.
+    pub password: PasswordParams,
+    /// A session's activity mark is refreshed (one write) when older than this. Idle expiry
+    /// counts from the last refresh, so a session may end up to this much early.
+    pub touch_after_ms: u64,
+    /// A purchase reservation lapses after this long if neither confirmed nor released.
+    pub reservation_ttl_ms: u64,
+    /// Attempts per step when the log answers `Unavailable` (same request id each time).
+    pub propose_attempts: u32,
+    /// Pause before the second attempt; doubles per attempt.
+    pub retry_backoff_ms: u64,
+    /// Consistency of the public, token-less reads (`search_items`, `get_item`,
+    /// `get_seller_rating`). Linearizable by default; `Stale` saves a read barrier per
+    /// request at the price of answers that may lag by a few milliseconds. Session,
+    /// cart, credential and idempotency reads are always linearizable.
+    pub public_reads: ReadConsistency,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        Self {
+            password: PasswordParams::PRODUCTION,
+            touch_after_ms: 5_000,
+            reservation_ttl_ms: 120_000,
+            propose_attempts: 3,
+            retry_backoff_ms: 50,
+            public_reads: ReadConsistency::Linearizable,
+        }
+    }
+}
+
+impl MarketConfig {
+    /// The defaults with the cheapest Argon2 parameters: for tests only.
+    pub fn for_tests() -> Self {
+        Self {
+            password: PasswordParams::TESTING,
+            ..Self::default()
+        }
+    }
+}
+
+/// The marketplace service: every seller and buyer function of API.md.
+pub struct Market {
+    customers: Arc<dyn ReplicatedLog<CustomerMachine>>,
+    products: Arc<dyn ReplicatedLog<ProductMachine>>,
+    payments: Arc<dyn PaymentService>,
+    clock: Arc<dyn Clock>,
+    config: MarketConfig,
+    client: u64,
+    seq: AtomicU64,
+    dummy_hash: String,
+}
+
+impl std::fmt::Debug for Market {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Market")
+            .field("client", &self.client)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unexpected(what: &str) -> MarketError {
+    MarketError::Unavailable(format!("unexpected answer from the database ({what})"))
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The reservation id of a purchase retried with `key` by `buyer` (FNV-1a, 64 bits): the same
+/// on every frontend.
+pub fn reservation_id_for(buyer: BuyerId, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    for b in b"purchase\0" {
+        eat(*b);
+    }
+    for b in buyer.0.to_le_bytes() {
+        eat(b);
+    }
+    for b in key.bytes() {
+        eat(b);
+    }
+    h
+}
+
+fn path_item(id: &str) -> Result<ItemId, MarketError> {
+    id.parse().map_err(|_| {
+        MarketError::NotFound(format!(
+            "item {:?}",
+            id.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+impl Market {
+    /// A Market over the two databases. `client` ids for request ids are drawn at random.
+    pub fn new(
+        customers: Arc<dyn ReplicatedLog<CustomerMachine>>,
+        products: Arc<dyn ReplicatedLog<ProductMachine>>,
+        payments: Arc<dyn PaymentService>,
+        clock: Arc<dyn Clock>,
+        config: MarketConfig,
+    ) -> Self {
+        let dummy_hash =
+            password::hash("not a password", &password::random_salt(), config.password)
+                .unwrap_or_default();
+        Self {
+            customers,
+            products,
+            payments,
+            clock,
+            config,
+            client: rand::random(),
+            seq: AtomicU64::new(1),
+            dummy_hash,
+        }
+    }
+
+    /// The random client id in this Market's request ids.
+    pub fn client_id(&self) -> u64 {
+        self.client
+    }
+
+    /// The frontend settings.
+    pub fn config(&self) -> &MarketConfig {
+        &self.config
+    }
+
+    /// The clock commands are stamped with.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Progress of the customer database replica this Market talks to.
+    pub fn customer_status(&self) -> LogStatus {
+        self.customers.status()
+    }
+
+    /// Progress of the product database replica this Market talks to.
+    pub fn product_status(&self) -> LogStatus {
+        self.products.status()
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn next_request_id(&self) -> RequestId {
+        RequestId {
+            client: self.client,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    async fn backoff(&self, attempt: u32) {
+        let ms = self
+            .config
+            .retry_backoff_ms
+            .saturating_mul(1u64 << attempt.min(10));
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// Proposes one step to the customer database, retrying `Unavailable` with the same id.
+    async fn customer(&self, command: CustomerCommand) -> Result<CustomerOutput, MarketError> {
+        let id = self.next_request_id();
+        let mut attempt = 0;
+        loop {
+            match self.customers.propose(id, command.clone()).await {
+                Ok(out) => return out,
+                Err(LogError::Unavailable(_)) if attempt + 1 < self.config.propose_attempts => {
+                    self.backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Proposes one step to the product database, retrying `Unavailable` with the same id.
+    async fn product(&self, command: ProductCommand) -> Result<ProductOutput, MarketError> {
+        let id = self.next_request_id();
+        let mut attempt = 0;
+        loop {
+            match self.products.propose(id, command.clone()).await {
+                Ok(out) => return out,
+                Err(LogError::Unavailable(_)) if attempt + 1 < self.config.propose_attempts => {
+                    self.backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn read_customer(&self, query: CustomerQuery) -> Result<CustomerAnswer, MarketError> {
+        self.read_customer_with(query, ReadConsistency::Linearizable)
+            .await
+    }
+
+    async fn read_customer_with(
+        &self,
+        query: CustomerQuery,
+        consistency: ReadConsistency,
+    ) -> Result<CustomerAnswer, MarketError> {
+        let mut attempt = 0;
+        loop {
+            match self.customers.read(query.clone(), consistency).await {
+                Ok(a) => return Ok(a),
+                Err(LogError::Unavailable(_)) if attempt + 1 < self.config.propose_attempts => {
+                    self.backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn read_product(&self, query: ProductQuery) -> Result<ProductAnswer, MarketError> {
+        self.read_product_with(query, ReadConsistency::Linearizable)
+            .await
+    }
+
+    async fn read_product_with(
+        &self,
+        query: ProductQuery,
+        consistency: ReadConsistency,
+    ) -> Result<ProductAnswer, MarketError> {
+        let mut attempt = 0;
+        loop {
+            match self.products.read(query.clone(), consistency).await {
+                Ok(a) => return Ok(a),
+                Err(LogError::Unavailable(_)) if attempt + 1 < self.config.propose_attempts => {
+                    self.backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn product_item(&self, command: ProductCommand) -> Result<Item, MarketError> {
+        match self.product(command).await? {
+            ProductOutput::Item(item) => Ok(item),
+            _ => Err(unexpected("item")),
+        }
+    }
+
+    async fn product_reservation(
+        &self,
+        command: ProductCommand,
+    ) -> Result<Reservation, MarketError> {
+        match self.product(command).await? {
+            ProductOutput::Reservation(r) => Ok(r),
+            _ => Err(unexpected("reservation")),
+        }
+    }
+
+    async fn customer_cart(&self, command: CustomerCommand) -> Result<Cart, MarketError> {
+        match self.customer(command).await? {
+            CustomerOutput::Cart(c) => Ok(c),
+            _ => Err(unexpected("cart")),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Sessions
+    // ----------------------------------------------------------------------------------
+
+    /// Checks a bearer token for `role`: the user of a live session, or `unauthenticated`
+    /// (missing, unknown, logged out, expired, or the other role's token). Refreshes the
+    /// session's activity mark when it is older than [`MarketConfig::touch_after_ms`].
+    pub async fn authenticate(&self, token: &str, role: Role) -> Result<UserId, MarketError> {
+        if token.is_empty() || token.len() > TOKEN_CHARS_MAX {
+            return Err(MarketError::Unauthenticated(
+                "missing or malformed token".into(),
+            ));
+        }
+        let now = self.now();
+        let session = match self
+            .read_customer(CustomerQuery::Session {
+                token: token.to_string(),
+                now_ms: now,
+            })
+            .await?
+        {
+            CustomerAnswer::Session(s) => s,
+            _ => return Err(unexpected("session")),
+        };
+        let Some(session) = session else {
+            return Err(MarketError::Unauthenticated(
+                "unknown, ended or expired session".into(),
+            ));
+        };
+        if session.user.role() != role {
+            return Err(MarketError::Unauthenticated(
+                "this token belongs to the other role".into(),
+            ));
+        }
+        if now.saturating_sub(session.last_active_ms) >= self.config.touch_after_ms {
+            self.customer(CustomerCommand::Touch {
+                token: token.to_string(),
+                at_ms: now,
+            })
+            .await?;
+        }
+        Ok(session.user)
+    }
+
+    /// [`Market::authenticate`] for a seller token.
+    pub async fn authenticate_seller(&self, token: &str) -> Result<SellerId, MarketError> {
+        match self.authenticate(token, Role::Seller).await? {
+            UserId::Seller(id) => Ok(id),
+            UserId::Buyer(_) => Err(MarketError::Unauthenticated("not a seller".into())),
+        }
+    }
+
+    /// [`Market::authenticate`] for a buyer token.
+    pub async fn authenticate_buyer(&self, token: &str) -> Result<BuyerId, MarketError> {
+        match self.authenticate(token, Role::Buyer).await? {
+            UserId::Buyer(id) => Ok(id),
+            UserId::Seller(_) => Err(MarketError::Unauthenticated("not a buyer".into())),
+        }
+    }
+
+    /// The seller calling, from a token or an already verified user.
+    pub async fn seller_of(&self, auth: Auth<'_>) -> Result<SellerId, MarketError> {
+        match auth {
+            Auth::Token(token) => self.authenticate_seller(token).await,
+            Auth::Verified(UserId::Seller(id)) => Ok(id),
+            Auth::Verified(UserId::Buyer(_)) => {
+                Err(MarketError::Unauthenticated("not a seller".into()))
+            }
+        }
+    }
+
+    /// The buyer calling, from a token or an already verified user.
+    pub async fn buyer_of(&self, auth: Auth<'_>) -> Result<BuyerId, MarketError> {
+        match auth {
+            Auth::Token(token) => self.authenticate_buyer(token).await,
+            Auth::Verified(UserId::Buyer(id)) => Ok(id),
+            Auth::Verified(UserId::Seller(_)) => {
+                Err(MarketError::Unauthenticated("not a buyer".into()))
+            }
+        }
+    }
+
+    async fn hash_password(&self, password: &str) -> Result<String, MarketError> {
+        let password = password.to_string();
+        let params = self.config.password;
+        let salt = password::random_salt();
+        tokio::task::spawn_blocking(move || password::hash(&password, &salt, params))
+            .await
+            .map_err(|e| MarketError::Unavailable(format!("hashing task: {e}")))?
+    }
+
+    async fn verify_password(&self, password: &str, phc: String) -> Result<bool, MarketError> {
+        let password = password.to_string();
+        tokio::task::spawn_blocking(move || password::verify(&password, &phc))
+            .await
+            .map_err(|e| MarketError::Unavailable(format!("hashing task: {e}")))
+    }
+
+    async fn create_account(&self, role: Role, req: &CreateAccount) -> Result<u64, MarketError> {
+        let name = validate::name("name", &req.name)?;
+        let username = validate::username(&req.username)?;
+        validate::password(&req.password)?;
+        let password_hash = self.hash_password(&req.password).await?;
+        let at_ms = self.now();
+        let command = match role {
+            Role::Seller => CustomerCommand::CreateSeller {
+                name,
+                username,
+                password_hash,
+                at_ms,
+            },
+            Role::Buyer => CustomerCommand::CreateBuyer {
+                name,
+                username,
+                password_hash,
+                at_ms,
+            },
+        };
+        match self.customer(command).await? {
+            CustomerOutput::SellerCreated(id) => Ok(id.0),
+            CustomerOutput::BuyerCreated(id) => Ok(id.0),
+            _ => Err(unexpected("account")),
+        }
+    }
+
+    async fn login(&self, role: Role, req: &Login) -> Result<(String, UserId), MarketError> {
+        let bad = || MarketError::Unauthenticated("bad username or password".into());
+        if req.password.chars().count() > validate::PASSWORD_CHARS_MAX
+            || req.username.chars().count() > validate::USERNAME_CHARS_MAX
+        {
+            return Err(bad());
+        }
+        let found = match self
+            .read_customer(CustomerQuery::Credentials {
+                role,
+                username: req.username.clone(),
+            })
+            .await?
+        {
+            CustomerAnswer::Credentials(c) => c,
+            _ => return Err(unexpected("credentials")),
+        };
+        let Some((user, phc)) = found else {
+            // Spend the same time as a real check, so timing does not reveal usernames.
+            let _ = self
+                .verify_password(&req.password, self.dummy_hash.clone())
+                .await;
+            return Err(bad());
+        };
+        if !self.verify_password(&req.password, phc).await? {
+            return Err(bad());
+        }
+        let token = random_token();
+        self.customer(CustomerCommand::OpenSession {
+            user,
+            token: token.clone(),
+            at_ms: self.now(),
+        })
+        .await?;
+        Ok((token, user))
+    }
+
+    async fn logout(&self, token: &str, role: Role) -> Result<(), MarketError> {
+        self.authenticate(token, role).await?;
+        self.customer(CustomerCommand::CloseSession {
+            token: token.to_string(),
+            at_ms: self.now(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn rating(
+        &self,
+        seller: SellerId,
+        consistency: ReadConsistency,
+    ) -> Result<Rating, MarketError> {
+        match self
+            .read_customer_with(CustomerQuery::Rating { seller }, consistency)
+            .await?
+        {
+            CustomerAnswer::Rating(Some(r)) => Ok(r),
+            CustomerAnswer::Rating(None) => Err(MarketError::NotFound(format!("seller {seller}"))),
+            _ => Err(unexpected("rating")),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Seller interface
+    // ----------------------------------------------------------------------------------
+
+    /// `POST /v1/sellers`: creates a seller (201).
+    pub async fn create_seller(&self, req: &CreateAccount) -> Result<SellerCreated, MarketError> {
+        Ok(SellerCreated {
+            seller_id: self.create_account(Role::Seller, req).await?,
+        })
+    }
+
+    /// `POST /v1/sellers/sessions`: a new seller session (201).
+    pub async fn login_seller(&self, req: &Login) -> Result<SellerLoginResponse, MarketError> {
+        let (token, user) = self.login(Role::Seller, req).await?;
+        Ok(SellerLoginResponse {
+            token,
+            seller_id: user.number(),
+        })
+    }
+
+    /// `DELETE /v1/sellers/sessions/current` (204).
+    pub async fn logout_seller(&self, token: &str) -> Result<(), MarketError> {
+        self.logout(token, Role::Seller).await
+    }
+
+    /// `GET /v1/sellers/me/rating`: the calling seller's rating (200).
+    pub async fn get_my_rating(&self, auth: impl Into<Auth<'_>>) -> Result<Rating, MarketError> {
+        let seller = self.seller_of(auth.into()).await?;
+        self.rating(seller, ReadConsistency::Linearizable).await
+    }
+
+    /// `POST /v1/sellers/me/items`: lists an item (201).
+    pub async fn add_item(
+        &self,
+        auth: impl Into<Auth<'_>>,
+        req: &NewItem,
+    ) -> Result<Item, MarketError> {
+        let seller = self.seller_of(auth.into()).await?;
+        let v = validate::new_item(req)?;
+        self.product_item(ProductCommand::AddItem {
+            seller,
+            name: v.name,
+            category: v.category,
+            keywords: v.keywords,
+            condition: req.condition,
+            price_cents: v.price_cents,
+            quantity: v.quantity,
+            at_ms: self.now(),
+        })
+        .await
+    }
+
+    /// `PUT /v1/sellers/me/items/{id}/price` (200). Another seller's item: `forbidden`;
+    /// unknown or malformed id: `not_found`.
+    pub async fn change_price(
+        &self,
+        auth: impl Into<Auth<'_>>,
+        item_id: &str,
+        req: &PriceChange,
+    ) -> Result<Item, MarketError> {
+        let seller = self.seller_of(auth.into()).await?;
+        let item = path_item(item_id)?;
+        let price_cents = validate::price_cents(req.price_cents)?;
+        self.product_item(ProductCommand::ChangePrice {
+            seller,
+            item,
+            price_cents,
+            at_ms: self.now(),
+        })
+        .await
+    }
+
+    /// `DELETE /v1/sellers/me/items/{id}?quantity=N` (200, the item with its remaining
+    /// quantity). `None`: all available units. More than available: `insufficient_quantity`.
+    pub async fn remove_item(
+        &self,
+        auth: impl Into<Auth<'_>>,
+        item_id: &str,
+        quantity: Option<i64>,
+    ) -> Result<Item, MarketError> {
+        let seller = self.seller_of(auth.into()).await?;
+        let item = path_item(item_id)?;
+        let quantity = quantity.map(validate::quantity).transpose()?;
+        self.product_item(ProductCommand::RemoveUnits {
+            seller,
+            item,
+            quantity,
+            at_ms: self.now(),
+        })
+        .await
+    }
+
+    /// `GET /v1/sellers/me/items`: the caller's items, also those with quantity 0, by id (200).
+    pub async fn all_items_by_seller(
+        &self,
+        auth: impl Into<Auth<'_>>,
+    ) -> Result<Items, MarketError> {
+        let seller = self.seller_of(auth.into()).await?;
+        match self.read_product(ProductQuery::BySeller(seller)).await? {
+            ProductAnswer::Items(items) => Ok(Items { items }),
+            _ => Err(unexpected("items")),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Buyer interface
+    // ----------------------------------------------------------------------------------
+
+    /// `POST /v1/buyers`: creates a buyer (201).
+    pub async fn create_buyer(&self, req: &CreateAccount) -> Result<BuyerCreated, MarketError> {
+        Ok(BuyerCreated {
+            buyer_id: self.create_account(Role::Buyer, req).await?,
+        })
+    }
+
+    /// `POST /v1/buyers/sessions`: a new buyer session (201).
+    pub async fn login_buyer(&self, req: &Login) -> Result<BuyerLoginResponse, MarketError> {
+        let (token, user) = self.login(Role::Buyer, req).await?;
+        Ok(BuyerLoginResponse {
+            token,
+            buyer_id: user.number(),
+        })
+    }
+
+    /// `DELETE /v1/buyers/sessions/current` (204). The working cart goes back to the saved cart.
+    pub async fn logout_buyer(&self, token: &str) -> Result<(), MarketError> {
+        self.logout(token, Role::Buyer).await
+    }
+
+    /// `GET /v1/items?category=C&keyword=K&limit=N` (200, no token).
+    pub async fn search_items(&self, query: &SearchQuery) -> Result<Items, MarketError> {
+        let category = query.category.map(validate::category).transpose()?;
+        let keywords = validate::keywords("keyword", &query.keywords)?;
+        let limit = validate::search_limit(query.limit)?;
+        match self
+            .read_product_with(
+                ProductQuery::Search {
+                    category,
+                    keywords,
+                    limit,
+                },
+                self.config.public_reads,
+            )
+            .await?
+        {
+            ProductAnswer::Items(items) => Ok(Items { items }),
+            _ => Err(unexpected("items")),
+        }
+    }
+
+    /// `GET /v1/items/{id}` (200, no token). Unknown or malformed id: `not_found`.
+    pub async fn get_item(&self, item_id: &str) -> Result<Item, MarketError> {
+        let id = path_item(item_id)?;
+        match self
+            .read_product_with(ProductQuery::Item(id), self.config.public_reads)
+            .await?
+        {
+            ProductAnswer::Item(Some(item)) => Ok(item),
+            ProductAnswer::Item(None) => Err(MarketError::NotFound(format!("item {id}"))),
+            _ => Err(unexpected("item")),
+        }
+    }
+
+    async fn item(&self, id: ItemId) -> Result<Item, MarketError> {
+        match self.read_product(ProductQuery::Item(id)).await? {
+            ProductAnswer::Item(Some(item)) => Ok(item),
+            ProductAnswer::Item(None) => Err(MarketError::NotFound(format!("item {id}"))),
+            _ => Err(unexpected("item")),
+        }
+    }
+
+    async fn cart_of(&self, buyer: BuyerId) -> Result<Cart, MarketError> {
+        match self
+            .read_customer(CustomerQuery::Cart {
+                buyer,
+                now_ms: self.now(),
+            })
+            .await?
+        {
+            CustomerAnswer::Cart(Some(c)) => Ok(c),
+            CustomerAnswer::Cart(None) => Err(MarketError::NotFound(format!("buyer {buyer}"))),
+            _ => Err(unexpected("cart")),
+        }
+    }
+
+    /// `GET /v1/buyers/me/cart` (200).
+    pub async fn display_cart(&self, auth: impl Into<Auth<'_>>) -> Result<Cart, MarketError> {
+        let buyer = self.buyer_of(auth.into()).await?;
+        self.cart_of(buyer).await
+    }
+
+    /// `POST /v1/buyers/me/cart/items` (200, the cart). The cart's quantity of the item after
+    /// the add may not exceed the item's current quantity (`insufficient_quantity`).
+    pub async fn add_to_cart(
+        &self,
+        auth: impl Into<Auth<'_>>,
+        req: &AddToCart,
+    ) -> Result<Cart, MarketError> {
+        let buyer = self.buyer_of(auth.into()).await?;
+        let item = validate::item_id("item_id", &req.item_id)?;
+        let quantity = validate::quantity(req.quantity)?;
+        let available = self.item(item).await?.quantity;
+        self.customer_cart(CustomerCommand::AddToCart {
+            buyer,
+            item,
+            quantity,
+            available,
+            at_ms: self.now(),
+        })
+        .await
+    }
+
+    /// `DELETE /v1/buyers/me/cart/items/{id}?quantity=N` (200, the cart). `None`, or more than
+    /// the line holds: the whole line. Item not in the cart: `not_found`.
+    pub async fn remove_cart(
+        &self,
+        auth: impl Into<Auth<'_>>,
+        item_id: &str,
+        quantity: Option<i64>,
+    ) -> Result<Cart, MarketError> {
+        let buyer = self.buyer_of(auth.into()).await?;
+        let item = path_item(item_id)?;
+        let quantity = quantity.map(validate::quantity).transpose()?;
+        self.customer_cart(CustomerCommand::RemoveFromCart {
+            buyer,
+            item,
+            quantity,
+            at_ms: self.now(),
+        })
+        .await
+    }
+
+    /// `DELETE /v1/buyers/me/cart` (204): empties the working and the saved cart.
+    pub async fn clear_cart(&self, auth: impl Into<Auth<'_>>) -> Result<(), MarketError> {
+        let buyer = self.buyer_of(auth.into()).await?;
+        self.customer(CustomerCommand::ClearCart {
+            buyer,
+            at_ms: self.now(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/buyers/me/cart/save` (204): copies the working cart to the saved cart.
+    pub async fn save_cart(&self, auth: impl Into<Auth<'_>>) -> Result<(), MarketError> {
+        let buyer = self.buyer_of(auth.into()).await?;
+        self.customer(CustomerCommand::SaveCart {
+            buyer,
+            at_ms: self.now(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/buyers/me/purchases` (201, the purchase). See the module docs for the
+    /// workflow and for what `idempotency_key` (the request's `Idempotency-Key`) adds.
+    pub async fn make_purchase(
+        &self,
+        auth: impl Into<Auth<'_>>,
+        req: &PurchaseRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Purchase, MarketError> {
+        let buyer = self.buyer_of(auth.into()).await?;
+        let now = self.now();
+        validate::card(&req.card, now)?;
+        if let Some(key) = idempotency_key {
+            validate::idempotency_key(key)?;
+        }
+        let reservation_id = match idempotency_key {
+            Some(key) => reservation_id_for(buyer, key),
+            None => rand::random(),
+        };
+        // A retry whose reservation already exists skips the cart check: the cart may have
+        // been emptied by the first attempt.
+        let existing = match idempotency_key {
+            None => None,
+            Some(_) => match self
+                .read_product(ProductQuery::Reservation(reservation_id))
+                .await?
+            {
+                ProductAnswer::Reservation(r) => r,
+                _ => return Err(unexpected("reservation")),
+            },
+        };
+        let lines: Vec<(ItemId, u64)> = if existing.is_some() {
+            Vec::new()
+        } else {
+            let cart = self.cart_of(buyer).await?;
+            if cart.items.is_empty() {
+                return Err(MarketError::CartEmpty);
+            }
+            let mut lines = Vec::with_capacity(cart.items.len());
+            for l in &cart.items {
+                lines.push((validate::item_id("item_id", &l.item_id)?, l.quantity));
+            }
+            lines
+        };
+        let reservation = match existing {
+            Some(r) => r,
+            None => {
+                self.product_reservation(ProductCommand::Reserve {
+                    reservation_id,
+                    buyer,
+                    lines,
+                    at_ms: now,
+                    expires_at_ms: now.saturating_add(self.config.reservation_ttl_ms),
+                })
+                .await?
+            }
+        };
+        if reservation.buyer != buyer {
+            return Err(MarketError::invalid(
+                "Idempotency-Key",
+                "already used for another purchase",
+            ));
+        }
+        match reservation.state {
+            ReservationState::Held { .. } => {
+                self.pay_and_confirm(&reservation, req).await?;
+            }
+            ReservationState::Confirmed => {}
+            ReservationState::Released(ReleaseReason::Declined) => {
+                return Err(MarketError::PaymentDeclined)
+            }
+            ReservationState::Released(reason) => {
+                return Err(MarketError::Unavailable(format!(
+                    "an earlier attempt of this purchase failed ({reason:?}); retry with a new key"
+                )))
+            }
+        }
+        let lines = reservation
+            .lines
+            .iter()
+            .map(|l| PurchaseLine {
+                item_id: l.item.to_string(),
+                name: l.name.clone(),
+                seller_id: l.seller.0,
+                quantity: l.quantity,
+                price_cents: l.price_cents,
+            })
+            .collect();
+        match self
+            .customer(CustomerCommand::RecordPurchase {
+                buyer,
+                reservation_id,
+                reserved_at_ms: reservation.reserved_at_ms,
+                lines,
+                at_ms: self.now(),
+            })
+            .await?
+        {
+            CustomerOutput::Purchase(p) => Ok(p),
+            _ => Err(unexpected("purchase")),
+        }
+    }
+
+    /// Asks the payment service; confirms on yes, releases otherwise.
+    async fn pay_and_confirm(
+        &self,
+        reservation: &Reservation,
+        req: &PurchaseRequest,
+    ) -> Result<(), MarketError> {
+        let outcome = self
+            .payments
+            .process(PaymentRequest {
+                name: req.card.name.clone(),
+                card_number: req.card.number.clone(),
+                expiry: req.card.expiry.clone(),
+                security_code: req.card.cvv.clone(),
+                amount_cents: reservation.total_cents,
+            })
+            .await;
+        let release = |reason| ProductCommand::Release {
+            reservation_id: reservation.id,
+            reason,
+            at_ms: self.now(),
+        };
+        match outcome {
+            Ok(o) if o.approved => {
+                self.product_reservation(ProductCommand::Confirm {
+                    reservation_id: reservation.id,
+                    at_ms: self.now(),
+                })
+                .await?;
+                tracing::debug!(transaction = %o.transaction_id, "payment approved");
+                Ok(())
+            }
+            Ok(_) => {
+                if let Err(e) = self.product(release(ReleaseReason::Declined)).await {
+                    tracing::warn!(error = %e, "release after decline failed; it will lapse");
+                }
+                Err(MarketError::PaymentDeclined)
+            }
+            Err(e) => {
+                if let Err(e) = self.product(release(ReleaseReason::PaymentFailed)).await {
+                    tracing::warn!(error = %e, "release after payment failure failed; it will lapse");
+                }
+                Err(MarketError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// `GET /v1/buyers/me/purchases` (200, newest first).
+    pub async fn get_purchase_history(
+        &self,
+        auth: impl Into<Auth<'_>>,
+    ) -> Result<Purchases, MarketError> {
+        let buyer = self.buyer_of(auth.into()).await?;
+        match self
+            .read_customer(CustomerQuery::Purchases { buyer })
+            .await?
+        {
+            CustomerAnswer::Purchases(Some(purchases)) => Ok(Purchases { purchases }),
+            CustomerAnswer::Purchases(None) => Err(MarketError::NotFound(format!("buyer {buyer}"))),
+            _ => Err(unexpected("purchases")),
+        }
+    }
+
+    /// `POST /v1/buyers/me/feedback` (204). Never bought: `not_purchased`; second time:
+    /// `feedback_exists`.
+    pub async fn provide_feedback(
+        &self,
+        auth: impl Into<Auth<'_>>,
+        req: &FeedbackRequest,
+    ) -> Result<(), MarketError> {
+        let buyer = self.buyer_of(auth.into()).await?;
+        let item = validate::item_id("item_id", &req.item_id)?;
+        let (vote, fresh) = match self
+            .customer(CustomerCommand::GiveFeedback {
+                buyer,
+                item,
+                vote: req.vote,
+                at_ms: self.now(),
+            })
+            .await?
+        {
+            CustomerOutput::Feedback { vote, fresh, .. } => (vote, fresh),
+            _ => return Err(unexpected("feedback")),
+        };
+        // Idempotent per (buyer, item): also completes a half-done earlier attempt.
+        self.product(ProductCommand::ItemFeedback {
+            buyer,
+            item,
+            vote,
+            at_ms: self.now(),
+        })
+        .await?;
+        if fresh {
+            Ok(())
+        } else {
+            Err(MarketError::FeedbackExists {
+                item: item.to_string(),
+            })
+        }
+    }
+
+    /// `GET /v1/sellers/{seller_id}/rating` (200, no token). Unknown seller: `not_found`.
+    pub async fn get_seller_rating(&self, seller_id: u64) -> Result<Rating, MarketError> {
+        self.rating(SellerId(seller_id), self.config.public_reads)
+            .await
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Idempotent retries (for the HTTP layer)
+    // ----------------------------------------------------------------------------------
+
+    fn check_scope(scope: &str, key: &str) -> Result<(), MarketError> {
+        validate::idempotency_key(key)?;
+        if scope.is_empty() || scope.chars().count() > SCOPE_CHARS_MAX {
+            return Err(MarketError::invalid("scope", "must be 1 to 128 characters"));
+        }
+        Ok(())
+    }
+
+    /// The response remembered for `(scope, key)` within the last 10 minutes, if any. `scope`
+    /// identifies the user ([`UserId::scope`], e.g. `"buyer:3"`); for routes without a token
+    /// use a scope of your own, e.g. `"anon:POST /v1/buyers"`. Linearizable: a response
+    /// recorded on any replica is seen.
+    pub async fn idempotency_lookup(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, MarketError> {
+        Self::check_scope(scope, key)?;
+        match self
+            .read_customer(CustomerQuery::Remembered {
+                scope: scope.to_string(),
+                key: key.to_string(),
+                now_ms: self.now(),
+            })
+            .await?
+        {
+            CustomerAnswer::Remembered(r) => Ok(r),
+            _ => Err(unexpected("remembered")),
+        }
+    }
+
+    /// Remembers the response to `(scope, key)` for 10 minutes. If another request already
+    /// recorded one, that first response is kept and returned (send it instead of yours).
+    /// Bodies over the configured limit (256 KiB by default) are refused (`invalid_argument`).
+    pub async fn idempotency_record(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: Vec<u8>,
+    ) -> Result<StoredResponse, MarketError> {
+        Self::check_scope(scope, key)?;
+        match self
+            .customer(CustomerCommand::RememberResponse {
+                scope: scope.to_string(),
+                key: key.to_string(),
+                response: StoredResponse { status, body },
+                at_ms: self.now(),
+            })
+            .await?
+        {
+            CustomerOutput::Remembered(r) => Ok(r),
+            _ => Err(unexpected("remembered")),
+        }
+    }
+
+    /// Checks that both databases answer a linearizable read (for `GET /healthz`).
+    pub async fn health(&self) -> Result<(), MarketError> {
+        self.read_customer(CustomerQuery::Rating {
+            seller: SellerId(0),
+        })
+        .await?;
+        self.read_product(ProductQuery::Item(ItemId::new(0, 0)))
+            .await?;
+        Ok(())
+    }
+
+    /// Advances both databases' clocks to now: ends idle sessions (resetting carts), lapses
+    /// stale reservations, forgets old remembered responses. Optional — any command does the
+    /// same — but a server may call it every few seconds so units do not stay reserved
+    /// while the product database is idle.
+    pub async fn tick(&self) -> Result<(), MarketError> {
+        let at_ms = self.now();
+        self.customer(CustomerCommand::Tick { at_ms }).await?;
+        self.product(ProductCommand::Tick { at_ms }).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,845 @@
+//! Market-level tests of every client function of API.md, over in-memory single-node logs
+//! with a manual clock.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use common::*;
+use marketcore::api::{
+    AddToCart, FeedbackRequest, Login, PriceChange, PurchaseRequest, SearchQuery, Vote,
+};
+use marketcore::customer::{CustomerMachine, CustomerQuery};
+use marketcore::ids::{BuyerId, ItemId, Role, UserId};
+use marketcore::payment::{AlwaysApprove, AlwaysDecline, AlwaysFail};
+use marketcore::product::{ProductCommand, ProductMachine};
+use marketcore::{EmbeddedMarket, EmbeddedOptions, Market, MarketConfig, MarketError};
+use replication::{
+    LogError, LogStatus, ReadConsistency, ReplicatedLog, RequestId, SingleNodeLog, StateMachine,
+};
+
+fn purchase() -> PurchaseRequest {
+    PurchaseRequest { card: card() }
+}
+
+fn add(item_id: &str, quantity: i64) -> AddToCart {
+    AddToCart {
+        item_id: item_id.into(),
+        quantity,
+    }
+}
+
+#[tokio::test]
+async fn accounts_and_logins() {
+    let w = World::with(Arc::new(AlwaysApprove::default()));
+    let m = &w.market;
+    assert_eq!(m.create_seller(&account("ada")).await.unwrap().seller_id, 1);
+    assert_eq!(
+        m.create_seller(&account("Ada")).await.unwrap().seller_id,
+        2,
+        "case-sensitive"
+    );
+    assert_eq!(
+        code(m.create_seller(&account("ada")).await),
+        "username_taken"
+    );
+    assert_eq!(
+        m.create_buyer(&account("ada")).await.unwrap().buyer_id,
+        1,
+        "separate namespace"
+    );
+    assert_eq!(
+        code(m.create_buyer(&account("ada")).await),
+        "username_taken"
+    );
+    let mut bad = account("x");
+    bad.password = "short".into();
+    assert_eq!(code(m.create_buyer(&bad).await), "invalid_argument");
+    bad = account("has space");
+    assert_eq!(code(m.create_seller(&bad).await), "invalid_argument");
+    bad = account("y");
+    bad.name = " ".into();
+    assert_eq!(code(m.create_seller(&bad).await), "invalid_argument");
+
+    let s = m.login_seller(&login("ada")).await.unwrap();
+    assert_eq!(s.seller_id, 1);
+    assert_eq!(s.token.len(), 64);
+    let b = m.login_buyer(&login("ada")).await.unwrap();
+    assert_eq!(b.buyer_id, 1);
+    assert_ne!(s.token, b.token);
+    let wrong = Login {
+        username: "ada".into(),
+        password: "wrong horse".into(),
+    };
+    assert_eq!(code(m.login_seller(&wrong).await), "unauthenticated");
+    assert_eq!(
+        code(m.login_buyer(&login("nobody")).await),
+        "unauthenticated"
+    );
+    assert_eq!(code(m.login_buyer(&login("Ada")).await), "unauthenticated");
+    // The stored password is an Argon2id PHC string, never the password.
+    let phc = m.customer_log().with_state(|c| {
+        c.query(&CustomerQuery::Credentials {
+            role: Role::Seller,
+            username: "ada".into(),
+        })
+    });
+    let text = format!("{phc:?}");
+    assert!(text.contains("$argon2id$") && !text.contains("correct horse"));
+}
+
+#[tokio::test]
+async fn several_sessions_logout_and_wrong_role() {
+    let w = World::with(Arc::new(AlwaysApprove::default()));
+    let m = &w.market;
+    let (s1, _) = w.seller("s").await;
+    let s2 = m.login_seller(&login("s")).await.unwrap().token;
+    let (b1, _) = w.buyer("b").await;
+    assert_eq!(
+        m.authenticate(&s1, Role::Seller).await.unwrap(),
+        UserId::Seller(marketcore::ids::SellerId(1))
+    );
+    // Role-scoped tokens.
+    assert_eq!(code(m.all_items_by_seller(&b1).await), "unauthenticated");
+    assert_eq!(code(m.display_cart(&s1).await), "unauthenticated");
+    assert_eq!(code(m.logout_buyer(&s1).await), "unauthenticated");
+    assert_eq!(code(m.display_cart("").await), "unauthenticated");
+    assert_eq!(code(m.display_cart("nonsense").await), "unauthenticated");
+    assert_eq!(
+        code(m.display_cart(&"x".repeat(10_000)).await),
+        "unauthenticated"
+    );
+    // A pre-verified user skips the session read but keeps the role check.
+    let seller = m.authenticate(&s1, Role::Seller).await.unwrap();
+    m.all_items_by_seller(seller).await.unwrap();
+    assert_eq!(code(m.display_cart(seller).await), "unauthenticated");
+    let buyer = m.authenticate_buyer(&b1).await.unwrap();
+    m.display_cart(buyer).await.unwrap();
+    assert_eq!(
+        code(m.add_item(buyer, &item("x", 1, &[], 1, 1)).await),
+        "unauthenticated"
+    );
+    m.health().await.unwrap();
+    m.logout_seller(&s1).await.unwrap();
+    assert_eq!(code(m.all_items_by_seller(&s1).await), "unauthenticated");
+    assert_eq!(code(m.logout_seller(&s1).await), "unauthenticated");
+    m.all_items_by_seller(&s2).await.unwrap();
+    m.logout_buyer(&b1).await.unwrap();
+    assert_eq!(code(m.display_cart(&b1).await), "unauthenticated");
+}
+
+#[tokio::test]
+async fn sessions_expire_after_300_s_idle_and_touch_only_when_stale() {
+    let w = World::with(Arc::new(AlwaysApprove::default()));
+    let m = &w.market;
+    let (s, _) = w.seller("s").await;
+    let applied = || m.customer_status().applied_index;
+    // Reads within touch_after_ms do not write.
+    let before = applied();
+    for _ in 0..10 {
+        m.all_items_by_seller(&s).await.unwrap();
+    }
+    assert_eq!(applied(), before);
+    w.clock.advance_ms(5_000);
+    m.all_items_by_seller(&s).await.unwrap();
+    assert_eq!(applied(), before + 1, "one touch when stale");
+    // Activity keeps it alive past 300 s in total.
+    w.clock.advance_ms(299_000);
+    m.all_items_by_seller(&s).await.unwrap();
+    w.clock.advance_ms(299_000);
+    m.all_items_by_seller(&s).await.unwrap();
+    // 300 s without a request ends it.
+    w.clock.advance_ms(300_000);
+    assert_eq!(code(m.all_items_by_seller(&s).await), "unauthenticated");
+    assert_eq!(code(m.get_my_rating(&s).await), "unauthenticated");
+}
+
+#[tokio::test]
+async fn items_prices_removal_and_ownership() {
+    let w = World::with(Arc::new(AlwaysApprove::default()));
+    let m = &w.market;
+    let (s1, id1) = w.seller("s1").await;
+    let (s2, _) = w.seller("s2").await;
+    let lamp = m
+        .add_item(&s1, &item("desk lamp", 3, &["LED", "desk", "led"], 1250, 4))
+        .await
+        .unwrap();
+    assert_eq!(lamp.id, "3-1");
+    assert_eq!(lamp.keywords, vec!["led", "desk"]);
+    assert_eq!(lamp.seller_id, id1);
+    assert_eq!(lamp.quantity, 4);
+    assert_eq!(
+        m.add_item(&s2, &item("x", 3, &[], 1, 1)).await.unwrap().id,
+        "3-2"
+    );
+    assert_eq!(
+        m.add_item(&s2, &item("y", 0, &[], 1, 1)).await.unwrap().id,
+        "0-1"
+    );
+    for bad in [
+        item("", 3, &[], 1, 1),
+        item("n", 10, &[], 1, 1),
+        item("n", -1, &[], 1, 1),
+        item("n", 1, &["a", "b", "c", "d", "e", "f"], 1, 1),
+        item("n", 1, &["toolongkw"], 1, 1),
+        item("n", 1, &["a_b"], 1, 1),
+        item("n", 1, &[], 0, 1),
+        item("n", 1, &[], 1_000_000_001, 1),
+        item("n", 1, &[], 1, 0),
+        item("n", 1, &[], 1, 1_000_001),
+    ] {
+        assert_eq!(
+            code(m.add_item(&s1, &bad).await),
+            "invalid_argument",
+            "{bad:?}"
+        );
+    }
+    let p = m
+        .change_price(&s1, "3-1", &PriceChange { price_cents: 999 })
+        .await
+        .unwrap();
+    assert_eq!(p.price_cents, 999);
+    assert_eq!(
+        code(
+            m.change_price(&s2, "3-1", &PriceChange { price_cents: 5 })
+                .await
+        ),
+        "forbidden"
+    );
+    assert_eq!(
+        code(
+            m.change_price(&s1, "3-99", &PriceChange { price_cents: 5 })
+                .await
+        ),
+        "not_found"
+    );
+    assert_eq!(
+        code(
+            m.change_price(&s1, "junk", &PriceChange { price_cents: 5 })
+                .await
+        ),
+        "not_found"
+    );
+    assert_eq!(
+        code(
+            m.change_price(&s1, "3-1", &PriceChange { price_cents: 0 })
+                .await
+        ),
+        "invalid_argument"
+    );
+    assert_eq!(code(m.remove_item(&s2, "3-1", Some(1)).await), "forbidden");
+    assert_eq!(
+        code(m.remove_item(&s1, "3-1", Some(5)).await),
+        "insufficient_quantity"
+    );
+    assert_eq!(
+        code(m.remove_item(&s1, "3-1", Some(0)).await),
+        "invalid_argument"
+    );
+    assert_eq!(
+        m.remove_item(&s1, "3-1", Some(1)).await.unwrap().quantity,
+        3
+    );
+    assert_eq!(m.remove_item(&s1, "3-1", None).await.unwrap().quantity, 0);
+    assert_eq!(
+        code(m.remove_item(&s1, "3-1", Some(1)).await),
+        "insufficient_quantity"
+    );
+    // Quantity 0: off sale, but still the seller's and still readable.
+    let mine = m.all_items_by_seller(&s1).await.unwrap().items;
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].quantity, 0);
+    assert_eq!(m.get_item("3-1").await.unwrap().quantity, 0);
+    let all = m.search_items(&SearchQuery::default()).await.unwrap().items;
+    assert_eq!(
+        all.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        vec!["0-1", "3-2"]
+    );
+    let (b, _) = w.buyer("b").await;
+    assert_eq!(
+        code(m.add_to_cart(&b, &add("3-1", 1)).await),
+        "insufficient_quantity"
+    );
+    assert_eq!(code(m.get_item("4-4").await), "not_found");
+    assert_eq!(code(m.get_item("nope").await), "not_found");
+    w.check_invariants();
+}
+
+#[tokio::test]
+async fn search_ranking_filters_and_validation() {
+    let w = World::with(Arc::new(AlwaysApprove::default()));
+    let m = &w.market;
+    let (s, _) = w.seller("s").await;
+    let a = m
+        .add_item(&s, &item("Desk lamp", 3, &["led", "desk"], 1, 1))
+        .await
+        .unwrap()
+        .id;
+    let b = m
+        .add_item(&s, &item("floor lamp", 3, &["tall"], 1, 1))
+        .await
+        .unwrap()
+        .id;
+    let c = m
+        .add_item(&s, &item("LED strip", 2, &["strip"], 1, 1))
+        .await
+        .unwrap()
+        .id;
+    let d = m
+        .add_item(&s, &item("Lamp shade", 3, &["lamp", "shade"], 1, 1))
+        .await
+        .unwrap()
+        .id;
+    let q = |category: Option<i64>, kw: &[&str], limit: Option<i64>| SearchQuery {
+        category,
+        keywords: kw.iter().map(|k| k.to_string()).collect(),
+        limit,
+    };
+    let ids =
+        |items: Vec<marketcore::api::Item>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    let r = ids(m
+        .search_items(&q(None, &["LAMP", "led", "Desk"], None))
+        .await
+        .unwrap()
+        .items);
+    assert_eq!(
+        r,
+        vec![a.clone(), c.clone(), b.clone(), d.clone()],
+        "3 matches, then 1 match by id"
+    );
+    let r = ids(m
+        .search_items(&q(None, &["shade", "lamp"], None))
+        .await
+        .unwrap()
+        .items);
+    assert_eq!(r, vec![d.clone(), a.clone(), b.clone()]);
+    let r = ids(m.search_items(&q(Some(2), &[], None)).await.unwrap().items);
+    assert_eq!(r, vec![c.clone()]);
+    let r = ids(m.search_items(&q(None, &[], Some(2))).await.unwrap().items);
+    assert_eq!(r, vec![c.clone(), a.clone()]);
+    for bad in [
+        q(Some(10), &[], None),
+        q(None, &[], Some(0)),
+        q(None, &[], Some(501)),
+        q(None, &["a", "b", "c", "d", "e", "f"], None),
+        q(None, &["way-too-long"], None),
+    ] {
+        assert_eq!(code(m.search_items(&bad).await), "invalid_argument");
+    }
+}
+
+#[tokio::test]
+async fn cart_rules_save_reset_and_clear() {
+    let w = World::with(Arc::new(AlwaysApprove::default()));
+    let m = &w.market;
+    let (s, _) = w.seller("s").await;
+    let a = m.add_item(&s, &item("a", 1, &[], 100, 3)).await.unwrap().id;
+    let b = m.add_item(&s, &item("b", 1, &[], 100, 3)).await.unwrap().id;
+    let (t1, _) = w.buyer("bob").await;
+    let t2 = m.login_buyer(&login("bob")).await.unwrap().token;
+    let cart = m.add_to_cart(&t1, &add(&a, 2)).await.unwrap();
+    assert_eq!(cart.items.len(), 1);
+    assert!(!cart.saved);
+    assert_eq!(
+        code(m.add_to_cart(&t1, &add(&a, 2)).await),
+        "insufficient_quantity"
+    );
+    assert_eq!(
+        code(m.add_to_cart(&t1, &add(&a, 0)).await),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(m.add_to_cart(&t1, &add("bad", 1)).await),
+        "invalid_argument"
+    );
+    assert_eq!(code(m.add_to_cart(&t1, &add("9-9", 1)).await), "not_found");
+    m.add_to_cart(&t1, &add(&a, 1)).await.unwrap();
+    // Shared by the buyer's sessions.
+    assert_eq!(m.display_cart(&t2).await.unwrap().items[0].quantity, 3);
+    m.save_cart(&t2).await.unwrap();
+    assert!(m.display_cart(&t1).await.unwrap().saved);
+    m.add_to_cart(&t1, &add(&b, 1)).await.unwrap();
+    assert!(!m.display_cart(&t1).await.unwrap().saved);
+    // Logout resets the working cart to the saved one.
+    m.logout_buyer(&t1).await.unwrap();
+    let c = m.display_cart(&t2).await.unwrap();
+    assert_eq!(c.items.len(), 1);
+    assert!(c.saved);
+    // remove_cart: part of a line, whole line, unknown line.
+    let c = m.remove_cart(&t2, &a, Some(1)).await.unwrap();
+    assert_eq!(c.items[0].quantity, 2);
+    assert!(!c.saved);
+    assert_eq!(code(m.remove_cart(&t2, &b, None).await), "not_found");
+    assert_eq!(
+        code(m.remove_cart(&t2, &a, Some(0)).await),
+        "invalid_argument"
+    );
+    assert!(m.remove_cart(&t2, &a, None).await.unwrap().items.is_empty());
+    // Session expiry resets too.
+    m.add_to_cart(&t2, &add(&b, 2)).await.unwrap();
+    w.clock.advance_ms(300_000);
+    let t3 = m.login_buyer(&login("bob")).await.unwrap().token;
+    let c = m.display_cart(&t3).await.unwrap();
+    assert_eq!(c.items.len(), 1);
+    assert_eq!(c.items[0].item_id, a);
+    assert_eq!(c.items[0].quantity, 3);
+    // clear_cart empties both carts.
+    m.clear_cart(&t3).await.unwrap();
+    assert!(m.display_cart(&t3).await.unwrap().items.is_empty());
+    m.logout_buyer(&t3).await.unwrap();
+    let t4 = m.login_buyer(&login("bob")).await.unwrap().token;
+    assert_eq!(
+        m.display_cart(&t4).await.unwrap(),
+        marketcore::api::Cart::default()
+    );
+}
+
+#[tokio::test]
+async fn purchase_happy_path_history_counters_feedback() {
+    let (w, pay) = World::scripted();
+    let m = &w.market;
+    let (s, sid) = w.seller("s").await;
+    let (s2, sid2) = w.seller("s2").await;
+    let a = m
+        .add_item(&s, &item("lamp", 3, &[], 1250, 4))
+        .await
+        .unwrap()
+        .id;
+    let b = m
+        .add_item(&s2, &item("chair", 1, &[], 500, 1))
+        .await
+        .unwrap()
+        .id;
+    let (t, bid) = w.buyer("b").await;
+    assert_eq!(
+        code(m.make_purchase(&t, &purchase(), None).await),
+        "cart_empty"
+    );
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+    m.add_to_cart(&t, &add(&b, 1)).await.unwrap();
+    m.save_cart(&t).await.unwrap();
+    let p = m.make_purchase(&t, &purchase(), None).await.unwrap();
+    assert_eq!(pay.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(p.purchase_id, 1);
+    assert_eq!(p.total_cents, 3000);
+    assert_eq!(p.created_at, "2026-11-27T12:00:00Z");
+    assert_eq!(p.lines.len(), 2);
+    assert_eq!(p.lines[1].item_id, a);
+    assert_eq!(p.lines[1].name, "lamp");
+    assert_eq!(p.lines[1].seller_id, sid);
+    assert_eq!(p.lines[1].price_cents, 1250);
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 2);
+    assert_eq!(m.get_item(&b).await.unwrap().quantity, 0);
+    assert!(m.display_cart(&t).await.unwrap().items.is_empty());
+    assert!(
+        w.buyer_summary(bid).saved_cart.is_empty(),
+        "saved cart emptied too"
+    );
+    assert_eq!(w.buyer_summary(bid).items_purchased, 3);
+    assert_eq!(w.seller_summary(sid).items_sold, 2);
+    assert_eq!(w.seller_summary(sid2).items_sold, 1);
+    w.clock.advance_ms(1_000);
+    m.add_to_cart(&t, &add(&a, 1)).await.unwrap();
+    let p2 = m.make_purchase(&t, &purchase(), None).await.unwrap();
+    let h = m.get_purchase_history(&t).await.unwrap().purchases;
+    assert_eq!(
+        h.iter().map(|p| p.purchase_id).collect::<Vec<_>>(),
+        vec![p2.purchase_id, p.purchase_id]
+    );
+    w.check_invariants();
+
+    // Feedback.
+    let fb = |item: &str, vote| FeedbackRequest {
+        item_id: item.into(),
+        vote,
+    };
+    let (other, _) = w.buyer("other").await;
+    assert_eq!(
+        code(m.provide_feedback(&other, &fb(&a, Vote::Up)).await),
+        "not_purchased"
+    );
+    assert_eq!(
+        code(m.provide_feedback(&t, &fb("1-99", Vote::Up)).await),
+        "not_purchased"
+    );
+    assert_eq!(
+        code(m.provide_feedback(&t, &fb("x", Vote::Up)).await),
+        "invalid_argument"
+    );
+    m.provide_feedback(&t, &fb(&a, Vote::Up)).await.unwrap();
+    m.provide_feedback(&t, &fb(&b, Vote::Down)).await.unwrap();
+    assert_eq!(
+        code(m.provide_feedback(&t, &fb(&a, Vote::Down)).await),
+        "feedback_exists"
+    );
+    let item_a = m.get_item(&a).await.unwrap();
+    assert_eq!((item_a.feedback.up, item_a.feedback.down), (1, 0));
+    let r = m.get_seller_rating(sid).await.unwrap();
+    assert_eq!((r.seller_id, r.up, r.down), (sid, 1, 0));
+    let r = m.get_my_rating(&s2).await.unwrap();
+    assert_eq!((r.up, r.down), (0, 1));
+    assert_eq!(code(m.get_seller_rating(999).await), "not_found");
+}
+
+#[tokio::test]
+async fn declined_or_failed_payment_changes_nothing() {
+    let (w, pay) = World::scripted();
+    let m = &w.market;
+    let (s, sid) = w.seller("s").await;
+    let a = m
+        .add_item(&s, &item("lamp", 3, &[], 1250, 4))
+        .await
+        .unwrap()
+        .id;
+    let (t, bid) = w.buyer("b").await;
+    m.add_to_cart(&t, &add(&a, 3)).await.unwrap();
+    let units = w.units();
+    let cart = m.display_cart(&t).await.unwrap();
+    for (mode, expect) in [(1, "payment_declined"), (2, "unavailable")] {
+        pay.mode.store(mode, Ordering::SeqCst);
+        assert_eq!(code(m.make_purchase(&t, &purchase(), None).await), expect);
+        assert_eq!(w.units(), units);
+        assert_eq!(m.display_cart(&t).await.unwrap(), cart);
+        assert!(m
+            .get_purchase_history(&t)
+            .await
+            .unwrap()
+            .purchases
+            .is_empty());
+        assert_eq!(w.buyer_summary(bid).items_purchased, 0);
+        assert_eq!(w.seller_summary(sid).items_sold, 0);
+    }
+    // An invalid card never reaches the payment service.
+    let calls = pay.calls.load(Ordering::SeqCst);
+    let mut bad = purchase();
+    bad.card.number = "4111111111111112".into();
+    assert_eq!(
+        code(m.make_purchase(&t, &bad, None).await),
+        "invalid_argument"
+    );
+    bad = purchase();
+    bad.card.expiry = "10/26".into();
+    assert_eq!(
+        code(m.make_purchase(&t, &bad, None).await),
+        "invalid_argument"
+    );
+    assert_eq!(pay.calls.load(Ordering::SeqCst), calls);
+    assert_eq!(w.units(), units);
+    w.check_invariants();
+}
+
+#[tokio::test]
+async fn purchase_beyond_current_quantity_is_refused_whole() {
+    let w = World::with(Arc::new(AlwaysApprove::default()));
+    let m = &w.market;
+    let (s, _) = w.seller("s").await;
+    let a = m.add_item(&s, &item("a", 3, &[], 10, 4)).await.unwrap().id;
+    let b = m.add_item(&s, &item("b", 3, &[], 10, 4)).await.unwrap().id;
+    let (t, _) = w.buyer("b").await;
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+    m.add_to_cart(&t, &add(&b, 4)).await.unwrap();
+    m.remove_item(&s, &b, Some(1)).await.unwrap();
+    let units = w.units();
+    let err = m.make_purchase(&t, &purchase(), None).await.unwrap_err();
+    assert_eq!(err, MarketError::InsufficientQuantity { item: b.clone() });
+    assert_eq!(w.units(), units);
+    assert_eq!(m.display_cart(&t).await.unwrap().items.len(), 2);
+}
+
+#[tokio::test]
+async fn two_buyers_race_for_the_last_unit() {
+    let w = World::with(Arc::new(AlwaysApprove::default()));
+    let m = &w.market;
+    let (s, _) = w.seller("s").await;
+    let a = m
+        .add_item(&s, &item("last", 3, &[], 10, 1))
+        .await
+        .unwrap()
+        .id;
+    let (t1, _) = w.buyer("b1").await;
+    let (t2, _) = w.buyer("b2").await;
+    m.add_to_cart(&t1, &add(&a, 1)).await.unwrap();
+    m.add_to_cart(&t2, &add(&a, 1)).await.unwrap();
+    let (m1, m2) = (w.market.market().clone(), w.market.market().clone());
+    let (r1, r2) = tokio::join!(
+        tokio::spawn(async move { m1.make_purchase(&t1, &purchase(), None).await }),
+        tokio::spawn(async move { m2.make_purchase(&t2, &purchase(), None).await }),
+    );
+    let results = [r1.unwrap(), r2.unwrap()];
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Err(MarketError::InsufficientQuantity { .. }))));
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 0);
+    w.check_invariants();
+}
+
+#[tokio::test]
+async fn purchase_with_idempotency_key_is_done_once() {
+    let (w, pay) = World::scripted();
+    let m = &w.market;
+    let (s, _) = w.seller("s").await;
+    let a = m.add_item(&s, &item("a", 3, &[], 10, 5)).await.unwrap().id;
+    let (t, bid) = w.buyer("b").await;
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+    let p1 = m
+        .make_purchase(&t, &purchase(), Some("key-1"))
+        .await
+        .unwrap();
+    // The retry (cart now empty) returns the same purchase without paying again.
+    let p2 = m
+        .make_purchase(&t, &purchase(), Some("key-1"))
+        .await
+        .unwrap();
+    assert_eq!(p1, p2);
+    assert_eq!(pay.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 3);
+    assert_eq!(w.buyer_summary(bid).purchases, 1);
+    // Another Market (another server replica) sees the same.
+    let other = Market::new(
+        w.market.customer_log().clone(),
+        w.market.product_log().clone(),
+        pay.clone(),
+        w.clock.clone(),
+        MarketConfig::for_tests(),
+    );
+    assert_eq!(
+        other
+            .make_purchase(&t, &purchase(), Some("key-1"))
+            .await
+            .unwrap(),
+        p1
+    );
+    assert_eq!(pay.calls.load(Ordering::SeqCst), 1);
+    // A declined attempt stays declined on retry, and a new key works.
+    m.add_to_cart(&t, &add(&a, 1)).await.unwrap();
+    pay.mode.store(1, Ordering::SeqCst);
+    assert_eq!(
+        code(m.make_purchase(&t, &purchase(), Some("key-2")).await),
+        "payment_declined"
+    );
+    pay.mode.store(0, Ordering::SeqCst);
+    assert_eq!(
+        code(m.make_purchase(&t, &purchase(), Some("key-2")).await),
+        "payment_declined"
+    );
+    assert_eq!(
+        m.make_purchase(&t, &purchase(), Some("key-3"))
+            .await
+            .unwrap()
+            .total_cents,
+        10
+    );
+    assert_eq!(
+        code(m.make_purchase(&t, &purchase(), Some("bad key")).await),
+        "invalid_argument"
+    );
+    w.check_invariants();
+}
+
+#[tokio::test]
+async fn idempotency_record_and_lookup() {
+    let w = World::with(Arc::new(AlwaysApprove::default()));
+    let m = &w.market;
+    assert_eq!(m.idempotency_lookup("buyer:1", "k").await.unwrap(), None);
+    let first = m
+        .idempotency_record("buyer:1", "k", 201, b"{\"a\":1}".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(first.status, 201);
+    let second = m
+        .idempotency_record("buyer:1", "k", 409, b"{}".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(second, first, "the first response wins");
+    assert_eq!(
+        m.idempotency_lookup("buyer:1", "k").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        m.idempotency_lookup("buyer:2", "k").await.unwrap(),
+        None,
+        "per user"
+    );
+    w.clock.advance_ms(599_999);
+    assert!(m
+        .idempotency_lookup("buyer:1", "k")
+        .await
+        .unwrap()
+        .is_some());
+    w.clock.advance_ms(1);
+    assert_eq!(
+        m.idempotency_lookup("buyer:1", "k").await.unwrap(),
+        None,
+        "10 minutes"
+    );
+    assert_eq!(
+        code(m.idempotency_lookup("buyer:1", "").await),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(m.idempotency_lookup("", "k").await),
+        "invalid_argument"
+    );
+    assert_eq!(
+        code(
+            m.idempotency_record("buyer:1", &"k".repeat(65), 200, vec![])
+                .await
+        ),
+        "invalid_argument"
+    );
+    assert_eq!(UserId::Buyer(BuyerId(1)).scope(), "buyer:1");
+}
+
+#[tokio::test]
+async fn abandoned_reservations_lapse() {
+    let w = World::with(Arc::new(AlwaysApprove::default()));
+    let m = &w.market;
+    let (s, _) = w.seller("s").await;
+    let a = m.add_item(&s, &item("a", 3, &[], 10, 5)).await.unwrap().id;
+    // A frontend reserves and dies.
+    let id: ItemId = a.parse().unwrap();
+    w.market
+        .product_log()
+        .propose(
+            RequestId { client: 1, seq: 1 },
+            ProductCommand::Reserve {
+                reservation_id: 42,
+                buyer: BuyerId(1),
+                lines: vec![(id, 4)],
+                at_ms: T0,
+                expires_at_ms: T0 + 120_000,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 1);
+    w.clock.advance_ms(120_000);
+    m.tick().await.unwrap();
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 5);
+    w.check_invariants();
+}
+
+/// A log that loses the acknowledgement of the first proposal it applies (as if the leader
+/// crashed after committing): the Market must retry with the same request id.
+struct LosesFirstAck<S: StateMachine> {
+    inner: SingleNodeLog<S>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl<S: StateMachine> ReplicatedLog<S> for LosesFirstAck<S> {
+    async fn propose(&self, id: RequestId, command: S::Command) -> Result<S::Output, LogError> {
+        let out = self.inner.propose(id, command).await;
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            return Err(LogError::Unavailable("ack lost".into()));
+        }
+        out
+    }
+    async fn read(&self, q: S::Query, c: ReadConsistency) -> Result<S::Answer, LogError> {
+        self.inner.read(q, c).await
+    }
+    fn status(&self) -> LogStatus {
+        self.inner.status()
+    }
+}
+
+#[tokio::test]
+async fn retried_steps_reuse_their_request_id_and_apply_once() {
+    let customers = Arc::new(LosesFirstAck {
+        inner: SingleNodeLog::in_memory(CustomerMachine::default()),
+        lost: false.into(),
+    });
+    let products = Arc::new(LosesFirstAck {
+        inner: SingleNodeLog::in_memory(ProductMachine::default()),
+        lost: false.into(),
+    });
+    let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
+    let mut config = MarketConfig::for_tests();
+    config.retry_backoff_ms = 1;
+    let m = Market::new(
+        customers.clone(),
+        products.clone(),
+        Arc::new(AlwaysApprove::default()),
+        clock,
+        config,
+    );
+    // The first customer proposal (create_seller) loses its ack, and is retried.
+    assert_eq!(m.create_seller(&account("s")).await.unwrap().seller_id, 1);
+    let t = m.login_seller(&login("s")).await.unwrap().token;
+    // The first product proposal (add_item) too: still exactly one item.
+    assert_eq!(
+        m.add_item(&t, &item("a", 1, &[], 1, 1)).await.unwrap().id,
+        "1-1"
+    );
+    assert_eq!(m.all_items_by_seller(&t).await.unwrap().items.len(), 1);
+    assert_eq!(
+        m.add_item(&t, &item("b", 1, &[], 1, 1)).await.unwrap().id,
+        "1-2"
+    );
+
+    // A log that is down: Unavailable after the configured attempts.
+    struct Down;
+    #[async_trait]
+    impl ReplicatedLog<CustomerMachine> for Down {
+        async fn propose(
+            &self,
+            _: RequestId,
+            _: marketcore::customer::CustomerCommand,
+        ) -> Result<<CustomerMachine as StateMachine>::Output, LogError> {
+            Err(LogError::Unavailable("no quorum".into()))
+        }
+        async fn read(
+            &self,
+            _: CustomerQuery,
+            _: ReadConsistency,
+        ) -> Result<marketcore::customer::CustomerAnswer, LogError> {
+            Err(LogError::Unavailable("no quorum".into()))
+        }
+        fn status(&self) -> LogStatus {
+            LogStatus {
+                node_id: 0,
+                role: replication::Role::Client,
+                term: 0,
+                leader: None,
+                commit_index: 0,
+                applied_index: 0,
+            }
+        }
+    }
+    let mut config = MarketConfig::for_tests();
+    config.retry_backoff_ms = 1;
+    let down = Market::new(
+        Arc::new(Down),
+        products,
+        Arc::new(AlwaysDecline),
+        Arc::new(marketcore::clock::ManualClock::new(T0)),
+        config,
+    );
+    assert_eq!(code(down.create_buyer(&account("x")).await), "unavailable");
+    assert_eq!(code(down.display_cart("token").await), "unavailable");
+    let e = down.get_seller_rating(1).await.unwrap_err();
+    assert_eq!(e.http_status(), 503);
+}
+
+#[tokio::test]
+async fn durable_embedded_market_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || EmbeddedOptions::for_tests(Arc::new(AlwaysFail));
+    let id = {
+        let m = EmbeddedMarket::open(dir.path(), opts()).unwrap();
+        m.create_seller(&account("s")).await.unwrap();
+        let t = m.login_seller(&login("s")).await.unwrap().token;
+        m.add_item(&t, &item("kept", 2, &["disk"], 5, 2))
+            .await
+            .unwrap()
+            .id
+    };
+    let m = EmbeddedMarket::open(dir.path(), opts()).unwrap();
+    let t = m.login_seller(&login("s")).await.unwrap().token;
+    assert_eq!(m.all_items_by_seller(&t).await.unwrap().items[0].id, id);
+    assert_eq!(m.get_item(&id).await.unwrap().name, "kept");
+}
