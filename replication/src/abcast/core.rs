@@ -1,0 +1,1106 @@
+//! The sans-IO protocol core: a pure state machine, no clock, no sockets, no disk.
+//!
+//! Inputs: [`Core::handle_message`], [`Core::tick`], [`Core::propose`],
+//! [`Core::read_barrier`] and [`Core::persisted`]. Outputs: [`Core::drain`] returns the
+//! [`Action`]s to perform, in this contract:
+//!
+//! 1. If the list holds an [`Action::Persist`] (always first), write its records durably in one
+//!    synced write (group commit), then call [`Core::persisted`] with its [`PersistAck`].
+//! 2. Only then perform the other actions, in order: sends, broadcasts, deliveries, read
+//!    completions. (A member's own Requests and Sequences are thus on its disk before any peer
+//!    sees them, so a restarted member can never issue a different Request or Sequence under
+//!    an id it used before.)
+//! 3. Call [`Core::drain`] again until it returns nothing (a persist acknowledgement may make
+//!    more progress possible: a progress broadcast, deliveries).
+//!
+//! See the [module docs](super) for the protocol itself.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::message::{
+    Body, Header, MemberId, Message, Record, RequestKey, RequestMsg, SequenceMsg,
+};
+
+/// Limits and timers of one member. Every member of a group must use the same `members` and
+/// `epoch`; the rest may differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// This member's id, `0..members`.
+    pub id: MemberId,
+    /// Group size `n`.
+    pub members: u64,
+    /// The view number carried in every header (fixed: no view change yet).
+    pub epoch: u64,
+    /// Client payloads per Request (batching).
+    pub request_payloads_max: usize,
+    /// Bytes of payload per Request (a single larger payload is refused by `propose`).
+    pub request_bytes_max: usize,
+    /// Own Requests issued but not yet sequenced (pipelining bound, then backpressure).
+    pub requests_in_flight_max: u64,
+    /// Requests of one sender accepted beyond its sequenced prefix (receive buffer bound).
+    pub request_window: u64,
+    /// Requests assigned by one Sequence.
+    pub sequence_requests_max: usize,
+    /// Sequence numbers assigned beyond what this member has delivered (pipelining bound);
+    /// Sequences up to twice this far ahead are buffered, later ones dropped (and re-asked).
+    pub sequence_window: u64,
+    /// Payloads waiting to be issued before `propose` says busy (backpressure).
+    pub outbox_max: usize,
+    /// Grace before a gap is asked for, and interval between retransmit requests.
+    pub retransmit_after_ms: u64,
+    /// A member that sent nothing for this long broadcasts its progress.
+    pub heartbeat_ms: u64,
+    /// An owner with nothing to sequence passes at once after progress; a further pass waits
+    /// this long (no busy spin around an idle ring).
+    pub pass_retry_ms: u64,
+    /// Items per retransmit request and per answer.
+    pub retransmit_items_max: usize,
+    /// Open read probes kept (the oldest is dropped beyond; its readers time out).
+    pub probes_max: usize,
+    /// Approximate bytes per Data message: more Requests are split over several messages
+    /// (keep it below the transport's frame limit; a single Request may reach
+    /// `request_bytes_max` plus overhead).
+    pub message_bytes_max: usize,
+}
+
+impl CoreConfig {
+    /// Defaults for member `id` of a group of `members`.
+    pub fn new(id: MemberId, members: u64) -> Self {
+        Self {
+            id,
+            members,
+            epoch: 0,
+            request_payloads_max: 1024,
+            request_bytes_max: 1 << 20,
+            requests_in_flight_max: 64,
+            request_window: 1024,
+            sequence_requests_max: 1024,
+            sequence_window: 256,
+            outbox_max: 65_536,
+            retransmit_after_ms: 20,
+            heartbeat_ms: 50,
+            pass_retry_ms: 10,
+            retransmit_items_max: 64,
+            probes_max: 1024,
+            message_bytes_max: 4 << 20,
+        }
+    }
+
+    fn majority(&self) -> usize {
+        (self.members as usize) / 2 + 1
+    }
+}
+
+/// Token returned with a [`Action::Persist`]; hand it back to [`Core::persisted`] once the
+/// records are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PersistAck {
+    /// Sequences `0..stable` and their Requests are durable once this batch is.
+    pub stable: u64,
+}
+
+/// Approximate encoded size of a Request.
+fn approx_size(r: &RequestMsg) -> usize {
+    32 + r.payloads.iter().map(|p| p.len() + 4).sum::<usize>()
+}
+
+/// Splits Requests into groups of at most about `bytes_max` (each group holds at least one).
+fn split_by_size(requests: Vec<RequestMsg>, bytes_max: usize) -> Vec<Vec<RequestMsg>> {
+    let mut out = vec![Vec::new()];
+    let mut bytes = 0;
+    for r in requests {
+        let size = approx_size(&r);
+        if bytes + size > bytes_max && out.last().is_some_and(|g| !g.is_empty()) {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(g) = out.last_mut() {
+            g.push(r);
+        }
+    }
+    out
+}
+
+/// Where a state snapshot stands in the broadcast: what [`Core::recover_from`] needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotBase {
+    /// Sequences `0..delivered` are reflected in the snapshot.
+    pub delivered: u64,
+    /// Per sender: its Requests `0..prefix` are reflected in the snapshot.
+    pub prefixes: Vec<u64>,
+    /// This member's next proposal number.
+    pub next_proposal: u64,
+}
+
+/// One delivered client payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The global sequence number that ordered it.
+    pub number: u64,
+    /// The Request that carried it.
+    pub key: RequestKey,
+    /// Member-local proposal number at the issuing member (`key.sender`).
+    pub proposal: u64,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// What the runtime must do; see the [module docs](self) for the order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write these records durably (one synced write), then call [`Core::persisted`].
+    Persist {
+        /// Requests and Sequences received or issued since the last persist.
+        records: Vec<Record>,
+        /// Hand back once durable.
+        ack: PersistAck,
+    },
+    /// Send one message to one member.
+    Send {
+        /// Destination.
+        to: MemberId,
+        /// The message.
+        message: Message,
+    },
+    /// Send one message to every other member.
+    Broadcast(Message),
+    /// Apply a payload (in the order given).
+    Deliver(Delivery),
+    /// The read barrier with this token is satisfied: read locally now.
+    ReadReady {
+        /// The token given to [`Core::read_barrier`].
+        token: u64,
+    },
+}
+
+/// `propose` refused a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// The outbox is full: wait for progress (backpressure).
+    #[error("busy: too many proposals waiting")]
+    Busy,
+    /// Larger than `request_bytes_max`.
+    #[error("payload too large")]
+    TooLarge,
+}
+
+/// Counters of one member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Requests this member issued.
+    pub requests_issued: u64,
+    /// Sequences this member issued (passes included).
+    pub sequences_issued: u64,
+    /// Empty Sequences (passed turns).
+    pub passes: u64,
+    /// Items this member asked to be retransmitted.
+    pub retransmits_requested: u64,
+    /// Items this member retransmitted for others.
+    pub retransmits_served: u64,
+    /// Duplicate Requests or Sequences ignored.
+    pub duplicates: u64,
+    /// Messages dropped: other epoch, bad sender, outside a window, malformed.
+    pub dropped: u64,
+    /// Protocol invariant violations seen (should stay 0).
+    pub anomalies: u64,
+}
+
+#[derive(Debug, Default)]
+struct SenderState {
+    /// Requests held (not yet garbage).
+    received: BTreeMap<u64, RequestMsg>,
+    /// Local seqs `0..sequenced` have a global number (per-sender FIFO makes it a prefix).
+    sequenced: u64,
+    /// Local seqs `0..delivered` delivered here.
+    delivered: u64,
+    /// Local seqs below are garbage (delivered everywhere) and dropped.
+    gc: u64,
+    /// The sender says it issued `0..issued` (metadata).
+    issued: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Peer {
+    stable: u64,
+    delivered: u64,
+    known: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Missing {
+    first_seen_ms: u64,
+    last_nack_ms: Option<u64>,
+    attempts: u64,
+}
+
+#[derive(Debug)]
+struct Probe {
+    tokens: Vec<u64>,
+    replies: BTreeMap<MemberId, u64>,
+    sent_ms: u64,
+    target: Option<u64>,
+}
+
+/// The atomic broadcast protocol state of one member.
+#[derive(Debug)]
+pub struct Core {
+    cfg: CoreConfig,
+    now_ms: u64,
+    senders: Vec<SenderState>,
+    /// Sequences held (not yet garbage), by number.
+    sequences: BTreeMap<u64, SequenceMsg>,
+    /// Sequences `0..contiguous` are held (or garbage).
+    contiguous: u64,
+    /// Sequences `0..complete` and every Request they name are held.
+    complete: u64,
+    /// Sequences `0..delivered` delivered.
+    delivered: u64,
+    /// Sequences below are garbage.
+    gc: u64,
+    /// Sequences `0..stable` and their Requests are on this member's disk.
+    stable: u64,
+    /// Mark of the last persist handed out.
+    persist_mark: u64,
+    /// Sequences `0..known` exist.
+    known: u64,
+    peers: Vec<Peer>,
+    next_local_seq: u64,
+    next_proposal: u64,
+    outbox: VecDeque<Vec<u8>>,
+    progress_since_pass: bool,
+    last_pass_ms: Option<u64>,
+    out_requests: Vec<RequestMsg>,
+    out_sequences: Vec<SequenceMsg>,
+    to_persist: Vec<Record>,
+    actions: Vec<Action>,
+    progress_due: bool,
+    last_broadcast_ms: u64,
+    missing_sequences: BTreeMap<u64, Missing>,
+    missing_requests: BTreeMap<RequestKey, Missing>,
+    pending_reads: Vec<u64>,
+    probes: BTreeMap<u64, Probe>,
+    next_probe: u64,
+    recovering: bool,
+    catch_up_target: Option<u64>,
+    heard: BTreeSet<MemberId>,
+    /// Recovered from a snapshot at `(delivered, per-sender prefixes)`: Requests below the
+    /// prefixes whose Sequences were compacted away are trimmed once `gc` passes the base.
+    base_prefixes: Option<(u64, Vec<u64>)>,
+    stats: CoreStats,
+}
+
+impl Core {
+    /// A fresh member with an empty log.
+    pub fn new(cfg: CoreConfig) -> Self {
+        assert!(cfg.members >= 1, "a group has at least one member");
+        assert!(cfg.id < cfg.members, "member id out of range");
+        let n = cfg.members as usize;
+        Self {
+            now_ms: 0,
+            senders: (0..n).map(|_| SenderState::default()).collect(),
+            sequences: BTreeMap::new(),
+            contiguous: 0,
+            complete: 0,
+            delivered: 0,
+            gc: 0,
+            stable: 0,
+            persist_mark: 0,
+            known: 0,
+            peers: vec![Peer::default(); n],
+            next_local_seq: 0,
+            next_proposal: 0,
+            outbox: VecDeque::new(),
+            progress_since_pass: true,
+            last_pass_ms: None,
+            out_requests: Vec::new(),
+            out_sequences: Vec::new(),
+            to_persist: Vec::new(),
+            actions: Vec::new(),
+            progress_due: false,
+            last_broadcast_ms: 0,
+            missing_sequences: BTreeMap::new(),
+            missing_requests: BTreeMap::new(),
+            pending_reads: Vec::new(),
+            probes: BTreeMap::new(),
+            next_probe: 0,
+            recovering: false,
+            catch_up_target: None,
+            heard: BTreeSet::new(),
+            base_prefixes: None,
+            stats: CoreStats::default(),
+            cfg,
+        }
+    }
+
+    /// A member restarted from the records it had persisted. Everything recovered is stable
+    /// (it came from disk). The member is [`Core::recovering`] until it has heard from a
+    /// majority and delivered everything they knew of; until then it does not sequence.
+    pub fn recover(cfg: CoreConfig, records: impl IntoIterator<Item = Record>) -> Self {
+        Self::recover_from(cfg, None, records)
+    }
+
+    /// Like [`Core::recover`], from a state snapshot taken when Sequences `0..base.delivered`
+    /// had been delivered: delivery resumes at `base.delivered`. Records below the base may be
+    /// present (the journal is compacted lazily); they are kept only to answer retransmit
+    /// requests of lagging members, and collected like any other garbage.
+    pub fn recover_from(
+        cfg: CoreConfig,
+        base: Option<SnapshotBase>,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Self {
+        let mut core = Self::new(cfg);
+        let mut any = false;
+        if let Some(b) = &base {
+            if b.prefixes.len() == core.senders.len() {
+                any = true;
+                core.contiguous = b.delivered;
+                core.complete = b.delivered;
+                core.delivered = b.delivered;
+                core.known = b.delivered;
+                for (st, p) in core.senders.iter_mut().zip(&b.prefixes) {
+                    st.sequenced = *p;
+                    st.delivered = *p;
+                }
+                let own = b.prefixes[core.cfg.id as usize];
+                core.next_local_seq = own;
+                core.next_proposal = b.next_proposal;
+                core.base_prefixes = Some((b.delivered, b.prefixes.clone()));
+            } else {
+                core.stats.anomalies += 1;
+            }
+        }
+        for record in records {
+            any = true;
+            match record {
+                Record::Request(r) => {
+                    let s = r.key.sender;
+                    if s >= core.cfg.members {
+                        core.stats.anomalies += 1;
+                        continue;
+                    }
+                    if s == core.cfg.id {
+                        core.next_local_seq = core.next_local_seq.max(r.key.seq + 1);
+                        core.next_proposal =
+                            core.next_proposal.max(r.base + r.payloads.len() as u64);
+                    }
+                    core.senders[s as usize].received.insert(r.key.seq, r);
+                }
+                Record::Sequence(s) => {
+                    core.known = core.known.max(s.number + 1);
+                    core.sequences.insert(s.number, s);
+                }
+            }
+        }
+        core.gc = core
+            .sequences
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(core.delivered)
+            .min(core.delivered);
+        core.advance();
+        core.stable = core.complete;
+        core.persist_mark = core.complete;
+        core.recovering = any && core.cfg.members > 1;
+        core
+    }
+
+    /// What a state snapshot taken now must record to resume delivery after it.
+    pub fn snapshot_base(&self) -> SnapshotBase {
+        SnapshotBase {
+            delivered: self.delivered,
+            prefixes: self.senders.iter().map(|s| s.delivered).collect(),
+            next_proposal: self.next_proposal,
+        }
+    }
+
+    /// Sequences below this are garbage: every member delivered them (and has them on disk).
+    pub fn collected(&self) -> u64 {
+        self.gc
+    }
+
+    /// Per sender: its Requests with a lower local seq are garbage.
+    pub fn collected_prefixes(&self) -> Vec<u64> {
+        self.senders.iter().map(|s| s.gc).collect()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// Sequences `0..delivered()` have been delivered.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Sequences `0..sequenced()` are held here (the ring has assigned them).
+    pub fn sequenced(&self) -> u64 {
+        self.contiguous
+    }
+
+    /// Sequences `0..stable()` and their Requests are on this member's disk.
+    pub fn stable(&self) -> u64 {
+        self.stable
+    }
+
+    /// Sequences `0..known()` are known to exist.
+    pub fn known(&self) -> u64 {
+        self.known
+    }
+
+    /// Sequences `0..deliverable()` are on a majority's disk (as far as this member knows)
+    /// and held here: the delivery rule's bound.
+    pub fn deliverable(&self) -> u64 {
+        self.majority_stable().min(self.complete)
+    }
+
+    /// Restarted and still catching up.
+    pub fn recovering(&self) -> bool {
+        self.recovering
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> CoreStats {
+        self.stats
+    }
+
+    /// Payloads waiting to be issued in a Request.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Whether `propose` would accept a payload now.
+    pub fn can_accept(&self) -> bool {
+        self.outbox.len() < self.cfg.outbox_max
+    }
+
+    /// Queues a client payload for broadcast; returns its member-local proposal number (the
+    /// [`Delivery::proposal`] it will be delivered with, under `key.sender == id`).
+    pub fn propose(&mut self, payload: Vec<u8>) -> Result<u64, ProposeError> {
+        if payload.len() > self.cfg.request_bytes_max {
+            return Err(ProposeError::TooLarge);
+        }
+        if !self.can_accept() {
+            return Err(ProposeError::Busy);
+        }
+        let proposal = self.next_proposal;
+        self.next_proposal += 1;
+        self.outbox.push_back(payload);
+        Ok(proposal)
+    }
+
+    /// Starts a read barrier; [`Action::ReadReady`] with `token` follows once this member has
+    /// delivered every Sequence that a majority knew of after this call.
+    pub fn read_barrier(&mut self, token: u64) {
+        self.pending_reads.push(token);
+    }
+
+    /// Advances the clock and runs the timers: retransmit requests, heartbeats, probe
+    /// retries, garbage collection, deferred turn passes.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        if self.now_ms.saturating_sub(self.last_broadcast_ms) >= self.cfg.heartbeat_ms {
+            self.progress_due = true;
+        }
+        self.scan_missing();
+        self.retry_probes();
+        self.collect_garbage();
+        self.try_sequence();
+    }
+
+    /// The records of an [`Action::Persist`] are durable.
+    pub fn persisted(&mut self, ack: PersistAck) {
+        if ack.stable > self.stable {
+            self.stable = ack.stable;
+            self.progress_due = true;
+        }
+    }
+
+    /// Handles one message from member `from`.
+    pub fn handle_message(&mut self, from: MemberId, message: Message) {
+        let h = message.header;
+        if h.epoch != self.cfg.epoch
+            || h.from != from
+            || from >= self.cfg.members
+            || from == self.cfg.id
+        {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.observe_header(&h);
+        match message.body {
+            Body::Data {
+                requests,
+                sequences,
+            } => {
+                for r in requests {
+                    self.receive_request(r);
+                }
+                for s in sequences {
+                    self.receive_sequence(s);
+                }
+                self.advance();
+            }
+            Body::Retransmit {
+                sequences,
+                requests,
+            } => self.answer_retransmit(from, &sequences, &requests),
+            Body::Progress => {}
+            Body::ReadProbe { probe } => {
+                let message = self.message(Body::ReadProbeReply { probe });
+                self.actions.push(Action::Send { to: from, message });
+            }
+            Body::ReadProbeReply { probe } => {
+                if let Some(p) = self.probes.get_mut(&probe) {
+                    p.replies.entry(from).or_insert(h.known);
+                }
+            }
+        }
+    }
+
+    /// Everything to do now; see the [module docs](self) for the order.
+    pub fn drain(&mut self) -> Vec<Action> {
+        self.flush_outbox();
+        self.try_sequence();
+        self.try_deliver();
+        self.start_probes();
+        self.check_probes();
+        let mut out = Vec::with_capacity(self.actions.len() + 2);
+        if !self.to_persist.is_empty() || self.complete > self.persist_mark {
+            self.persist_mark = self.complete;
+            out.push(Action::Persist {
+                records: std::mem::take(&mut self.to_persist),
+                ack: PersistAck {
+                    stable: self.complete,
+                },
+            });
+        }
+        if !self.out_requests.is_empty() || !self.out_sequences.is_empty() {
+            // The Sequences ride in the first message (`split_by_size` yields at least one).
+            let mut sequences = std::mem::take(&mut self.out_sequences);
+            for requests in split_by_size(
+                std::mem::take(&mut self.out_requests),
+                self.cfg.message_bytes_max,
+            ) {
+                let body = Body::Data {
+                    requests,
+                    sequences: std::mem::take(&mut sequences),
+                };
+                out.push(Action::Broadcast(self.message(body)));
+            }
+        } else if self.progress_due && self.cfg.members > 1 {
+            out.push(Action::Broadcast(self.message(Body::Progress)));
+        }
+        if out.iter().any(|a| matches!(a, Action::Broadcast(_))) {
+            self.progress_due = false;
+            self.last_broadcast_ms = self.now_ms;
+        }
+        out.append(&mut self.actions);
+        out
+    }
+
+    fn header(&self) -> Header {
+        Header {
+            epoch: self.cfg.epoch,
+            from: self.cfg.id,
+            stable: self.stable,
+            delivered: self.delivered.min(self.stable),
+            known: self.known,
+            issued: self.next_local_seq,
+        }
+    }
+
+    fn message(&self, body: Body) -> Message {
+        Message {
+            header: self.header(),
+            body,
+        }
+    }
+
+    fn observe_header(&mut self, h: &Header) {
+        let p = &mut self.peers[h.from as usize];
+        p.stable = p.stable.max(h.stable);
+        p.delivered = p.delivered.max(h.delivered);
+        p.known = p.known.max(h.known);
+        self.known = self.known.max(h.known);
+        let s = &mut self.senders[h.from as usize];
+        s.issued = s.issued.max(h.issued);
+        if self.recovering && self.catch_up_target.is_none() {
+            self.heard.insert(h.from);
+            if self.heard.len() + 1 >= self.cfg.majority() {
+                self.catch_up_target = Some(self.known);
+            }
+        }
+    }
+
+    fn receive_request(&mut self, r: RequestMsg) {
+        let s = r.key.sender;
+        if s >= self.cfg.members || r.payloads.len() > self.cfg.request_payloads_max.max(1) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let st = &mut self.senders[s as usize];
+        if r.key.seq < st.gc || st.received.contains_key(&r.key.seq) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        if r.key.seq >= st.sequenced + self.cfg.request_window {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.missing_requests.remove(&r.key);
+        self.to_persist.push(Record::Request(r.clone()));
+        st.received.insert(r.key.seq, r);
+    }
+
+    fn receive_sequence(&mut self, s: SequenceMsg) {
+        let k = s.number;
+        if k < self.contiguous || self.sequences.contains_key(&k) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        if k >= self.delivered + 2 * self.cfg.sequence_window
+            || s.assigned.len() > self.cfg.sequence_requests_max.max(1)
+            || s.assigned.iter().any(|key| key.sender >= self.cfg.members)
+        {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.known = self.known.max(k + 1);
+        self.missing_sequences.remove(&k);
+        self.to_persist.push(Record::Sequence(s.clone()));
+        self.sequences.insert(k, s);
+    }
+
+    /// Folds newly contiguous Sequences into the per-sender sequenced prefixes and advances
+    /// `complete`.
+    fn advance(&mut self) {
+        while let Some(seq) = self.sequences.get(&self.contiguous) {
+            for key in &seq.assigned {
+                let st = &mut self.senders[key.sender as usize];
+                if key.seq == st.sequenced {
+                    st.sequenced += 1;
+                } else {
+                    self.stats.anomalies += 1;
+                    tracing::error!(number = seq.number, ?key, "sequence breaks per-sender FIFO");
+                }
+            }
+            if !seq.assigned.is_empty() {
+                self.progress_since_pass = true;
+            }
+            self.contiguous += 1;
+        }
+        while self.complete < self.contiguous {
+            let Some(seq) = self.sequences.get(&self.complete) else {
+                break;
+            };
+            let all = seq.assigned.iter().all(|key| {
+                let st = &self.senders[key.sender as usize];
+                key.seq < st.gc || st.received.contains_key(&key.seq)
+            });
+            if !all {
+                break;
+            }
+            self.complete += 1;
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        let id = self.cfg.id;
+        while !self.outbox.is_empty()
+            && self.next_local_seq - self.senders[id as usize].sequenced
+                < self.cfg.requests_in_flight_max.max(1)
+        {
+            let base = self.next_proposal - self.outbox.len() as u64;
+            let mut payloads = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(p) = self.outbox.front() {
+                if payloads.len() >= self.cfg.request_payloads_max.max(1)
+                    || (!payloads.is_empty() && bytes + p.len() > self.cfg.request_bytes_max)
+                {
+                    break;
+                }
+                bytes += p.len();
+                if let Some(p) = self.outbox.pop_front() {
+                    payloads.push(p);
+                }
+            }
+            let req = RequestMsg {
+                key: RequestKey {
+                    sender: id,
+                    seq: self.next_local_seq,
+                },
+                base,
+                payloads,
+            };
+            self.next_local_seq += 1;
+            self.stats.requests_issued += 1;
+            self.to_persist.push(Record::Request(req.clone()));
+            self.out_requests.push(req.clone());
+            self.senders[id as usize].received.insert(req.key.seq, req);
+        }
+    }
+
+    /// Whether some Request is known to be waiting for a global number.
+    fn pending_known(&self) -> bool {
+        self.senders.iter().enumerate().any(|(s, st)| {
+            let issued = if s as u64 == self.cfg.id {
+                self.next_local_seq
+            } else {
+                st.issued
+            };
+            issued > st.sequenced || st.received.range(st.sequenced..).next().is_some()
+        })
+    }
+
+    fn try_sequence(&mut self) {
+        let n = self.cfg.members;
+        loop {
+            let k = self.contiguous;
+            if k % n != self.cfg.id
+                || self.recovering
+                || self.complete < self.contiguous
+                || k >= self.delivered + self.cfg.sequence_window
+            {
+                return;
+            }
+            let mut assigned = Vec::new();
+            let start = (k / n) % n;
+            for i in 0..n {
+                let s = (start + i) % n;
+                let st = &self.senders[s as usize];
+                let mut q = st.sequenced;
+                while assigned.len() < self.cfg.sequence_requests_max.max(1)
+                    && st.received.contains_key(&q)
+                {
+                    assigned.push(RequestKey { sender: s, seq: q });
+                    q += 1;
+                }
+            }
+            if assigned.is_empty() {
+                let retry_due = self
+                    .last_pass_ms
+                    .is_none_or(|t| self.now_ms.saturating_sub(t) >= self.cfg.pass_retry_ms);
+                if !self.pending_known() || !(self.progress_since_pass || retry_due) {
+                    return;
+                }
+                self.last_pass_ms = Some(self.now_ms);
+                self.progress_since_pass = false;
+                self.stats.passes += 1;
+            }
+            let seq = SequenceMsg {
+                number: k,
+                assigned,
+            };
+            self.stats.sequences_issued += 1;
+            self.known = self.known.max(k + 1);
+            self.to_persist.push(Record::Sequence(seq.clone()));
+            self.out_sequences.push(seq.clone());
+            self.sequences.insert(k, seq);
+            self.advance();
+        }
+    }
+
+    fn majority_stable(&self) -> u64 {
+        let mut v: Vec<u64> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(j, p)| {
+                if j as u64 == self.cfg.id {
+                    self.stable
+                } else {
+                    p.stable
+                }
+            })
+            .collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v[self.cfg.majority() - 1]
+    }
+
+    fn try_deliver(&mut self) {
+        let bound = self.deliverable();
+        while self.delivered < bound {
+            let Some(seq) = self.sequences.get(&self.delivered) else {
+                self.stats.anomalies += 1;
+                return;
+            };
+            for key in &seq.assigned {
+                let st = &mut self.senders[key.sender as usize];
+                if key.seq != st.delivered {
+                    // Never happens with a correct sequencer; skipping keeps every member
+                    // identical (they all see the same Sequence) and integrity intact.
+                    self.stats.anomalies += 1;
+                    continue;
+                }
+                st.delivered += 1;
+                let Some(req) = st.received.get(&key.seq) else {
+                    self.stats.anomalies += 1;
+                    continue;
+                };
+                for (i, p) in req.payloads.iter().enumerate() {
+                    self.actions.push(Action::Deliver(Delivery {
+                        number: seq.number,
+                        key: *key,
+                        proposal: req.base + i as u64,
+                        payload: p.clone(),
+                    }));
+                }
+            }
+            self.delivered += 1;
+        }
+        if let Some(target) = self.catch_up_target {
+            if self.recovering && self.delivered >= target {
+                self.recovering = false;
+                self.catch_up_target = None;
+                self.heard.clear();
+            }
+        }
+    }
+
+    fn nack_due(&self, m: &Missing) -> bool {
+        self.now_ms.saturating_sub(m.first_seen_ms) >= self.cfg.retransmit_after_ms
+            && m.last_nack_ms
+                .is_none_or(|t| self.now_ms.saturating_sub(t) >= self.cfg.retransmit_after_ms)
+    }
+
+    /// Whom to ask: first the original sender, then the others in turn.
+    fn nack_target(&self, origin: MemberId, attempts: u64) -> MemberId {
+        let n = self.cfg.members;
+        let mut t = (origin + attempts) % n;
+        if t == self.cfg.id {
+            t = (t + 1) % n;
+        }
+        t
+    }
+
+    fn scan_missing(&mut self) {
+        let n = self.cfg.members;
+        if n == 1 {
+            return;
+        }
+        let limit = self.cfg.retransmit_items_max.max(1);
+        let now = self.now_ms;
+        let mut asks: BTreeMap<MemberId, (Vec<u64>, Vec<RequestKey>)> = BTreeMap::new();
+        // Missing Sequences: gaps below what is known to exist.
+        let hi = self
+            .known
+            .min(self.delivered + 2 * self.cfg.sequence_window);
+        let mut live = BTreeSet::new();
+        for k in self.contiguous..hi {
+            if live.len() >= limit {
+                break;
+            }
+            if self.sequences.contains_key(&k) {
+                continue;
+            }
+            live.insert(k);
+            let m = *self.missing_sequences.entry(k).or_insert(Missing {
+                first_seen_ms: now,
+                last_nack_ms: None,
+                attempts: 0,
+            });
+            if self.nack_due(&m) {
+                let to = self.nack_target(k % n, m.attempts);
+                asks.entry(to).or_default().0.push(k);
+                if let Some(m) = self.missing_sequences.get_mut(&k) {
+                    m.last_nack_ms = Some(now);
+                    m.attempts += 1;
+                }
+            }
+        }
+        self.missing_sequences.retain(|k, _| live.contains(k));
+        // Missing Requests: named by a held Sequence, or announced by their sender.
+        let mut wanted = BTreeSet::new();
+        'named: for seq in self.sequences.range(self.complete..).map(|(_, s)| s) {
+            for key in &seq.assigned {
+                if wanted.len() >= limit {
+                    break 'named;
+                }
+                let st = &self.senders[key.sender as usize];
+                if key.seq >= st.gc && !st.received.contains_key(&key.seq) {
+                    wanted.insert(*key);
+                }
+            }
+        }
+        for (s, st) in self.senders.iter().enumerate() {
+            if s as u64 == self.cfg.id {
+                continue;
+            }
+            let hi = st.issued.min(st.sequenced + self.cfg.request_window);
+            for q in st.sequenced.max(st.gc)..hi {
+                if wanted.len() >= 2 * limit {
+                    break;
+                }
+                if !st.received.contains_key(&q) {
+                    wanted.insert(RequestKey {
+                        sender: s as u64,
+                        seq: q,
+                    });
+                }
+            }
+        }
+        for key in &wanted {
+            let m = *self.missing_requests.entry(*key).or_insert(Missing {
+                first_seen_ms: now,
+                last_nack_ms: None,
+                attempts: 0,
+            });
+            if self.nack_due(&m) {
+                let to = self.nack_target(key.sender, m.attempts);
+                asks.entry(to).or_default().1.push(*key);
+                if let Some(m) = self.missing_requests.get_mut(key) {
+                    m.last_nack_ms = Some(now);
+                    m.attempts += 1;
+                }
+            }
+        }
+        self.missing_requests.retain(|k, _| wanted.contains(k));
+        for (to, (sequences, requests)) in asks {
+            self.stats.retransmits_requested += (sequences.len() + requests.len()) as u64;
+            let message = self.message(Body::Retransmit {
+                sequences,
+                requests,
+            });
+            self.actions.push(Action::Send { to, message });
+        }
+    }
+
+    fn answer_retransmit(&mut self, from: MemberId, sequences: &[u64], requests: &[RequestKey]) {
+        let limit = self.cfg.retransmit_items_max.max(1);
+        let seqs: Vec<SequenceMsg> = sequences
+            .iter()
+            .take(limit)
+            .filter_map(|k| self.sequences.get(k).cloned())
+            .collect();
+        let mut reqs: Vec<RequestMsg> = Vec::new();
+        let mut bytes = 0;
+        for key in requests.iter().take(limit) {
+            if key.sender >= self.cfg.members || bytes >= self.cfg.message_bytes_max {
+                continue;
+            }
+            if let Some(r) = self.senders[key.sender as usize].received.get(&key.seq) {
+                bytes += approx_size(r);
+                reqs.push(r.clone());
+            }
+        }
+        if seqs.is_empty() && reqs.is_empty() {
+            return;
+        }
+        self.stats.retransmits_served += (seqs.len() + reqs.len()) as u64;
+        let message = self.message(Body::Data {
+            requests: reqs,
+            sequences: seqs,
+        });
+        self.actions.push(Action::Send { to: from, message });
+    }
+
+    fn start_probes(&mut self) {
+        if self.pending_reads.is_empty() {
+            return;
+        }
+        let probe = self.next_probe;
+        self.next_probe += 1;
+        let mut replies = BTreeMap::new();
+        replies.insert(self.cfg.id, self.known);
+        self.probes.insert(
+            probe,
+            Probe {
+                tokens: std::mem::take(&mut self.pending_reads),
+                replies,
+                sent_ms: self.now_ms,
+                target: None,
+            },
+        );
+        while self.probes.len() > self.cfg.probes_max.max(1) {
+            self.probes.pop_first();
+        }
+        if self.cfg.members > 1 {
+            let message = self.message(Body::ReadProbe { probe });
+            self.actions.push(Action::Broadcast(message));
+        }
+    }
+
+    fn retry_probes(&mut self) {
+        let now = self.now_ms;
+        let mut sends = Vec::new();
+        for (id, p) in &mut self.probes {
+            if p.target.is_none() && now.saturating_sub(p.sent_ms) >= self.cfg.retransmit_after_ms {
+                p.sent_ms = now;
+                for j in 0..self.cfg.members {
+                    if !p.replies.contains_key(&j) {
+                        sends.push((j, *id));
+                    }
+                }
+            }
+        }
+        for (to, probe) in sends {
+            let message = self.message(Body::ReadProbe { probe });
+            self.actions.push(Action::Send { to, message });
+        }
+    }
+
+    fn check_probes(&mut self) {
+        let majority = self.cfg.majority();
+        let mut done = Vec::new();
+        for (id, p) in &mut self.probes {
+            if p.target.is_none() && p.replies.len() >= majority {
+                p.target = p.replies.values().copied().max();
+            }
+            if p.target.is_some_and(|t| self.delivered >= t) {
+                done.push(*id);
+            }
+        }
+        for id in done {
+            if let Some(p) = self.probes.remove(&id) {
+                for token in p.tokens {
+                    self.actions.push(Action::ReadReady { token });
+                }
+            }
+        }
+    }
+
+    /// Drops what every member has delivered (and has on disk).
+    fn collect_garbage(&mut self) {
+        let mut g = self.delivered.min(self.stable);
+        for (j, p) in self.peers.iter().enumerate() {
+            if j as u64 != self.cfg.id {
+                g = g.min(p.delivered);
+            }
+        }
+        while self.gc < g {
+            if let Some(seq) = self.sequences.remove(&self.gc) {
+                for key in seq.assigned {
+                    let st = &mut self.senders[key.sender as usize];
+                    st.received.remove(&key.seq);
+                    st.gc = st.gc.max(key.seq + 1);
+                }
+            }
+            self.gc += 1;
+        }
+        if let Some((base, prefixes)) = &self.base_prefixes {
+            if self.gc >= *base {
+                for (st, p) in self.senders.iter_mut().zip(prefixes) {
+                    st.gc = st.gc.max(*p);
+                    while let Some((&q, _)) = st.received.first_key_value() {
+                        if q >= st.gc {
+                            break;
+                        }
+                        st.received.remove(&q);
+                    }
+                }
+                self.base_prefixes = None;
+            }
+        }
+    }
+
+    /// Number of Sequences and Requests held in memory (for tests of garbage collection).
+    pub fn held(&self) -> (usize, usize) {
+        (
+            self.sequences.len(),
+            self.senders.iter().map(|s| s.received.len()).sum(),
+        )
+    }
+}

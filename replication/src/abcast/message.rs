@@ -1,0 +1,126 @@
+//! Wire messages and durable records of the atomic broadcast.
+//!
+//! Every [`Message`] starts with a [`Header`] that carries the epoch and the sender's progress
+//! metadata; the [`Body`] carries data (Requests and Sequences, originals and retransmissions
+//! alike), a retransmit request, a read probe or its reply, or nothing (a progress heartbeat).
+//! Messages are encoded with postcard ([`Message::encode`], [`Message::decode`]); decoding
+//! malformed bytes is an error, never a panic.
+
+use serde::{Deserialize, Serialize};
+
+/// A member's id: `0..n`.
+pub type MemberId = u64;
+
+/// Identifies one Request message: `<sender id, local seq>`. Local sequence numbers start at 0
+/// and increase by one per Request a member issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestKey {
+    /// The member that issued the Request.
+    pub sender: MemberId,
+    /// Its local sequence number at that member.
+    pub seq: u64,
+}
+
+/// A Request: a batch of opaque client payloads issued by one member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMsg {
+    /// `<sender, local seq>`.
+    pub key: RequestKey,
+    /// Member-local proposal number of the first payload; payload `i` is proposal `base + i`.
+    /// Lets the issuing member match deliveries to its waiting proposers.
+    pub base: u64,
+    /// The client payloads, delivered in this order.
+    pub payloads: Vec<Vec<u8>>,
+}
+
+/// A Sequence: global sequence number `number` is assigned to the listed Requests, in order
+/// (one number for a batch of Requests). An empty list is a pass: the owner of `number` had
+/// nothing to sequence. Sent by member `number mod n` only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceMsg {
+    /// The global sequence number.
+    pub number: u64,
+    /// The Requests it orders, in delivery order (per-sender FIFO holds within and across).
+    pub assigned: Vec<RequestKey>,
+}
+
+/// Progress metadata piggybacked on every message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Header {
+    /// The view number. Fixed for now (no view change yet); messages from another epoch are
+    /// dropped.
+    pub epoch: u64,
+    /// The sending member.
+    pub from: MemberId,
+    /// The sender has Sequences `0..stable` and every Request they name **on disk**.
+    pub stable: u64,
+    /// The sender has delivered `0..delivered` and has them on disk (`min(delivered, stable)`);
+    /// what every member reports delivered is garbage.
+    pub delivered: u64,
+    /// The sender knows that Sequences `0..known` exist (it has seen them or heard of them).
+    pub known: u64,
+    /// The sender has issued (and persisted) its own Requests with local seq `0..issued`.
+    pub issued: u64,
+}
+
+/// What a message carries after its header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Requests and Sequences: originals, or answers to a retransmit request.
+    Data {
+        /// Requests.
+        requests: Vec<RequestMsg>,
+        /// Sequences.
+        sequences: Vec<SequenceMsg>,
+    },
+    /// Negative acknowledgement: please send these again.
+    Retransmit {
+        /// Missing Sequence numbers.
+        sequences: Vec<u64>,
+        /// Missing Requests.
+        requests: Vec<RequestKey>,
+    },
+    /// Nothing but the header (heartbeat, or news that `stable` advanced).
+    Progress,
+    /// A read barrier asks for the receiver's progress; the answer is the reply's header
+    /// (`known`), taken after the probe arrived.
+    ReadProbe {
+        /// Probe id, local to the asking member.
+        probe: u64,
+    },
+    /// Answer to [`Body::ReadProbe`].
+    ReadProbeReply {
+        /// The probe answered.
+        probe: u64,
+    },
+}
+
+/// One wire message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Epoch and progress metadata.
+    pub header: Header,
+    /// The content.
+    pub body: Body,
+}
+
+impl Message {
+    /// Encodes with postcard.
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_stdvec(self)
+    }
+
+    /// Decodes with postcard; malformed input is an error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+/// What a member writes to its durable log: every Request and Sequence it receives or issues.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// A Request.
+    Request(RequestMsg),
+    /// A Sequence.
+    Sequence(SequenceMsg),
+}

@@ -1,0 +1,725 @@
+//! [`AbcastLog`]: the atomic broadcast [`ReplicatedLog`] over a [`Network`] and raft-engine.
+//!
+//! One dedicated thread (running a current-thread tokio runtime) owns the [`Core`] and the
+//! engine. Each turn of its loop waits for one event (a command from the handle, a message, a
+//! tick), takes every other event already waiting (up to a bound), then drains the core's
+//! actions: the records of the whole turn are written with **one** synced raft-engine write
+//! (group commit), then messages go out, deliveries are applied through [`Deduped`] and the
+//! waiting proposers and readers are answered.
+//!
+//! Storage layout: raft-engine group [`JOURNAL_GROUP`] holds every [`Record`] (postcard in the
+//! entry's `data`) in arrival order; the entry index is a local counter. Every
+//! [`AbcastConfig::snapshot_every`] delivered payloads the applied state (duplicate table
+//! included) is written under [`SNAPSHOT_KEY`] in [`SNAPSHOT_GROUP`] with its
+//! [`SnapshotBase`]; the journal's front is then compacted up to the first record that is still
+//! needed, i.e. not both below the snapshot and delivered by every member (a lagging member
+//! may still ask for it). Recovery restores the snapshot, reads the rest of the journal and
+//! hands both to [`Core::recover_from`]; delivery resumes after the snapshot.
+//!
+//! Errors: a storage failure stops the member (proposers see [`LogError::Storage`], later
+//! calls [`LogError::Shutdown`]); malformed messages are counted and dropped; an undecodable
+//! delivered payload is skipped identically on every member (the bytes are the same
+//! everywhere) and logged.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use raft_engine::{Engine, LogBatch};
+use tokio::sync::{mpsc, oneshot};
+use transport::{Incoming, Network};
+
+use super::core::{Action, Core, CoreConfig, CoreStats, Delivery, SnapshotBase};
+use super::message::{Message, Record, RequestKey};
+use crate::dedup::{Applied, Deduped};
+use crate::log::{
+    Envelope, LogError, LogStatus, ReadConsistency, ReplicatedLog, RequestId, Role,
+    DEFAULT_PROPOSE_TIMEOUT,
+};
+use crate::state_machine::StateMachine;
+use crate::storage;
+
+/// The raft-engine group holding the journal of Requests and Sequences.
+pub const JOURNAL_GROUP: u64 = 1;
+/// The raft-engine group holding the state snapshot.
+pub const SNAPSHOT_GROUP: u64 = 2;
+/// Key of the state snapshot: postcard `(SnapshotBase, Vec<u8>)`.
+pub const SNAPSHOT_KEY: &[u8] = b"snapshot";
+/// Ticks between journal compaction attempts (besides one after every snapshot).
+const COMPACT_EVERY_TICKS: u64 = 200;
+/// Events taken per loop turn before the actions are drained (bounds a turn's batch).
+const EVENTS_PER_TURN_MAX: usize = 1024;
+
+/// Configuration of one member's runtime.
+#[derive(Debug, Clone)]
+pub struct AbcastConfig {
+    /// The protocol core's configuration (id, group size, epoch, limits, timers).
+    pub core: CoreConfig,
+    /// How often the core's timers run.
+    pub tick_ms: u64,
+    /// How long `propose` waits for its delivery before [`LogError::Unavailable`].
+    pub propose_timeout: Duration,
+    /// How long a linearizable read waits for its barrier before [`LogError::Unavailable`].
+    pub read_timeout: Duration,
+    /// Commands (proposals, reads) queued to the driver thread before callers wait.
+    pub queue_max: usize,
+    /// Delivered payloads between state snapshots (then the journal is compacted); 0 never.
+    pub snapshot_every: u64,
+}
+
+impl AbcastConfig {
+    /// Defaults for member `id` of a group of `members`.
+    pub fn new(id: u64, members: u64) -> Self {
+        Self {
+            core: CoreConfig::new(id, members),
+            tick_ms: 5,
+            propose_timeout: DEFAULT_PROPOSE_TIMEOUT,
+            read_timeout: DEFAULT_PROPOSE_TIMEOUT,
+            queue_max: 65_536,
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+/// Progress and counters of one member ([`AbcastLog::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AbcastStats {
+    /// Sequences `0..delivered` delivered (applied).
+    pub delivered: u64,
+    /// Sequences `0..deliverable` on a majority's disk and held here.
+    pub deliverable: u64,
+    /// Sequences `0..sequenced` held here.
+    pub sequenced: u64,
+    /// Sequences `0..stable` on this member's disk.
+    pub stable: u64,
+    /// Sequences `0..known` known to exist.
+    pub known: u64,
+    /// `known - delivered`: how far behind this member is.
+    pub lag: u64,
+    /// Restarted and still catching up.
+    pub recovering: bool,
+    /// Synced journal writes.
+    pub fsyncs: u64,
+    /// Records written to the journal.
+    pub records_persisted: u64,
+    /// Messages the network refused to queue.
+    pub send_failures: u64,
+    /// State snapshots written.
+    pub snapshots: u64,
+    /// Journal entries not yet compacted.
+    pub journal_len: u64,
+    /// Delivery resumed at this sequence number when the member opened (its snapshot).
+    pub resumed_at: u64,
+    /// The core's counters (retransmits, passes, duplicates...).
+    pub core: CoreStats,
+}
+
+type ProposeReply<S> = oneshot::Sender<Result<<S as StateMachine>::Output, LogError>>;
+
+enum Command<S: StateMachine> {
+    Propose {
+        id: RequestId,
+        payload: Vec<u8>,
+        reply: ProposeReply<S>,
+    },
+    Read {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+struct Shared<S: StateMachine> {
+    state: RwLock<Deduped<S>>,
+    stats: Mutex<AbcastStats>,
+}
+
+/// One member of an atomic broadcast group, as a [`ReplicatedLog`]. Cheap to share behind an
+/// `Arc`; dropping it stops the member (its driver thread finishes its turn and releases the
+/// engine, so the directory can be reopened at once).
+pub struct AbcastLog<S: StateMachine> {
+    cfg: AbcastConfig,
+    shared: Arc<Shared<S>>,
+    commands: Option<mpsc::Sender<Command<S>>>,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    driver: Option<thread::JoinHandle<()>>,
+}
+
+impl<S: StateMachine> Drop for AbcastLog<S> {
+    fn drop(&mut self) {
+        self.commands = None;
+        if let Some(tx) = self
+            .shutdown
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.driver.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl<S: StateMachine> AbcastLog<S> {
+    /// Opens (or creates) the member's journal in `dir`, recovers from it, and starts the
+    /// member on `network`. `initial` is the empty state machine that delivery starts from
+    /// (a restarted member replays its whole log into it).
+    pub fn open(
+        cfg: AbcastConfig,
+        dir: &Path,
+        network: Arc<dyn Network>,
+        initial: S,
+    ) -> Result<Self, LogError> {
+        let engine = storage::open_engine(dir)?;
+        let mut state = Deduped::new(initial);
+        let mut base = None;
+        if let Some(raw) = engine.get(SNAPSHOT_GROUP, SNAPSHOT_KEY) {
+            let (b, bytes): (SnapshotBase, Vec<u8>) = postcard::from_bytes(&raw)
+                .map_err(|e| LogError::Storage(format!("snapshot: {e}")))?;
+            state
+                .restore(&bytes)
+                .map_err(|e| LogError::Storage(e.to_string()))?;
+            base = Some(b);
+        }
+        let mut records = Vec::new();
+        let mut journal = VecDeque::new();
+        let mut journal_next = 1;
+        if let (Some(first), Some(last)) = (
+            engine.first_index(JOURNAL_GROUP),
+            engine.last_index(JOURNAL_GROUP),
+        ) {
+            for e in storage::read_entries(&engine, JOURNAL_GROUP, first, last + 1)? {
+                let record: Record = postcard::from_bytes(&e.data).map_err(|err| {
+                    LogError::Storage(format!("journal entry {}: {err}", e.index))
+                })?;
+                journal.push_back((e.index, Desc::of(&record)));
+                records.push(record);
+            }
+            journal_next = last + 1;
+        }
+        let core = Core::recover_from(cfg.core.clone(), base.clone(), records);
+        let stats = AbcastStats {
+            resumed_at: base.as_ref().map_or(0, |b| b.delivered),
+            ..AbcastStats::default()
+        };
+        let shared = Arc::new(Shared {
+            state: RwLock::new(state),
+            stats: Mutex::new(stats),
+        });
+        let (cmd_tx, cmd_rx) = mpsc::channel(cfg.queue_max.max(1));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let driver = Driver {
+            cfg: cfg.clone(),
+            core,
+            engine,
+            journal_next,
+            journal,
+            resumed_at: base.as_ref().map_or(0, |b| b.delivered),
+            snapshot: base,
+            since_snapshot: 0,
+            ticks: 0,
+            snapshots: 0,
+            network,
+            shared: Arc::clone(&shared),
+            proposers: HashMap::new(),
+            readers: HashMap::new(),
+            next_read: 0,
+            fsyncs: 0,
+            records_persisted: 0,
+            send_failures: 0,
+            start: Instant::now(),
+        };
+        let handle = thread::Builder::new()
+            .name(format!("abcast-{}", cfg.core.id))
+            .spawn(move || driver.run(cmd_rx, stop_rx))
+            .map_err(|e| LogError::Storage(format!("spawn driver: {e}")))?;
+        Ok(Self {
+            cfg,
+            shared,
+            commands: Some(cmd_tx),
+            shutdown: Mutex::new(Some(stop_tx)),
+            driver: Some(handle),
+        })
+    }
+
+    /// Stops the member without waiting (dropping the last handle also stops it, and waits
+    /// for the driver thread to release the engine). Later calls fail with
+    /// [`LogError::Shutdown`].
+    pub fn shutdown(&self) {
+        let tx = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(tx) = tx {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Progress and counters.
+    pub fn stats(&self) -> AbcastStats {
+        *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the current applied state (for tests and embedding).
+    pub fn with_state<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        let guard = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        f(guard.inner())
+    }
+
+    async fn command(&self, cmd: Command<S>) -> Result<(), LogError> {
+        let tx = self.commands.as_ref().ok_or(LogError::Shutdown)?;
+        tx.send(cmd).await.map_err(|_| LogError::Shutdown)
+    }
+}
+
+/// Polls a future once without waiting (a zero-length `tokio::time::timeout` would wait for
+/// the timer wheel's next millisecond). `recv` futures are cancel-safe, so dropping a pending
+/// one loses nothing.
+fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+fn applied_to_result<O>(a: Applied<O>) -> Result<O, LogError> {
+    match a {
+        Applied::Output(o) => Ok(o),
+        Applied::Expired => Err(LogError::Rejected(
+            "duplicate request too old to answer".into(),
+        )),
+    }
+}
+
+#[async_trait]
+impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
+    async fn propose(&self, id: RequestId, command: S::Command) -> Result<S::Output, LogError> {
+        let payload = postcard::to_stdvec(&Envelope { id, command })
+            .map_err(|e| LogError::Rejected(e.to_string()))?;
+        if payload.len() > self.cfg.core.request_bytes_max {
+            return Err(LogError::Rejected(format!(
+                "command of {} bytes exceeds {}",
+                payload.len(),
+                self.cfg.core.request_bytes_max
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        let wait = async {
+            self.command(Command::Propose { id, payload, reply })
+                .await?;
+            rx.await.map_err(|_| LogError::Shutdown)?
+        };
+        match tokio::time::timeout(self.cfg.propose_timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(LogError::Unavailable(
+                "not delivered in time (is a member down?)".into(),
+            )),
+        }
+    }
+
+    async fn read(
+        &self,
+        query: S::Query,
+        consistency: ReadConsistency,
+    ) -> Result<S::Answer, LogError> {
+        if consistency != ReadConsistency::Stale {
+            let (reply, rx) = oneshot::channel();
+            let wait = async {
+                self.command(Command::Read { reply }).await?;
+                rx.await.map_err(|_| LogError::Shutdown)
+            };
+            match tokio::time::timeout(self.cfg.read_timeout, wait).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(LogError::Unavailable(
+                        "read barrier not reached in time".into(),
+                    ))
+                }
+            }
+        }
+        let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        Ok(state.query(&query))
+    }
+
+    fn status(&self) -> LogStatus {
+        let s = self.stats();
+        LogStatus {
+            node_id: self.cfg.core.id,
+            role: if s.recovering {
+                Role::Recovering
+            } else {
+                Role::Member
+            },
+            term: self.cfg.core.epoch,
+            leader: None,
+            commit_index: s.deliverable,
+            applied_index: s.delivered,
+        }
+    }
+}
+
+/// What a journal entry holds, for compaction.
+#[derive(Debug, Clone, Copy)]
+enum Desc {
+    Sequence(u64),
+    Request(RequestKey),
+}
+
+impl Desc {
+    fn of(r: &Record) -> Self {
+        match r {
+            Record::Sequence(s) => Desc::Sequence(s.number),
+            Record::Request(r) => Desc::Request(r.key),
+        }
+    }
+}
+
+struct Driver<S: StateMachine> {
+    cfg: AbcastConfig,
+    core: Core,
+    engine: Engine,
+    journal_next: u64,
+    /// What each journal entry still held holds, oldest first (for compaction).
+    journal: VecDeque<(u64, Desc)>,
+    snapshot: Option<SnapshotBase>,
+    since_snapshot: u64,
+    ticks: u64,
+    snapshots: u64,
+    resumed_at: u64,
+    network: Arc<dyn Network>,
+    shared: Arc<Shared<S>>,
+    /// Waiting proposers by member-local proposal number, with their request id.
+    proposers: HashMap<u64, (RequestId, ProposeReply<S>)>,
+    readers: HashMap<u64, oneshot::Sender<()>>,
+    next_read: u64,
+    fsyncs: u64,
+    records_persisted: u64,
+    send_failures: u64,
+    start: Instant,
+}
+
+enum Event<S: StateMachine> {
+    Command(Command<S>),
+    Net(Incoming),
+    Tick,
+    Stop,
+}
+
+impl<S: StateMachine> Driver<S> {
+    fn run(mut self, mut commands: mpsc::Receiver<Command<S>>, mut stop: oneshot::Receiver<()>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "abcast driver cannot start a runtime");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(self.cfg.tick_ms.max(1)));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let network = Arc::clone(&self.network);
+            loop {
+                let accept = self.core.can_accept();
+                let event = tokio::select! {
+                    biased;
+                    _ = &mut stop => Event::Stop,
+                    _ = ticker.tick() => Event::Tick,
+                    cmd = commands.recv(), if accept => match cmd {
+                        Some(c) => Event::Command(c),
+                        None => Event::Stop,
+                    },
+                    inc = network.recv() => match inc {
+                        Some(i) => Event::Net(i),
+                        None => Event::Stop,
+                    },
+                };
+                if !self.handle(event) {
+                    break;
+                }
+                // Take whatever else is already waiting: one fsync covers it all.
+                for _ in 0..EVENTS_PER_TURN_MAX {
+                    if self.core.can_accept() {
+                        if let Ok(c) = commands.try_recv() {
+                            self.handle(Event::Command(c));
+                            continue;
+                        }
+                    }
+                    match poll_once(network.recv()) {
+                        Some(Some(i)) => {
+                            self.handle(Event::Net(i));
+                        }
+                        _ => break,
+                    }
+                }
+                if let Err(e) = self.run_actions() {
+                    tracing::error!(error = %e, id = self.cfg.core.id, "abcast member stops");
+                    for (_, (_, reply)) in self.proposers.drain() {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    break;
+                }
+                self.publish();
+            }
+        });
+    }
+
+    /// Returns `false` to stop.
+    fn handle(&mut self, event: Event<S>) -> bool {
+        match event {
+            Event::Stop => return false,
+            Event::Tick => {
+                let now_ms = self.start.elapsed().as_millis() as u64;
+                self.core.tick(now_ms);
+                self.ticks += 1;
+                if self.ticks % COMPACT_EVERY_TICKS == 0 {
+                    self.compact(false);
+                    // Callers that gave up (timeout) no longer wait.
+                    self.proposers.retain(|_, (_, tx)| !tx.is_closed());
+                    self.readers.retain(|_, tx| !tx.is_closed());
+                }
+            }
+            Event::Command(Command::Propose { id, payload, reply }) => {
+                match self.core.propose(payload) {
+                    Ok(proposal) => {
+                        self.proposers.insert(proposal, (id, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(LogError::Rejected(e.to_string())));
+                    }
+                }
+            }
+            Event::Command(Command::Read { reply }) => {
+                let token = self.next_read;
+                self.next_read += 1;
+                self.readers.insert(token, reply);
+                self.core.read_barrier(token);
+            }
+            Event::Net(Incoming::Message { from, payload }) => match Message::decode(&payload) {
+                Ok(message) => self.core.handle_message(from, message),
+                Err(e) => tracing::debug!(from, error = %e, "undecodable abcast message"),
+            },
+            Event::Net(Incoming::Request { .. }) => {
+                // This protocol uses one-way messages only; dropping the responder answers
+                // the caller with `Dropped`.
+            }
+        }
+        true
+    }
+
+    fn run_actions(&mut self) -> Result<(), LogError> {
+        // Bounded: each drain after the first only reacts to a persist acknowledgement.
+        for _ in 0..8 {
+            let actions = self.core.drain();
+            if actions.is_empty() {
+                break;
+            }
+            let mut deliveries = Vec::new();
+            for action in actions {
+                match action {
+                    Action::Persist { records, ack } => {
+                        self.persist(&records)?;
+                        self.core.persisted(ack);
+                    }
+                    Action::Send { to, message } => {
+                        if let Ok(bytes) = message.encode() {
+                            self.send(to, Bytes::from(bytes));
+                        }
+                    }
+                    Action::Broadcast(message) => {
+                        if let Ok(bytes) = message.encode() {
+                            let bytes = Bytes::from(bytes);
+                            for to in 0..self.cfg.core.members {
+                                if to != self.cfg.core.id {
+                                    self.send(to, bytes.clone());
+                                }
+                            }
+                        }
+                    }
+                    Action::Deliver(d) => deliveries.push(d),
+                    Action::ReadReady { token } => {
+                        // Deliveries drained before this barrier are applied first.
+                        self.apply(std::mem::take(&mut deliveries));
+                        if let Some(reply) = self.readers.remove(&token) {
+                            let _ = reply.send(());
+                        }
+                    }
+                }
+            }
+            self.apply(deliveries);
+        }
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    /// Every `snapshot_every` applied payloads: writes the state with its base (all drained
+    /// deliveries are applied, so the state is exactly "Sequences `0..delivered`").
+    fn maybe_snapshot(&mut self) -> Result<(), LogError> {
+        if self.cfg.snapshot_every == 0 || self.since_snapshot < self.cfg.snapshot_every {
+            return Ok(());
+        }
+        self.since_snapshot = 0;
+        let base = self.core.snapshot_base();
+        let bytes = self
+            .shared
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot();
+        let value =
+            postcard::to_stdvec(&(&base, bytes)).map_err(|e| LogError::Storage(e.to_string()))?;
+        let mut batch = LogBatch::default();
+        batch
+            .put(SNAPSHOT_GROUP, SNAPSHOT_KEY.to_vec(), value)
+            .map_err(storage::storage_err)?;
+        self.engine
+            .write(&mut batch, true)
+            .map_err(storage::storage_err)?;
+        self.fsyncs += 1;
+        self.snapshots += 1;
+        self.snapshot = Some(base);
+        self.compact(true);
+        Ok(())
+    }
+
+    /// Drops the journal's front while it holds only records below the snapshot that every
+    /// member has delivered.
+    fn compact(&mut self, purge: bool) {
+        let Some(snap) = &self.snapshot else {
+            return;
+        };
+        let g = self.core.collected().min(snap.delivered);
+        let prefixes: Vec<u64> = self
+            .core
+            .collected_prefixes()
+            .iter()
+            .zip(&snap.prefixes)
+            .map(|(a, b)| (*a).min(*b))
+            .collect();
+        let mut popped = false;
+        while let Some((_, d)) = self.journal.front() {
+            let garbage = match d {
+                Desc::Sequence(k) => *k < g,
+                Desc::Request(key) => prefixes
+                    .get(key.sender as usize)
+                    .is_some_and(|p| key.seq < *p),
+            };
+            if !garbage {
+                break;
+            }
+            self.journal.pop_front();
+            popped = true;
+        }
+        if popped {
+            let to = self
+                .journal
+                .front()
+                .map(|(i, _)| *i)
+                .unwrap_or(self.journal_next);
+            self.engine.compact_to(JOURNAL_GROUP, to);
+        }
+        if purge {
+            let _ = self.engine.purge_expired_files();
+        }
+    }
+
+    fn send(&mut self, to: u64, bytes: Bytes) {
+        if self.network.send(to, bytes).is_err() {
+            self.send_failures += 1;
+        }
+    }
+
+    fn persist(&mut self, records: &[Record]) -> Result<(), LogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut entries = Vec::with_capacity(records.len());
+        for r in records {
+            let data = postcard::to_stdvec(r).map_err(|e| LogError::Storage(e.to_string()))?;
+            self.journal.push_back((self.journal_next, Desc::of(r)));
+            entries.push(storage::entry(self.journal_next, self.cfg.core.epoch, data));
+            self.journal_next += 1;
+        }
+        storage::append(&self.engine, JOURNAL_GROUP, &entries, true)?;
+        self.fsyncs += 1;
+        self.records_persisted += records.len() as u64;
+        Ok(())
+    }
+
+    fn apply(&mut self, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let me = self.cfg.core.id;
+        let mut answers = Vec::new();
+        {
+            let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+            self.since_snapshot += deliveries.len() as u64;
+            for d in deliveries {
+                let (request, outcome) = match postcard::from_bytes::<Envelope<S::Command>>(
+                    &d.payload,
+                ) {
+                    Ok(env) => (Some(env.id), applied_to_result(state.apply(env))),
+                    Err(e) => {
+                        tracing::error!(number = d.number, error = %e, "undecodable command skipped");
+                        (
+                            None,
+                            Err(LogError::Rejected(format!("undecodable command: {e}"))),
+                        )
+                    }
+                };
+                // The proposer is matched by this member's proposal number, checked against
+                // the request id it proposed.
+                if d.key.sender == me {
+                    if let Some((id, reply)) = self.proposers.remove(&d.proposal) {
+                        if request.is_none_or(|r| r == id) {
+                            answers.push((reply, outcome));
+                        } else {
+                            tracing::error!(
+                                proposal = d.proposal,
+                                "delivery does not match its proposer"
+                            );
+                            answers.push((
+                                reply,
+                                Err(LogError::Unavailable("proposal identity mismatch".into())),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for (reply, outcome) in answers {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    fn publish(&mut self) {
+        let c = &self.core;
+        let s = AbcastStats {
+            delivered: c.delivered(),
+            deliverable: c.deliverable(),
+            sequenced: c.sequenced(),
+            stable: c.stable(),
+            known: c.known(),
+            lag: c.known().saturating_sub(c.delivered()),
+            recovering: c.recovering(),
+            fsyncs: self.fsyncs,
+            records_persisted: self.records_persisted,
+            send_failures: self.send_failures,
+            snapshots: self.snapshots,
+            journal_len: self.journal.len() as u64,
+            resumed_at: self.resumed_at,
+            core: c.stats(),
+        };
+        *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+}

@@ -1,0 +1,385 @@
+//! The atomic broadcast core, simulated: five members in virtual time over a network that
+//! loses, duplicates, delays and reorders messages. Seeds: `ABCAST_SEEDS` (a short default).
+//! Every run asserts validity, uniform agreement, integrity, total order and per-sender FIFO;
+//! a failing run prints its seed.
+
+mod abcast_support;
+
+use abcast_support::{random_load, seeds, Faults, Sim};
+use replication::abcast::{Body, Core, CoreConfig, Header, Message, RequestKey, SequenceMsg};
+
+fn fail(test: &str, seed: u64, e: String) -> ! {
+    panic!("{test}: seed {seed} failed: {e} (rerun with ABCAST_SEEDS covering it)");
+}
+
+#[test]
+fn lossy_network_keeps_total_order() {
+    for seed in seeds(12) {
+        let mut sim = Sim::new(seed, 5, Faults::lossy());
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 150, 1500);
+        if !sim.run_until_all_delivered(20_000) {
+            let e = sim
+                .check_all_delivered()
+                .err()
+                .unwrap_or_else(|| "not all delivered".into());
+            fail("lossy", seed, e);
+        }
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("lossy", seed, e));
+        sim.check_all_delivered()
+            .unwrap_or_else(|e| fail("lossy", seed, e));
+        assert!(sim.reads_done > 0, "seed {seed}: no read barrier completed");
+        // Garbage collection: once everyone reported everything delivered, little is held.
+        sim.run_for(500);
+        for i in 0..5 {
+            let core = sim.core(i).expect("alive");
+            let (seqs, reqs) = core.held();
+            assert!(
+                seqs <= 2 && reqs <= 16,
+                "seed {seed}: node {i} still holds {seqs} sequences and {reqs} requests"
+            );
+            assert_eq!(
+                core.stats().anomalies,
+                0,
+                "seed {seed}: anomalies at node {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn clean_network_delivers_everything() {
+    for seed in seeds(4) {
+        let mut sim = Sim::new(1000 + seed, 5, Faults::none());
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 200, 1000);
+        assert!(sim.run_until_all_delivered(5_000), "seed {seed}: stalled");
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("clean", seed, e));
+        let retransmits: u64 = (0..5)
+            .map(|i| sim.core(i).expect("alive").stats().retransmits_requested)
+            .sum();
+        // Reordering across links can open short gaps, but a clean network needs few NACKs.
+        assert!(retransmits < 50, "seed {seed}: {retransmits} retransmits");
+    }
+}
+
+#[test]
+fn isolated_minority_never_delivers() {
+    for seed in seeds(6) {
+        let mut sim = Sim::new(2000 + seed, 5, Faults::lossy());
+        // Only members 0 and 1 can talk (a minority); 2, 3, 4 are cut off from everyone.
+        sim.isolate_all_but(&[0, 1]);
+        random_load(&mut sim, &[0, 1], 40, 500);
+        sim.run_for(2_000);
+        assert_eq!(
+            sim.total_delivered(),
+            0,
+            "seed {seed}: something was delivered without a majority"
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("isolated", seed, e));
+        sim.heal();
+        assert!(
+            sim.run_until_all_delivered(20_000),
+            "seed {seed}: did not recover after healing"
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("isolated", seed, e));
+    }
+}
+
+#[test]
+fn partition_mid_run_stops_delivery_then_heals() {
+    for seed in seeds(6) {
+        let mut sim = Sim::new(3000 + seed, 5, Faults::lossy());
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 60, 600);
+        sim.isolate_all_but(&[3, 4]);
+        random_load(&mut sim, &[3, 4], 30, 300);
+        // Let whatever was already deliverable drain, then delivery must stand still.
+        sim.run_for(1_000);
+        let before: Vec<usize> = sim.delivered.iter().map(|d| d.len()).collect();
+        random_load(&mut sim, &[3, 4], 20, 200);
+        sim.run_for(1_000);
+        let after: Vec<usize> = sim.delivered.iter().map(|d| d.len()).collect();
+        assert_eq!(
+            before, after,
+            "seed {}: delivery went on during a partition without a connected majority",
+            sim.seed
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("partition", seed, e));
+        sim.heal();
+        assert!(
+            sim.run_until_all_delivered(30_000),
+            "seed {seed}: did not recover after healing"
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("partition", seed, e));
+        sim.check_all_delivered()
+            .unwrap_or_else(|e| fail("partition", seed, e));
+    }
+}
+
+#[test]
+fn crashed_member_stalls_the_ring_and_catches_up_after_restart() {
+    for seed in seeds(6) {
+        let mut sim = Sim::new(4000 + seed, 5, Faults::lossy());
+        random_load(&mut sim, &[0, 1, 3, 4], 60, 600);
+        sim.crash(2);
+        random_load(&mut sim, &[0, 1, 3, 4], 30, 300);
+        sim.run_for(1_000);
+        let stalled: Vec<usize> = sim.delivered.iter().map(|d| d.len()).collect();
+        sim.run_for(1_000);
+        let still: Vec<usize> = sim.delivered.iter().map(|d| d.len()).collect();
+        assert_eq!(
+            stalled, still,
+            "seed {seed}: the ring moved without member 2"
+        );
+        sim.restart(2);
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 400);
+        assert!(
+            sim.run_until_all_delivered(30_000),
+            "seed {seed}: did not catch up after restart: {:?}",
+            sim.check_all_delivered()
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("crash", seed, e));
+        sim.check_all_delivered()
+            .unwrap_or_else(|e| fail("crash", seed, e));
+        assert!(
+            !sim.core(2).expect("alive").recovering(),
+            "seed {seed}: member 2 still recovering"
+        );
+    }
+}
+
+#[test]
+fn whole_group_restart_loses_nothing() {
+    for seed in seeds(4) {
+        let mut sim = Sim::new(5000 + seed, 5, Faults::lossy());
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 60, 600);
+        assert!(sim.run_until_all_delivered(20_000), "seed {seed}: stalled");
+        for i in 0..5 {
+            sim.crash(i);
+        }
+        for i in 0..5 {
+            sim.restart(i);
+        }
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 30, 300);
+        assert!(
+            sim.run_until_all_delivered(20_000),
+            "seed {seed}: stalled after restart"
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("restart-all", seed, e));
+        sim.check_all_delivered()
+            .unwrap_or_else(|e| fail("restart-all", seed, e));
+    }
+}
+
+#[test]
+fn idle_group_does_not_spin() {
+    let mut sim = Sim::new(6000, 5, Faults::none());
+    random_load(&mut sim, &[0, 1, 2, 3, 4], 50, 300);
+    assert!(sim.run_until_all_delivered(5_000));
+    sim.run_for(500);
+    let passes: u64 = (0..5)
+        .map(|i| sim.core(i).expect("alive").stats().passes)
+        .sum();
+    let sent = sim.messages_sent;
+    sim.run_for(1_000);
+    let passes_after: u64 = (0..5)
+        .map(|i| sim.core(i).expect("alive").stats().passes)
+        .sum();
+    assert_eq!(passes, passes_after, "an idle group kept passing turns");
+    // Heartbeats only: each member broadcasts about every 50 ms (plus tick granularity).
+    let idle_msgs = sim.messages_sent - sent;
+    assert!(
+        idle_msgs <= 5 * 4 * 25,
+        "{idle_msgs} messages in 1 s of idleness"
+    );
+}
+
+fn header(from: u64) -> Header {
+    Header {
+        epoch: 0,
+        from,
+        ..Header::default()
+    }
+}
+
+#[test]
+fn hostile_messages_are_dropped() {
+    let mut core = Core::new(CoreConfig::new(0, 5));
+    // Wrong epoch, sender mismatch, out-of-range sender, self-sent.
+    let mut wrong_epoch = header(1);
+    wrong_epoch.epoch = 9;
+    wrong_epoch.stable = 1_000;
+    core.handle_message(
+        1,
+        Message {
+            header: wrong_epoch,
+            body: Body::Progress,
+        },
+    );
+    core.handle_message(
+        2,
+        Message {
+            header: header(1),
+            body: Body::Progress,
+        },
+    );
+    core.handle_message(
+        77,
+        Message {
+            header: header(77),
+            body: Body::Progress,
+        },
+    );
+    core.handle_message(
+        0,
+        Message {
+            header: header(0),
+            body: Body::Progress,
+        },
+    );
+    assert_eq!(core.stats().dropped, 4);
+    // A Sequence far beyond the window, and one naming a nonexistent member.
+    let far = SequenceMsg {
+        number: 1 << 40,
+        assigned: vec![],
+    };
+    let bad = SequenceMsg {
+        number: 1,
+        assigned: vec![RequestKey { sender: 99, seq: 0 }],
+    };
+    core.handle_message(
+        1,
+        Message {
+            header: header(1),
+            body: Body::Data {
+                requests: vec![],
+                sequences: vec![far, bad],
+            },
+        },
+    );
+    assert_eq!(core.stats().dropped, 6);
+    assert_eq!(core.sequenced(), 0);
+    // Random bytes never panic the decoder.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for len in 0..512usize {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let _ = Message::decode(&bytes);
+    }
+}
+
+#[test]
+fn single_member_group_delivers_alone() {
+    let mut core = Core::new(CoreConfig::new(0, 1));
+    for i in 0..10u8 {
+        core.propose(vec![i]).expect("accepted");
+    }
+    let mut delivered = Vec::new();
+    for _ in 0..10 {
+        for a in core.drain() {
+            match a {
+                replication::abcast::Action::Persist { ack, .. } => core.persisted(ack),
+                replication::abcast::Action::Deliver(d) => delivered.push(d.payload[0]),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(delivered, (0..10).collect::<Vec<u8>>());
+}
+
+#[test]
+fn restarts_from_snapshots_and_compacted_disks() {
+    let mut from_snapshot = 0;
+    let mut compacted = 0;
+    for seed in seeds(6) {
+        let mut sim = Sim::new(7000 + seed, 5, Faults::lossy());
+        sim.snapshot_every = Some(5);
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 80, 800);
+        // One member down for a while (the ring stalls), then back from its snapshot.
+        sim.crash(1);
+        random_load(&mut sim, &[0, 2, 3, 4], 20, 200);
+        sim.restart(1);
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 400);
+        // Then everyone at once.
+        assert!(
+            sim.run_until_all_delivered(20_000),
+            "seed {seed}: stalled{}",
+            sim.summary()
+        );
+        for i in 0..5 {
+            sim.crash(i);
+        }
+        for i in 0..5 {
+            sim.restart(i);
+        }
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 400);
+        assert!(
+            sim.run_until_all_delivered(30_000),
+            "seed {seed}: stalled after restarts: {:?}",
+            sim.check_all_delivered()
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("snapshot", seed, e));
+        sim.check_all_delivered()
+            .unwrap_or_else(|e| fail("snapshot", seed, e));
+        from_snapshot += sim.restarts_from_snapshot;
+        compacted += sim.records_compacted;
+    }
+    assert!(from_snapshot > 0, "no restart used a snapshot");
+    assert!(compacted > 0, "no disk was compacted");
+}
+
+#[test]
+fn backpressure_and_bounded_batches() {
+    let mut cfg = CoreConfig::new(0, 5);
+    cfg.outbox_max = 100;
+    cfg.requests_in_flight_max = 3;
+    cfg.request_payloads_max = 10;
+    cfg.message_bytes_max = 2_000;
+    let mut core = Core::new(cfg);
+    let mut accepted = 0;
+    for _ in 0..150 {
+        match core.propose(vec![7u8; 100]) {
+            Ok(_) => accepted += 1,
+            Err(e) => assert_eq!(e, replication::abcast::ProposeError::Busy),
+        }
+    }
+    assert_eq!(accepted, 100, "the outbox bound is the backpressure point");
+    assert_eq!(
+        core.propose(vec![0u8; (1 << 20) + 1]),
+        Err(replication::abcast::ProposeError::TooLarge)
+    );
+    let actions = core.drain();
+    let mut requests = 0;
+    let mut messages = 0;
+    for a in &actions {
+        if let replication::abcast::Action::Broadcast(m) = a {
+            messages += 1;
+            let len = m.encode().expect("encode").len();
+            assert!(len < 2 * 2_000, "a Data message of {len} bytes");
+            if let Body::Data { requests: r, .. } = &m.body {
+                for req in r {
+                    assert!(req.payloads.len() <= 10);
+                }
+                requests += r.len();
+            }
+        }
+    }
+    // Nobody sequences them (no peers): only `requests_in_flight_max` Requests are issued,
+    // split over several Data messages; the rest waits in the outbox.
+    assert_eq!(requests, 3);
+    assert!(messages >= 2, "batches were not split");
+    assert_eq!(core.outbox_len(), 70);
+}

@@ -1,0 +1,650 @@
+//! Test support for the atomic broadcast: a deterministic simulator for the sans-IO core and a
+//! tiny in-process tokio-channel [`Network`] for the runtime.
+//!
+//! (`transport::sim` was not usable yet when these tests were written.)
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use replication::abcast::{Action, Core, CoreConfig, Message, Record, SnapshotBase};
+use tokio::sync::mpsc;
+use transport::{Incoming, Network, NodeId, Responder, TransportError};
+
+/// Seeds to run: `0..ABCAST_SEEDS` (or `0..default`); `ABCAST_SEED=n` runs seed `n` only.
+pub fn seeds(default: u64) -> Vec<u64> {
+    if let Some(one) = std::env::var("ABCAST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![one];
+    }
+    let count = std::env::var("ABCAST_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    (0..count).collect()
+}
+
+/// Faults of the simulated network.
+#[derive(Debug, Clone, Copy)]
+pub struct Faults {
+    /// Probability a message is lost.
+    pub loss: f64,
+    /// Probability a message is delivered twice.
+    pub dup: f64,
+    /// Delay range (virtual ms); independent delays reorder messages.
+    pub delay_min_ms: u64,
+    /// Upper bound of the delay.
+    pub delay_max_ms: u64,
+}
+
+impl Faults {
+    pub fn none() -> Self {
+        Self {
+            loss: 0.0,
+            dup: 0.0,
+            delay_min_ms: 1,
+            delay_max_ms: 3,
+        }
+    }
+    pub fn lossy() -> Self {
+        Self {
+            loss: 0.1,
+            dup: 0.05,
+            delay_min_ms: 1,
+            delay_max_ms: 25,
+        }
+    }
+}
+
+enum Event {
+    Msg {
+        from: usize,
+        to: usize,
+        msg: Message,
+    },
+    Tick(usize),
+}
+
+/// A simulated group of cores in virtual time.
+pub struct Sim {
+    pub seed: u64,
+    rng: ChaCha8Rng,
+    pub now_ms: u64,
+    seq: u64,
+    events: BTreeMap<(u64, u64), Event>,
+    cfgs: Vec<CoreConfig>,
+    pub nodes: Vec<Option<Core>>,
+    disks: Vec<Vec<Record>>,
+    connected: Vec<Vec<bool>>,
+    pub faults: Faults,
+    tick_ms: u64,
+    /// Payload ids delivered by each node's current incarnation, in order.
+    pub delivered: Vec<Vec<u64>>,
+    /// Delivery lists of crashed incarnations.
+    pub past: Vec<(usize, Vec<u64>)>,
+    /// Payload ids proposed at each node, in order.
+    pub proposed: Vec<Vec<u64>>,
+    /// payload id -> proposer.
+    pub proposer: HashMap<u64, usize>,
+    /// payload id -> virtual time its proposer delivered it (acknowledged).
+    pub acked_at: HashMap<u64, u64>,
+    next_payload: u64,
+    /// read token -> (node, time issued)
+    reads: HashMap<u64, (usize, u64)>,
+    next_read: u64,
+    pub reads_done: u64,
+    pub messages_sent: u64,
+    violations: Vec<String>,
+    /// Snapshot every this many delivered sequences (`None`: never); the disk is then
+    /// compacted like the runtime does.
+    pub snapshot_every: Option<u64>,
+    snapshots: Vec<Option<(SnapshotBase, Vec<u64>)>>,
+    pub snapshots_taken: u64,
+    pub restarts_from_snapshot: u64,
+    pub records_compacted: u64,
+    /// Proposals lost in crashed outboxes.
+    pub lost: u64,
+}
+
+impl Sim {
+    pub fn new(seed: u64, members: usize, faults: Faults) -> Self {
+        let cfgs: Vec<CoreConfig> = (0..members)
+            .map(|i| {
+                let mut c = CoreConfig::new(i as u64, members as u64);
+                c.request_payloads_max = 8;
+                c.requests_in_flight_max = 8;
+                c.sequence_requests_max = 16;
+                c.sequence_window = 32;
+                c.retransmit_after_ms = 30;
+                c.heartbeat_ms = 50;
+                c.pass_retry_ms = 20;
+                c
+            })
+            .collect();
+        let mut sim = Self {
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now_ms: 0,
+            seq: 0,
+            events: BTreeMap::new(),
+            nodes: cfgs.iter().map(|c| Some(Core::new(c.clone()))).collect(),
+            cfgs,
+            disks: vec![Vec::new(); members],
+            connected: vec![vec![true; members]; members],
+            faults,
+            tick_ms: 5,
+            delivered: vec![Vec::new(); members],
+            past: Vec::new(),
+            proposed: vec![Vec::new(); members],
+            proposer: HashMap::new(),
+            acked_at: HashMap::new(),
+            next_payload: 0,
+            reads: HashMap::new(),
+            next_read: 0,
+            reads_done: 0,
+            messages_sent: 0,
+            violations: Vec::new(),
+            snapshot_every: None,
+            snapshots: vec![None; members],
+            snapshots_taken: 0,
+            restarts_from_snapshot: 0,
+            records_compacted: 0,
+            lost: 0,
+        };
+        for i in 0..members {
+            let offset = sim.rng.gen_range(0..sim.tick_ms);
+            sim.push(offset, Event::Tick(i));
+        }
+        sim
+    }
+
+    pub fn members(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn push(&mut self, at: u64, e: Event) {
+        self.seq += 1;
+        self.events.insert((at, self.seq), e);
+    }
+
+    /// Connects or disconnects `a` and `b` (both directions).
+    pub fn set_link(&mut self, a: usize, b: usize, up: bool) {
+        self.connected[a][b] = up;
+        self.connected[b][a] = up;
+    }
+
+    /// Leaves only `group` connected among itself; everyone else is isolated.
+    pub fn isolate_all_but(&mut self, group: &[usize]) {
+        let n = self.members();
+        for a in 0..n {
+            for b in 0..n {
+                self.connected[a][b] = a == b || (group.contains(&a) && group.contains(&b));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        let n = self.members();
+        self.connected = vec![vec![true; n]; n];
+    }
+
+    /// Crashes node `i`: its memory is gone, its disk stays. Proposals still in its outbox
+    /// (never issued as a Request, so never acknowledged) are lost with it, as in a real
+    /// crash; their proposers would see an error and retry.
+    pub fn crash(&mut self, i: usize) {
+        let lost = self.nodes[i].as_ref().map_or(0, |c| c.outbox_len());
+        for _ in 0..lost {
+            if let Some(id) = self.proposed[i].pop() {
+                self.proposer.remove(&id);
+                self.lost += 1;
+            }
+        }
+        self.nodes[i] = None;
+        let d = std::mem::take(&mut self.delivered[i]);
+        self.past.push((i, d));
+    }
+
+    /// Restarts node `i` from its disk (and its snapshot, if any).
+    pub fn restart(&mut self, i: usize) {
+        let core = match &self.snapshots[i] {
+            Some((base, state)) => {
+                self.restarts_from_snapshot += 1;
+                self.delivered[i] = state.clone();
+                Core::recover_from(
+                    self.cfgs[i].clone(),
+                    Some(base.clone()),
+                    self.disks[i].clone(),
+                )
+            }
+            None => Core::recover(self.cfgs[i].clone(), self.disks[i].clone()),
+        };
+        self.nodes[i] = Some(core);
+    }
+
+    /// Takes a snapshot of node `i` when due, then compacts its disk's front like the runtime.
+    fn maybe_snapshot(&mut self, i: usize) {
+        let Some(every) = self.snapshot_every else {
+            return;
+        };
+        let Some(core) = self.nodes[i].as_ref() else {
+            return;
+        };
+        let last = self.snapshots[i].as_ref().map_or(0, |(b, _)| b.delivered);
+        if core.delivered() < last + every {
+            return;
+        }
+        let base = core.snapshot_base();
+        let g = core.collected().min(base.delivered);
+        let prefixes: Vec<u64> = core
+            .collected_prefixes()
+            .iter()
+            .zip(&base.prefixes)
+            .map(|(a, b)| (*a).min(*b))
+            .collect();
+        self.snapshots[i] = Some((base, self.delivered[i].clone()));
+        self.snapshots_taken += 1;
+        let keep_from = self.disks[i]
+            .iter()
+            .position(|r| match r {
+                Record::Sequence(s) => s.number >= g,
+                Record::Request(r) => r.key.seq >= prefixes[r.key.sender as usize],
+            })
+            .unwrap_or(self.disks[i].len());
+        self.disks[i].drain(..keep_from);
+        self.records_compacted += keep_from as u64;
+    }
+
+    /// Proposes a fresh payload at node `i`; returns its id if accepted.
+    pub fn propose(&mut self, i: usize) -> Option<u64> {
+        let id = self.next_payload;
+        let core = self.nodes[i].as_mut()?;
+        core.propose(id.to_le_bytes().to_vec()).ok()?;
+        self.next_payload += 1;
+        self.proposed[i].push(id);
+        self.proposer.insert(id, i);
+        self.drain(i);
+        Some(id)
+    }
+
+    /// Starts a read barrier at node `i`.
+    pub fn read(&mut self, i: usize) {
+        let token = self.next_read;
+        self.next_read += 1;
+        if let Some(core) = self.nodes[i].as_mut() {
+            core.read_barrier(token);
+            self.reads.insert(token, (i, self.now_ms));
+            self.drain(i);
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: Message) {
+        self.messages_sent += 1;
+        if !self.connected[from][to] || self.rng.gen_bool(self.faults.loss) {
+            return;
+        }
+        let copies = if self.rng.gen_bool(self.faults.dup) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self
+                .rng
+                .gen_range(self.faults.delay_min_ms..=self.faults.delay_max_ms);
+            self.push(
+                self.now_ms + delay,
+                Event::Msg {
+                    from,
+                    to,
+                    msg: msg.clone(),
+                },
+            );
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        for _ in 0..16 {
+            let Some(core) = self.nodes[i].as_mut() else {
+                return;
+            };
+            let actions = core.drain();
+            if actions.is_empty() {
+                self.maybe_snapshot(i);
+                return;
+            }
+            for a in actions {
+                match a {
+                    Action::Persist { records, ack } => {
+                        self.disks[i].extend(records);
+                        if let Some(core) = self.nodes[i].as_mut() {
+                            core.persisted(ack);
+                        }
+                    }
+                    Action::Send { to, message } => self.send(i, to as usize, message),
+                    Action::Broadcast(message) => {
+                        for to in 0..self.members() {
+                            if to != i {
+                                self.send(i, to, message.clone());
+                            }
+                        }
+                    }
+                    Action::Deliver(d) => {
+                        let bytes: [u8; 8] = match d.payload.as_slice().try_into() {
+                            Ok(b) => b,
+                            Err(_) => {
+                                self.violations
+                                    .push(format!("node {i}: delivered a malformed payload"));
+                                continue;
+                            }
+                        };
+                        let id = u64::from_le_bytes(bytes);
+                        if self.proposer.get(&id) == Some(&i) && d.key.sender == i as u64 {
+                            self.acked_at.entry(id).or_insert(self.now_ms);
+                        }
+                        self.delivered[i].push(id);
+                    }
+                    Action::ReadReady { token } => {
+                        if let Some((node, issued)) = self.reads.remove(&token) {
+                            self.reads_done += 1;
+                            let have: BTreeSet<u64> =
+                                self.delivered[node].iter().copied().collect();
+                            for (id, at) in &self.acked_at {
+                                if *at < issued && !have.contains(id) {
+                                    self.violations.push(format!(
+                                        "node {node}: read issued at {issued} ms misses payload {id} acknowledged at {at} ms"
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the simulation until virtual time `until_ms`.
+    pub fn run_until(&mut self, until_ms: u64) {
+        // Bounded by the number of events, which is bounded by virtual time.
+        while let Some((&(at, seq), _)) = self.events.first_key_value() {
+            if at > until_ms {
+                break;
+            }
+            let Some(event) = self.events.remove(&(at, seq)) else {
+                break;
+            };
+            self.now_ms = at;
+            match event {
+                Event::Msg { from, to, msg } => {
+                    if !self.connected[from][to] {
+                        continue;
+                    }
+                    if let Some(core) = self.nodes[to].as_mut() {
+                        core.handle_message(from as u64, msg);
+                        self.drain(to);
+                    }
+                }
+                Event::Tick(i) => {
+                    if let Some(core) = self.nodes[i].as_mut() {
+                        core.tick(at);
+                        self.drain(i);
+                    }
+                    self.push(at + self.tick_ms, Event::Tick(i));
+                }
+            }
+        }
+        self.now_ms = self.now_ms.max(until_ms);
+    }
+
+    /// Runs for `ms` more virtual milliseconds.
+    pub fn run_for(&mut self, ms: u64) {
+        let until = self.now_ms + ms;
+        self.run_until(until);
+    }
+
+    /// Runs until every live node delivered every proposed payload, at most `max_ms`.
+    pub fn run_until_all_delivered(&mut self, max_ms: u64) -> bool {
+        let total: usize = self.proposed.iter().map(|p| p.len()).sum();
+        let end = self.now_ms + max_ms;
+        while self.now_ms < end {
+            self.run_for(20);
+            let done = (0..self.members())
+                .all(|i| self.nodes[i].is_none() || self.delivered[i].len() >= total);
+            if done {
+                return true;
+            }
+        }
+        false
+    }
+
+    pub fn total_delivered(&self) -> usize {
+        self.delivered.iter().map(|d| d.len()).sum()
+    }
+
+    /// Safety: integrity (no duplicates), validity (only proposed payloads), uniform agreement
+    /// and total order (every delivery list, crashed incarnations included, is a prefix of the
+    /// longest), per-sender FIFO; plus the read-barrier checks made along the way.
+    pub fn check_safety(&self) -> Result<(), String> {
+        if let Some(v) = self.violations.first() {
+            return Err(v.clone());
+        }
+        let lists: Vec<(usize, &Vec<u64>)> = self
+            .delivered
+            .iter()
+            .enumerate()
+            .chain(self.past.iter().map(|(i, d)| (*i, d)))
+            .collect();
+        let longest = lists
+            .iter()
+            .max_by_key(|(_, d)| d.len())
+            .map(|(_, d)| (*d).clone())
+            .unwrap_or_default();
+        for (i, d) in &lists {
+            let mut seen = BTreeSet::new();
+            for id in d.iter() {
+                if !seen.insert(*id) {
+                    return Err(format!("node {i}: payload {id} delivered twice"));
+                }
+                if !self.proposer.contains_key(id) {
+                    return Err(format!("node {i}: payload {id} was never proposed"));
+                }
+            }
+            if longest[..d.len()] != d[..] {
+                let at = d.iter().zip(&longest).position(|(a, b)| a != b);
+                return Err(format!(
+                    "node {i}: delivery order diverges at position {at:?}"
+                ));
+            }
+            // Per-sender FIFO: a proposer's payloads are delivered in proposal order.
+            let mut last: HashMap<usize, usize> = HashMap::new();
+            for id in d.iter() {
+                let p = self.proposer[id];
+                let pos = self.proposed[p]
+                    .iter()
+                    .position(|x| x == id)
+                    .unwrap_or(usize::MAX);
+                if let Some(prev) = last.get(&p) {
+                    if pos <= *prev {
+                        return Err(format!(
+                            "node {i}: FIFO broken for proposer {p} at payload {id}"
+                        ));
+                    }
+                }
+                last.insert(p, pos);
+            }
+        }
+        Ok(())
+    }
+
+    /// Liveness at the end: every live node delivered every proposed payload.
+    pub fn check_all_delivered(&self) -> Result<(), String> {
+        let all: BTreeSet<u64> = self.proposer.keys().copied().collect();
+        for (i, d) in self.delivered.iter().enumerate() {
+            if self.nodes[i].is_none() {
+                continue;
+            }
+            let got: BTreeSet<u64> = d.iter().copied().collect();
+            if got != all {
+                return Err(format!(
+                    "node {i} delivered {} of {} payloads",
+                    got.len(),
+                    all.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// One line per node: progress, for failure messages.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            match n {
+                None => out.push_str(&format!("\n  node {i}: down")),
+                Some(c) => out.push_str(&format!(
+                    "\n  node {i}: delivered {} deliverable {} sequenced {} stable {} known {} recovering {} held {:?} outbox {} payloads {} stats {:?}",
+                    c.delivered(),
+                    c.deliverable(),
+                    c.sequenced(),
+                    c.stable(),
+                    c.known(),
+                    c.recovering(),
+                    c.held(),
+                    c.outbox_len(),
+                    self.delivered[i].len(),
+                    c.stats()
+                )),
+            }
+        }
+        out
+    }
+
+    pub fn core(&self, i: usize) -> Option<&Core> {
+        self.nodes[i].as_ref()
+    }
+
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+}
+
+/// Random load: `count` proposals at random live nodes among `at`, spread over `span_ms`,
+/// with a read barrier every few proposals.
+pub fn random_load(sim: &mut Sim, at: &[usize], count: usize, span_ms: u64) {
+    let step = (span_ms / count.max(1) as u64).max(1);
+    for _ in 0..count {
+        let burst = sim.rng().gen_range(1..=3);
+        for _ in 0..burst {
+            let i = at[sim.rng().gen_range(0..at.len())];
+            sim.propose(i);
+        }
+        if sim.rng().gen_bool(0.2) {
+            let i = at[sim.rng().gen_range(0..at.len())];
+            sim.read(i);
+        }
+        let wait = sim.rng().gen_range(0..=2 * step);
+        sim.run_for(wait);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// In-process network for the runtime tests.
+
+/// Routes messages between in-process members.
+#[derive(Default)]
+pub struct Hub {
+    routes: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Incoming>>>,
+}
+
+impl Hub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Attaches (or re-attaches) member `id`; messages to it go to the returned network.
+    pub fn attach(self: &Arc<Self>, id: NodeId) -> Arc<dyn Network> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        Arc::new(LocalNet {
+            id,
+            hub: Arc::clone(self),
+            rx: tokio::sync::Mutex::new(rx),
+        })
+    }
+
+    /// Detaches member `id`: messages to it are lost (a crashed process).
+    pub fn detach(&self, id: NodeId) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    fn route(&self, to: NodeId, incoming: Incoming) -> Result<(), TransportError> {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = routes
+            .get(&to)
+            .ok_or_else(|| TransportError::Unreachable(to, "detached".into()))?;
+        tx.send(incoming)
+            .map_err(|_| TransportError::Unreachable(to, "closed".into()))
+    }
+}
+
+struct LocalNet {
+    id: NodeId,
+    hub: Arc<Hub>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Incoming>>,
+}
+
+#[async_trait]
+impl Network for LocalNet {
+    fn local_id(&self) -> NodeId {
+        self.id
+    }
+
+    fn send(&self, to: NodeId, payload: Bytes) -> Result<(), TransportError> {
+        self.hub.route(
+            to,
+            Incoming::Message {
+                from: self.id,
+                payload,
+            },
+        )
+    }
+
+    async fn call(
+        &self,
+        to: NodeId,
+        request: Bytes,
+        deadline: Duration,
+    ) -> Result<Bytes, TransportError> {
+        let (responder, rx) = Responder::new();
+        self.hub.route(
+            to,
+            Incoming::Request {
+                from: self.id,
+                payload: request,
+                responder,
+            },
+        )?;
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(_)) => Err(TransportError::Dropped(to)),
+            Err(_) => Err(TransportError::Timeout(deadline)),
+        }
+    }
+
+    async fn recv(&self) -> Option<Incoming> {
+        self.rx.lock().await.recv().await
+    }
+}
