@@ -1,0 +1,49 @@
+//! What Raft nodes send each other over the [`transport::Network`].
+//!
+//! Every payload is one postcard-encoded [`Wire`] value:
+//!
+//! * one-way [`Wire::Raft`]: a batch of raft-rs messages (`eraftpb::Message`, each
+//!   protobuf-encoded) for one destination, produced by one Ready. Loss, duplication and
+//!   reordering are Raft's business: it tolerates them.
+//! * RPC [`Wire::ForwardPropose`]: a follower hands a client's proposal (a postcard
+//!   `Envelope<Command>`) to the node it believes is the leader. The answer is a
+//!   [`ForwardReply`]. The receiver never forwards again (no loops); if it is not the leader it
+//!   says so and the caller retries with the same request id (safe: duplicates are
+//!   answered from the duplicate table).
+//!
+//! Reads need no message of their own: raft-rs carries a follower's ReadIndex request to the
+//! leader (`MsgReadIndex` / `MsgReadIndexResp`) inside [`Wire::Raft`].
+//!
+//! Anything that does not decode is logged and dropped.
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::LogError;
+
+/// Largest number of raft messages in one [`Wire::Raft`] batch.
+pub(crate) const RAFT_BATCH_MAX: usize = 4096;
+/// A [`Wire::Raft`] batch stops growing at about this many bytes (the QUIC transport's
+/// default frame limit is 16 MiB; one larger message, a big snapshot, travels alone).
+pub(crate) const RAFT_BATCH_BYTES_MAX: usize = 4 << 20;
+
+/// One network payload between Raft nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Wire {
+    /// raft-rs messages, each `protobuf::Message::write_to_bytes` of an `eraftpb::Message`.
+    Raft(Vec<Vec<u8>>),
+    /// A proposal forwarded to the leader: a postcard `Envelope<S::Command>`.
+    ForwardPropose(Vec<u8>),
+}
+
+/// The answer to [`Wire::ForwardPropose`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ForwardReply {
+    /// Committed and applied: a postcard `dedup::Applied<S::Output>`.
+    Applied(Vec<u8>),
+    /// The receiver is not the leader; its guess (a transport node id), if any.
+    NotLeader(Option<u64>),
+    /// The proposal may not have been committed (timeout, dropped); retry.
+    Retry(String),
+    /// Refused or failed for good.
+    Failed(LogError),
+}

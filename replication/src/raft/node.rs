@@ -1,0 +1,563 @@
+//! The Ready loop: one OS thread per node owns the `RawNode` and its storage.
+//!
+//! Each turn of the loop:
+//!
+//! 1. waits for input (a peer's messages, a local proposal, a read, a leadership transfer)
+//!    at most until the next tick, then drains everything else queued (up to `INPUT_BATCH_MAX`):
+//!    every proposal of the turn goes into the same Ready (batching), and every linearizable
+//!    read of the turn shares one ReadIndex request (held back while no leader is known or
+//!    the leader has not committed an entry of its term, when raft-rs would drop it);
+//! 2. ticks raft-rs when the tick interval has passed;
+//! 3. handles the Ready: the leader's messages are sent at once (before its own fsync: the
+//!    Raft thesis §10.2.1, which is also what pipelining rests on); the snapshot, entries and
+//!    hard state are written as one raft-engine batch with one fsync (group commit); then the
+//!    messages that had to wait for persistence (votes, append responses) are sent; committed
+//!    entries are applied through [`Deduped`] and their proposers answered; read states are
+//!    resolved once the applied index reaches them;
+//! 4. every `snapshot_every` applied entries the state machine is snapshotted into the engine
+//!    and the log compacted.
+//!
+//! A proposal is remembered by the log index and term raft-rs gave it. When an entry is
+//! applied at that index, the proposer gets the output if the term matches, and "retry"
+//! otherwise (another leader's entry replaced it); retrying is safe because every command
+//! carries a request id.
+//!
+//! A storage error stops the node (it answers `LogError::Storage` and exits the loop) rather
+//! than let it diverge.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::raft::eraftpb::{Entry, EntryType, Message, MessageType, Snapshot};
+use ::raft::{RawNode, ReadState, SnapshotStatus, StateRole};
+use protobuf::Message as _;
+use tokio::sync::oneshot;
+use transport::Network;
+
+use super::message::{Wire, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MAX};
+use super::storage::EngineStorage;
+use super::{to_node, RaftConfig, Shared};
+use crate::dedup::Applied;
+use crate::log::{Envelope, LogError, LogStatus, Role};
+use crate::state_machine::StateMachine;
+
+/// Inputs processed per loop turn, at most.
+const INPUT_BATCH_MAX: usize = 8192;
+
+/// What a local proposal came to.
+#[derive(Debug)]
+pub(crate) enum ProposeOutcome<O> {
+    /// Committed and applied here (a duplicate answered from the table included).
+    Applied(Applied<O>),
+    /// This node is not the leader; the leader it knows of (transport id).
+    NotLeader(Option<u64>),
+    /// Dropped or replaced; may be retried with the same request id.
+    Retry(String),
+    /// Failed for good.
+    Failed(LogError),
+}
+
+pub(crate) type ProposeReply<O> = oneshot::Sender<ProposeOutcome<O>>;
+/// `Ok(())` once the read may be served locally, `Err(retry reason)` otherwise.
+pub(crate) type ReadReply = oneshot::Sender<Result<(), String>>;
+
+/// An input to the Ready loop.
+pub(crate) enum Input<S: StateMachine> {
+    /// Messages from a peer, already parsed and checked.
+    Raft(Vec<Message>),
+    /// A proposal (a postcard `Envelope`), local or forwarded by a follower.
+    Propose {
+        data: Vec<u8>,
+        reply: ProposeReply<S::Output>,
+    },
+    /// A linearizable read wants a read index.
+    Read { reply: ReadReply },
+    /// Transfer leadership to this raft id.
+    Transfer(u64),
+    /// Stop the loop.
+    Shutdown,
+}
+
+pub(crate) struct Driver<S: StateMachine> {
+    pub(crate) node: RawNode<EngineStorage>,
+    pub(crate) shared: Arc<Shared<S>>,
+    pub(crate) network: Arc<dyn Network>,
+    pub(crate) rx: Receiver<Input<S>>,
+    pub(crate) config: RaftConfig,
+    pub(crate) applied: u64,
+    pub(crate) next_read_ctx: u64,
+    pub(crate) pending_proposals: BTreeMap<u64, (u64, ProposeReply<S::Output>)>,
+    pub(crate) pending_reads: HashMap<u64, (u64, Vec<ReadReply>)>,
+    pub(crate) waiting_reads: Vec<(u64, Vec<ReadReply>)>,
+    pub(crate) deferred_reads: Vec<ReadReply>,
+    pub(crate) deferred_since: u64,
+    pub(crate) ticks: u64,
+}
+
+/// Follow-ups that must wait until the Ready is advanced.
+#[derive(Default)]
+struct AfterReady {
+    unreachable: Vec<u64>,
+    snapshots: Vec<(u64, SnapshotStatus)>,
+}
+
+impl<S: StateMachine> Driver<S> {
+    /// Runs until shutdown or a storage error.
+    pub(crate) fn run(mut self) {
+        let tick = self.config.tick_interval;
+        let mut next_tick = Instant::now() + tick;
+        let result = loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut reads = Vec::new();
+            let mut stop = false;
+            match self.rx.recv_timeout(wait) {
+                Ok(input) => stop |= self.handle(input, &mut reads),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stop = true,
+            }
+            for _ in 0..INPUT_BATCH_MAX {
+                if stop {
+                    break;
+                }
+                match self.rx.try_recv() {
+                    Ok(input) => stop |= self.handle(input, &mut reads),
+                    Err(_) => break,
+                }
+            }
+            if stop {
+                break Ok(());
+            }
+            self.issue_reads(reads);
+            let now = Instant::now();
+            if now >= next_tick {
+                self.node.tick();
+                self.ticks += 1;
+                next_tick += tick;
+                if next_tick < now {
+                    next_tick = now + tick;
+                }
+                self.on_tick();
+            }
+            if let Err(e) = self.on_ready() {
+                break Err(e);
+            }
+        };
+        let err = match result {
+            Ok(()) => LogError::Shutdown,
+            Err(e) => {
+                tracing::error!(node = self.config.id, error = %e, "raft node stops on a storage error");
+                e
+            }
+        };
+        for (_, (_, reply)) in std::mem::take(&mut self.pending_proposals) {
+            let _ = reply.send(ProposeOutcome::Failed(err.clone()));
+        }
+        self.shared.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Handles one input; true to stop.
+    fn handle(&mut self, input: Input<S>, reads: &mut Vec<ReadReply>) -> bool {
+        match input {
+            Input::Raft(msgs) => {
+                for m in msgs {
+                    if let Err(e) = self.node.step(m) {
+                        tracing::debug!(node = self.config.id, error = %e, "raft message ignored");
+                    }
+                }
+            }
+            Input::Propose { data, reply } => self.propose(data, reply),
+            Input::Read { reply } => reads.push(reply),
+            Input::Transfer(to) => self.node.transfer_leader(to),
+            Input::Shutdown => return true,
+        }
+        false
+    }
+
+    /// Starts one ReadIndex request for every read of this turn (and those deferred), or
+    /// defers them while raft-rs would drop the request: no known leader, or a leader that
+    /// has not committed an entry in its term yet.
+    fn issue_reads(&mut self, reads: Vec<ReadReply>) {
+        if !reads.is_empty() && self.deferred_reads.is_empty() {
+            self.deferred_since = self.ticks;
+        }
+        self.deferred_reads.extend(reads);
+        if self.deferred_reads.is_empty() {
+            return;
+        }
+        let raft = &self.node.raft;
+        let ready = match raft.state {
+            StateRole::Leader => raft.commit_to_current_term(),
+            _ => raft.leader_id != 0,
+        };
+        if !ready {
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx = self.next_read_ctx.wrapping_add(1);
+        self.node.read_index(ctx.to_be_bytes().to_vec());
+        let batch = std::mem::take(&mut self.deferred_reads);
+        self.pending_reads.insert(ctx, (self.ticks, batch));
+    }
+
+    fn leader_hint(&self) -> Option<u64> {
+        match self.node.raft.leader_id {
+            0 => None,
+            id => Some(to_node(id)),
+        }
+    }
+
+    fn propose(&mut self, data: Vec<u8>, reply: ProposeReply<S::Output>) {
+        if self.node.raft.state != StateRole::Leader {
+            let _ = reply.send(ProposeOutcome::NotLeader(self.leader_hint()));
+            return;
+        }
+        match self.node.propose(Vec::new(), data) {
+            Ok(()) => {
+                let index = self.node.raft.raft_log.last_index();
+                let term = self.node.raft.term;
+                if let Some((_, old)) = self.pending_proposals.insert(index, (term, reply)) {
+                    let _ = old.send(ProposeOutcome::Retry("log index reused".into()));
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(ProposeOutcome::Retry(e.to_string()));
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        // Read requests lost on the way (no leader, a leader without a commit in its term,
+        // a dropped message) are answered "retry" after two election timeouts.
+        let expiry = 2 * self.config.election_tick as u64;
+        let ticks = self.ticks;
+        if !self.deferred_reads.is_empty() && ticks.saturating_sub(self.deferred_since) >= expiry {
+            for r in self.deferred_reads.drain(..) {
+                let _ = r.send(Err("no leader to serve a read index".into()));
+            }
+        }
+        self.pending_reads.retain(|_, (issued, replies)| {
+            if ticks.saturating_sub(*issued) < expiry {
+                return true;
+            }
+            for r in replies.drain(..) {
+                let _ = r.send(Err("read index request expired".into()));
+            }
+            false
+        });
+        // Forget proposers and readers that have given up.
+        if ticks % 64 == 0 {
+            self.pending_proposals.retain(|_, (_, r)| !r.is_closed());
+            self.waiting_reads.retain_mut(|(_, rs)| {
+                rs.retain(|r| !r.is_closed());
+                !rs.is_empty()
+            });
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), LogError> {
+        // A Ready may make another one ready at once (reports after sending): bounded rounds.
+        for _ in 0..4 {
+            if !self.node.has_ready() {
+                break;
+            }
+            self.one_ready()?;
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    fn one_ready(&mut self) -> Result<(), LogError> {
+        let mut after = AfterReady::default();
+        let mut rd = self.node.ready();
+        if !rd.messages().is_empty() {
+            self.send(rd.take_messages(), &mut after);
+        }
+        let snapshot: Option<Snapshot> = if rd.snapshot().is_empty() {
+            None
+        } else {
+            Some(rd.snapshot().clone())
+        };
+        let entries = rd.take_entries();
+        let must_sync = rd.must_sync();
+        self.node
+            .mut_store()
+            .persist(snapshot.as_ref(), &entries, rd.hs(), must_sync)?;
+        if let Some(snap) = &snapshot {
+            self.install_snapshot(snap)?;
+        }
+        if !rd.persisted_messages().is_empty() {
+            self.send(rd.take_persisted_messages(), &mut after);
+        }
+        self.on_read_states(rd.take_read_states());
+        self.apply(rd.take_committed_entries())?;
+        let mut light = self.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit);
+        }
+        self.send(light.take_messages(), &mut after);
+        self.apply(light.take_committed_entries())?;
+        self.node.advance_apply();
+        self.resolve_reads();
+        self.maybe_snapshot()?;
+        for id in after.unreachable {
+            self.node.report_unreachable(id);
+        }
+        for (id, status) in after.snapshots {
+            self.node.report_snapshot(id, status);
+        }
+        Ok(())
+    }
+
+    /// Sends messages, one network payload per destination.
+    fn send(&mut self, msgs: Vec<Message>, after: &mut AfterReady) {
+        if msgs.is_empty() {
+            return;
+        }
+        let mut by_peer: BTreeMap<u64, (Vec<Vec<u8>>, bool)> = BTreeMap::new();
+        for m in msgs {
+            let to = m.to;
+            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            match m.write_to_bytes() {
+                Ok(bytes) => {
+                    let slot = by_peer.entry(to).or_default();
+                    slot.0.push(bytes);
+                    slot.1 |= is_snapshot;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode a raft message"),
+            }
+        }
+        for (to, (batch, has_snapshot)) in by_peer {
+            let mut ok = true;
+            for chunk in split_batch(batch) {
+                let payload = match transport::encode(&Wire::Raft(chunk)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode a raft batch");
+                        ok = false;
+                        continue;
+                    }
+                };
+                if let Err(e) = self.network.send(to_node(to), payload) {
+                    tracing::debug!(to = to_node(to), error = %e, "raft send failed");
+                    ok = false;
+                }
+            }
+            if !ok {
+                after.unreachable.push(to);
+            }
+            if has_snapshot {
+                self.shared
+                    .stats
+                    .snapshots_sent
+                    .fetch_add(1, Ordering::Relaxed);
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                after.snapshots.push((to, status));
+            }
+        }
+    }
+
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), LogError> {
+        let index = snap.get_metadata().index;
+        {
+            let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+            state
+                .restore(&snap.data)
+                .map_err(|e| LogError::Storage(format!("snapshot at {index}: {e}")))?;
+        }
+        self.applied = index;
+        self.shared
+            .stats
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        // Proposals at or below the snapshot were decided elsewhere; their proposers retry.
+        let rest = self.pending_proposals.split_off(&(index + 1));
+        for (_, (_, reply)) in std::mem::replace(&mut self.pending_proposals, rest) {
+            let _ = reply.send(ProposeOutcome::Retry("replaced by a snapshot".into()));
+        }
+        tracing::info!(node = self.config.id, index, "installed a snapshot");
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), LogError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut replies = Vec::new();
+        {
+            let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+            for e in entries {
+                if e.index <= self.applied {
+                    continue;
+                }
+                self.applied = e.index;
+                let outcome = match e.get_entry_type() {
+                    EntryType::EntryNormal if e.data.is_empty() => None,
+                    EntryType::EntryNormal => {
+                        match postcard::from_bytes::<Envelope<S::Command>>(&e.data) {
+                            Ok(env) => Some(ProposeOutcome::Applied(state.apply(env))),
+                            Err(err) => {
+                                // Every replica skips it the same way: deterministic.
+                                tracing::error!(index = e.index, error = %err, "undecodable entry skipped");
+                                Some(ProposeOutcome::Failed(LogError::Rejected(format!(
+                                    "undecodable command: {err}"
+                                ))))
+                            }
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(
+                            index = e.index,
+                            "configuration change entries are not supported; skipped"
+                        );
+                        None
+                    }
+                };
+                // Everything proposed below this index was either applied or replaced.
+                while let Some(entry) = self.pending_proposals.first_entry() {
+                    if *entry.key() >= e.index {
+                        break;
+                    }
+                    let (_, (_, reply)) = entry.remove_entry();
+                    replies.push((reply, ProposeOutcome::Retry("entry replaced".into())));
+                }
+                if let Some((term, reply)) = self.pending_proposals.remove(&e.index) {
+                    let out = match outcome {
+                        Some(o) if term == e.term => o,
+                        _ => ProposeOutcome::Retry("entry replaced by another leader".into()),
+                    };
+                    replies.push((reply, out));
+                }
+            }
+        }
+        // Publish before answering: once a proposal returns, status() reflects it.
+        self.publish_status();
+        for (reply, out) in replies {
+            let _ = reply.send(out);
+        }
+        Ok(())
+    }
+
+    fn on_read_states(&mut self, states: Vec<ReadState>) {
+        for rs in states {
+            let Ok(raw) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some((_, replies)) = self.pending_reads.remove(&u64::from_be_bytes(raw)) {
+                self.waiting_reads.push((rs.index, replies));
+            }
+        }
+    }
+
+    fn resolve_reads(&mut self) {
+        let applied = self.applied;
+        self.waiting_reads.retain_mut(|(index, replies)| {
+            if *index > applied {
+                return true;
+            }
+            for r in replies.drain(..) {
+                let _ = r.send(Ok(()));
+            }
+            false
+        });
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), LogError> {
+        let last_snapshot = self.node.store().latest_snapshot().get_metadata().index;
+        if self.applied < last_snapshot + self.config.snapshot_every {
+            return Ok(());
+        }
+        let data = self
+            .shared
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot();
+        let applied = self.applied;
+        let margin = self.config.compact_margin;
+        self.node
+            .mut_store()
+            .snapshot_and_compact(applied, data, margin)?;
+        self.shared
+            .stats
+            .snapshots_taken
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            node = self.config.id,
+            applied,
+            "snapshot taken, log compacted"
+        );
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.node.raft;
+        let role = match raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+        };
+        let status = LogStatus {
+            node_id: self.config.id,
+            role,
+            term: raft.term,
+            leader: self.leader_hint(),
+            commit_index: raft.raft_log.committed,
+            applied_index: self.applied,
+        };
+        *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        self.shared
+            .stats
+            .first_index
+            .store(self.node.store().truncated_index() + 1, Ordering::Relaxed);
+    }
+}
+
+/// Splits encoded messages into network payloads of at most `RAFT_BATCH_MAX` messages and
+/// about `RAFT_BATCH_BYTES_MAX` bytes (a larger single message, a big snapshot, goes alone).
+fn split_batch(batch: Vec<Vec<u8>>) -> Vec<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut current: Vec<Vec<u8>> = Vec::new();
+    let mut bytes = 0usize;
+    for m in batch {
+        if !current.is_empty()
+            && (current.len() >= RAFT_BATCH_MAX || bytes + m.len() > RAFT_BATCH_BYTES_MAX)
+        {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += m.len();
+        current.push(m);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_in_count_and_bytes() {
+        let big = vec![0u8; RAFT_BATCH_BYTES_MAX];
+        let split = split_batch(vec![vec![1], big.clone(), vec![2], vec![3]]);
+        assert_eq!(
+            split.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1, 1, 2]
+        );
+        let many = split_batch(vec![vec![0u8]; RAFT_BATCH_MAX + 1]);
+        assert_eq!(
+            many.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![RAFT_BATCH_MAX, 1]
+        );
+        assert!(split_batch(Vec::new()).is_empty());
+    }
+}

@@ -1,0 +1,517 @@
+//! [`::raft::Storage`] over raft-engine, the way TiKV pairs them.
+//!
+//! One raft-engine instance per node (its own directory), one Raft group (`GROUP`) in it.
+//! Beside the entries, four small keys live in the engine:
+//!
+//! | key | value | written when |
+//! |---|---|---|
+//! | `raft_hard_state` | `HardState` (protobuf) | every Ready that changes it (same batch as the entries) |
+//! | `raft_conf_state` | `ConfState` (protobuf) | first start, snapshot install |
+//! | `raft_snapshot` | `Snapshot` (protobuf; data = the deduplicated state machine) | every `snapshot_every` applied entries, snapshot install |
+//! | `raft_truncated` | `(index, term)` (postcard) of the last compacted entry | log compaction, snapshot install |
+//! | `raft_applied` | `u64` (postcard): the applied index recoverable from disk | with every snapshot |
+//!
+//! The state machine lives in memory, so the applied index that survives a restart is the
+//! snapshot's index; the committed entries after it are applied again on restart
+//! (deterministically, duplicate table included).
+//!
+//! Every write of a Ready (snapshot, entries, hard state) is one raft-engine batch, fsync'd
+//! when raft-rs says so (`Ready::must_sync`): group commit. Compaction writes the snapshot, the
+//! truncated state and the engine's `Compact` command in one fsync'd batch, so the log never
+//! loses entries that no snapshot covers.
+//!
+//! The terms of all live entries are cached in memory (`terms`, 8 bytes per entry, bounded by
+//! compaction): raft-rs asks for terms far more often than for entries.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use ::raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use ::raft::{Error as RaftError, GetEntriesContext, RaftState, Storage, StorageError};
+use raft_engine::{Command as EngineCommand, Engine, LogBatch};
+
+use crate::log::LogError;
+use crate::storage::{open_engine, storage_err, EntryExt};
+
+const GROUP: u64 = 1;
+const KEY_HARD_STATE: &[u8] = b"raft_hard_state";
+const KEY_CONF_STATE: &[u8] = b"raft_conf_state";
+const KEY_SNAPSHOT: &[u8] = b"raft_snapshot";
+const KEY_TRUNCATED: &[u8] = b"raft_truncated";
+const KEY_APPLIED: &[u8] = b"raft_applied";
+
+/// Raft's durable state in raft-engine, with an in-memory cache of what raft-rs reads often.
+pub(crate) struct EngineStorage {
+    engine: Engine,
+    hard_state: HardState,
+    hard_state_dirty: bool,
+    conf_state: ConfState,
+    /// Index and term of the last entry removed by compaction (0, 0 before any).
+    trunc_index: u64,
+    trunc_term: u64,
+    /// Terms of the entries `trunc_index + 1 ..= last_index`.
+    terms: VecDeque<u64>,
+    /// The latest state-machine snapshot (empty before the first).
+    snapshot: Snapshot,
+}
+
+fn pb_err(what: &str, e: impl std::fmt::Display) -> LogError {
+    LogError::Storage(format!("{what}: {e}"))
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> RaftError {
+    RaftError::Store(StorageError::Other(Box::new(e)))
+}
+
+impl EngineStorage {
+    /// Opens the store in `dir`. A fresh store starts with `voters` (raft ids) as its
+    /// configuration, written to disk at once; an existing one recovers everything it holds.
+    pub(crate) fn open(dir: &Path, voters: &[u64]) -> Result<Self, LogError> {
+        let engine = open_engine(dir)?;
+        let hard_state = engine
+            .get_message::<HardState>(GROUP, KEY_HARD_STATE)
+            .map_err(storage_err)?
+            .unwrap_or_default();
+        let stored_conf = engine
+            .get_message::<ConfState>(GROUP, KEY_CONF_STATE)
+            .map_err(storage_err)?;
+        let fresh = stored_conf.is_none();
+        let conf_state = stored_conf.unwrap_or_else(|| ConfState {
+            voters: voters.to_vec(),
+            ..ConfState::default()
+        });
+        let snapshot = engine
+            .get_message::<Snapshot>(GROUP, KEY_SNAPSHOT)
+            .map_err(storage_err)?
+            .unwrap_or_default();
+        let (trunc_index, trunc_term): (u64, u64) = match engine.get(GROUP, KEY_TRUNCATED) {
+            Some(raw) => postcard::from_bytes(&raw).map_err(|e| pb_err("truncated state", e))?,
+            None => (0, 0),
+        };
+        let mut terms = VecDeque::new();
+        if let Some(last) = engine.last_index(GROUP) {
+            let first = engine.first_index(GROUP).unwrap_or(trunc_index + 1);
+            if first > trunc_index + 1 && last > trunc_index {
+                return Err(LogError::Storage(format!(
+                    "log starts at {first} but only {trunc_index} is compacted"
+                )));
+            }
+            let begin = trunc_index + 1;
+            if last >= begin {
+                let mut entries = Vec::new();
+                engine
+                    .fetch_entries_to::<EntryExt>(GROUP, begin, last + 1, None, &mut entries)
+                    .map_err(storage_err)?;
+                for (k, e) in entries.iter().enumerate() {
+                    if e.index != begin + k as u64 {
+                        return Err(LogError::Storage(format!(
+                            "entry {} found where {} was expected",
+                            e.index,
+                            begin + k as u64
+                        )));
+                    }
+                    terms.push_back(e.term);
+                }
+            }
+        }
+        let mut store = Self {
+            engine,
+            hard_state,
+            hard_state_dirty: false,
+            conf_state,
+            trunc_index,
+            trunc_term,
+            terms,
+            snapshot,
+        };
+        if fresh {
+            let mut batch = LogBatch::default();
+            batch
+                .put_message(GROUP, KEY_CONF_STATE.to_vec(), &store.conf_state)
+                .map_err(storage_err)?;
+            store.write(&mut batch, true)?;
+        }
+        Ok(store)
+    }
+
+    fn write(&mut self, batch: &mut LogBatch, sync: bool) -> Result<(), LogError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.engine.write(batch, sync).map_err(storage_err)?;
+        Ok(())
+    }
+
+    /// The applied index that can be recovered from disk: the snapshot's.
+    pub(crate) fn applied_on_disk(&self) -> u64 {
+        self.engine
+            .get(GROUP, KEY_APPLIED)
+            .and_then(|raw| postcard::from_bytes::<u64>(&raw).ok())
+            .unwrap_or(0)
+            .max(self.snapshot.get_metadata().index)
+    }
+
+    /// The latest snapshot (possibly empty).
+    pub(crate) fn latest_snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Index of the last compacted entry.
+    pub(crate) fn truncated_index(&self) -> u64 {
+        self.trunc_index
+    }
+
+    fn last(&self) -> u64 {
+        self.trunc_index + self.terms.len() as u64
+    }
+
+    /// Records a commit index learned after a Ready (persisted with the next batch).
+    pub(crate) fn set_commit(&mut self, commit: u64) {
+        if commit > self.hard_state.commit {
+            self.hard_state.commit = commit;
+            self.hard_state_dirty = true;
+        }
+    }
+
+    /// Persists one Ready: an incoming snapshot (replacing the whole log), new entries (which
+    /// may overwrite a conflicting tail) and the hard state, in one batch; fsync'd when `sync`.
+    pub(crate) fn persist(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        sync: bool,
+    ) -> Result<(), LogError> {
+        let mut batch = LogBatch::with_capacity(entries.len() + 4);
+        if let Some(snap) = snapshot {
+            let md = snap.get_metadata();
+            // Drop the whole group (entries and keys), then write the new state in the same
+            // batch: raft-engine applies a batch's items in order and atomically.
+            batch.add_command(GROUP, EngineCommand::Clean);
+            batch
+                .put_message(GROUP, KEY_SNAPSHOT.to_vec(), snap)
+                .map_err(storage_err)?;
+            batch
+                .put_message(GROUP, KEY_CONF_STATE.to_vec(), md.get_conf_state())
+                .map_err(storage_err)?;
+            let trunc =
+                postcard::to_stdvec(&(md.index, md.term)).map_err(|e| pb_err("encode", e))?;
+            batch
+                .put(GROUP, KEY_TRUNCATED.to_vec(), trunc)
+                .map_err(storage_err)?;
+            let applied = postcard::to_stdvec(&md.index).map_err(|e| pb_err("encode", e))?;
+            batch
+                .put(GROUP, KEY_APPLIED.to_vec(), applied)
+                .map_err(storage_err)?;
+            self.snapshot = snap.clone();
+            self.conf_state = md.get_conf_state().clone();
+            self.trunc_index = md.index;
+            self.trunc_term = md.term;
+            self.terms.clear();
+            if self.hard_state.commit < md.index {
+                self.hard_state.commit = md.index;
+            }
+            self.hard_state_dirty = true;
+        }
+        if let Some(first) = entries.first() {
+            if first.index <= self.trunc_index {
+                return Err(LogError::Storage(format!(
+                    "append at {} below the compacted index {}",
+                    first.index, self.trunc_index
+                )));
+            }
+            let keep = (first.index - self.trunc_index - 1) as usize;
+            if keep > self.terms.len() {
+                return Err(LogError::Storage(format!(
+                    "append at {} leaves a gap after {}",
+                    first.index,
+                    self.last()
+                )));
+            }
+            batch
+                .add_entries::<EntryExt>(GROUP, entries)
+                .map_err(storage_err)?;
+            self.terms.truncate(keep);
+            self.terms.extend(entries.iter().map(|e| e.term));
+        }
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+            self.hard_state_dirty = true;
+        }
+        if self.hard_state_dirty {
+            batch
+                .put_message(GROUP, KEY_HARD_STATE.to_vec(), &self.hard_state)
+                .map_err(storage_err)?;
+            self.hard_state_dirty = false;
+        }
+        self.write(&mut batch, sync || snapshot.is_some())
+    }
+
+    /// Stores a snapshot of the state machine at `applied` and compacts the log up to
+    /// `applied - margin` (keeping `margin` entries for followers that are only a little
+    /// behind). One fsync'd batch.
+    pub(crate) fn snapshot_and_compact(
+        &mut self,
+        applied: u64,
+        data: Vec<u8>,
+        margin: u64,
+    ) -> Result<(), LogError> {
+        let term = self
+            .term(applied)
+            .map_err(|e| LogError::Storage(format!("term of {applied}: {e}")))?;
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Snapshot::default()
+        };
+        {
+            let md = snap.mut_metadata();
+            md.index = applied;
+            md.term = term;
+            md.set_conf_state(self.conf_state.clone());
+        }
+        let mut batch = LogBatch::default();
+        batch
+            .put_message(GROUP, KEY_SNAPSHOT.to_vec(), &snap)
+            .map_err(storage_err)?;
+        let applied_raw = postcard::to_stdvec(&applied).map_err(|e| pb_err("encode", e))?;
+        batch
+            .put(GROUP, KEY_APPLIED.to_vec(), applied_raw)
+            .map_err(storage_err)?;
+        let compact_to = applied.saturating_sub(margin);
+        let mut new_trunc = None;
+        if compact_to > self.trunc_index {
+            let t = self
+                .term(compact_to)
+                .map_err(|e| LogError::Storage(format!("term of {compact_to}: {e}")))?;
+            let raw = postcard::to_stdvec(&(compact_to, t)).map_err(|e| pb_err("encode", e))?;
+            batch
+                .put(GROUP, KEY_TRUNCATED.to_vec(), raw)
+                .map_err(storage_err)?;
+            batch.add_command(
+                GROUP,
+                EngineCommand::Compact {
+                    index: compact_to + 1,
+                },
+            );
+            new_trunc = Some((compact_to, t));
+        }
+        if self.hard_state.commit < applied {
+            self.hard_state.commit = applied;
+        }
+        batch
+            .put_message(GROUP, KEY_HARD_STATE.to_vec(), &self.hard_state)
+            .map_err(storage_err)?;
+        self.hard_state_dirty = false;
+        self.write(&mut batch, true)?;
+        self.snapshot = snap;
+        if let Some((index, t)) = new_trunc {
+            let drop = (index - self.trunc_index) as usize;
+            self.terms.drain(..drop.min(self.terms.len()));
+            self.trunc_index = index;
+            self.trunc_term = t;
+            if let Err(e) = self.engine.purge_expired_files() {
+                tracing::warn!(error = %e, "raft-engine purge failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Storage for EngineStorage {
+    fn initial_state(&self) -> ::raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> ::raft::Result<Vec<Entry>> {
+        if low <= self.trunc_index {
+            return Err(RaftError::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(RaftError::Store(StorageError::Unavailable));
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        if low < high {
+            let max = max_size.into().map(|m| m as usize);
+            self.engine
+                .fetch_entries_to::<EntryExt>(GROUP, low, high, max, &mut out)
+                .map_err(other)?;
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> ::raft::Result<u64> {
+        if idx == self.trunc_index {
+            return Ok(self.trunc_term);
+        }
+        if idx < self.trunc_index {
+            return Err(RaftError::Store(StorageError::Compacted));
+        }
+        match self.terms.get((idx - self.trunc_index - 1) as usize) {
+            Some(t) => Ok(*t),
+            None => Err(RaftError::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> ::raft::Result<u64> {
+        Ok(self.trunc_index + 1)
+    }
+
+    fn last_index(&self) -> ::raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> ::raft::Result<Snapshot> {
+        let md = self.snapshot.get_metadata();
+        if md.index == 0 || md.index < request_index || md.index < self.trunc_index {
+            return Err(RaftError::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ents(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        range
+            .map(|i| crate::storage::entry(i, term, i.to_be_bytes().to_vec()))
+            .collect()
+    }
+
+    fn hs(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            vote,
+            commit,
+            ..HardState::default()
+        }
+    }
+
+    fn ctx() -> GetEntriesContext {
+        GetEntriesContext::empty(false)
+    }
+
+    #[test]
+    fn fresh_store_has_the_configured_voters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 0));
+        assert_eq!(s.term(0).unwrap(), 0);
+        drop(s);
+        // The configuration is on disk: another voter list is ignored on reopen.
+        let s = EngineStorage::open(dir.path(), &[9]).unwrap();
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn entries_and_hard_state_survive_reopen_and_tails_are_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        s.persist(None, &ents(1..=10, 1), Some(&hs(1, 1, 4)), true)
+            .unwrap();
+        // A new leader overwrites 6.. with a shorter tail of term 2.
+        s.persist(None, &ents(6..=8, 2), Some(&hs(2, 2, 5)), true)
+            .unwrap();
+        assert_eq!(s.last_index().unwrap(), 8);
+        drop(s);
+        let s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        assert_eq!(s.last_index().unwrap(), 8);
+        assert_eq!(s.term(5).unwrap(), 1);
+        assert_eq!(s.term(6).unwrap(), 2);
+        assert!(s.term(9).is_err());
+        let st = s.initial_state().unwrap();
+        assert_eq!((st.hard_state.term, st.hard_state.vote), (2, 2));
+        assert_eq!(st.hard_state.commit, 5);
+        let got = s.entries(2, 9, None, ctx()).unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.index).collect::<Vec<_>>(),
+            (2..9).collect::<Vec<_>>()
+        );
+        assert_eq!(got[5].term, 2);
+        // A size limit still returns at least one entry.
+        assert_eq!(s.entries(2, 9, 1, ctx()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_a_margin_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = EngineStorage::open(dir.path(), &[1]).unwrap();
+        s.persist(None, &ents(1..=10, 1), Some(&hs(1, 1, 10)), true)
+            .unwrap();
+        s.snapshot_and_compact(8, b"state@8".to_vec(), 3).unwrap();
+        assert_eq!(s.first_index().unwrap(), 6);
+        assert_eq!(s.term(5).unwrap(), 1);
+        assert!(matches!(
+            s.entries(5, 7, None, ctx()),
+            Err(RaftError::Store(StorageError::Compacted))
+        ));
+        drop(s);
+        let s = EngineStorage::open(dir.path(), &[1]).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (6, 10));
+        assert_eq!(s.applied_on_disk(), 8);
+        let snap = s.snapshot(0, 2).unwrap();
+        assert_eq!(snap.get_metadata().index, 8);
+        assert_eq!(&snap.data[..], b"state@8");
+        assert!(s.snapshot(9, 2).is_err());
+        assert_eq!(s.entries(6, 11, None, ctx()).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        s.persist(None, &ents(1..=5, 1), Some(&hs(1, 1, 3)), true)
+            .unwrap();
+        let mut snap = Snapshot {
+            data: b"state@20".to_vec().into(),
+            ..Snapshot::default()
+        };
+        snap.mut_metadata().index = 20;
+        snap.mut_metadata().term = 3;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        s.persist(Some(&snap), &[], Some(&hs(3, 0, 20)), true)
+            .unwrap();
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (21, 20)
+        );
+        s.persist(None, &ents(21..=22, 3), None, true).unwrap();
+        drop(s);
+        let s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (21, 22)
+        );
+        assert_eq!(s.term(20).unwrap(), 3);
+        assert_eq!(s.applied_on_disk(), 20);
+        let st = s.initial_state().unwrap();
+        assert_eq!(st.hard_state.commit, 20);
+        assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+        assert_eq!(&s.latest_snapshot().data[..], b"state@20");
+    }
+
+    #[test]
+    fn appends_below_the_compacted_index_or_with_a_gap_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = EngineStorage::open(dir.path(), &[1]).unwrap();
+        s.persist(None, &ents(1..=10, 1), None, true).unwrap();
+        s.snapshot_and_compact(10, vec![], 0).unwrap();
+        assert!(s.persist(None, &ents(5..=6, 2), None, true).is_err());
+        assert!(s.persist(None, &ents(13..=14, 2), None, true).is_err());
+        s.persist(None, &ents(11..=11, 2), None, true).unwrap();
+    }
+}
