@@ -241,6 +241,62 @@ pub fn reservation_id_for(buyer: BuyerId, key: &str) -> u64 {
     h
 }
 
+tokio::task_local! {
+    /// The request-id client derived from the current HTTP request's idempotency key.
+    static REQUEST_KEY: u64;
+}
+
+/// Runs `f` (one Market call) with request ids derived from `(scope, key)`: each effect step
+/// of the call (creating an account, adding an item, reserving, confirming, recording a
+/// purchase, ...) is proposed with `RequestId { client: hash(scope, key), seq: step }`. A retry
+/// of the same request — on another frontend, while the first attempt is still running, or
+/// after it died mid-way — proposes the same ids, so the logs apply each step once and answer
+/// the retry with the first outcome. Session touches and ticks keep fresh ids.
+///
+/// The logs remember a bounded number of such request ids (see
+/// `replication::dedup::CLIENTS_MAX_DEFAULT`); the HTTP layer's remembered responses cover
+/// completed requests for 10 minutes beyond that.
+pub async fn with_idempotency_key<F: std::future::Future>(scope: &str, key: &str, f: F) -> F::Output {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"request\0".iter().chain(scope.as_bytes()).chain(b"\0").chain(key.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    REQUEST_KEY.scope(h, f).await
+}
+
+/// The step number of an effect command of the customer database (`None`: not an effect of
+/// the request itself, keeps a fresh id).
+fn customer_step(command: &CustomerCommand) -> Option<u64> {
+    match command {
+        CustomerCommand::CreateSeller { .. } => Some(1),
+        CustomerCommand::CreateBuyer { .. } => Some(2),
+        CustomerCommand::OpenSession { .. } => Some(3),
+        CustomerCommand::CloseSession { .. } => Some(4),
+        CustomerCommand::AddToCart { .. } => Some(5),
+        CustomerCommand::RemoveFromCart { .. } => Some(6),
+        CustomerCommand::ClearCart { .. } => Some(7),
+        CustomerCommand::SaveCart { .. } => Some(8),
+        CustomerCommand::RecordPurchase { .. } => Some(9),
+        CustomerCommand::GiveFeedback { .. } => Some(10),
+        CustomerCommand::Touch { .. } | CustomerCommand::RememberResponse { .. } | CustomerCommand::Tick { .. } => None,
+    }
+}
+
+/// The step number of an effect command of the product database.
+fn product_step(command: &ProductCommand) -> Option<u64> {
+    match command {
+        ProductCommand::AddItem { .. } => Some(1),
+        ProductCommand::ChangePrice { .. } => Some(2),
+        ProductCommand::RemoveUnits { .. } => Some(3),
+        ProductCommand::Reserve { .. } => Some(4),
+        ProductCommand::Confirm { .. } => Some(5),
+        ProductCommand::Release { .. } => Some(6),
+        ProductCommand::ItemFeedback { .. } => Some(7),
+        ProductCommand::Tick { .. } => None,
+    }
+}
+
 fn path_item(id: &str) -> Result<ItemId, MarketError> {
     id.parse().map_err(|_| {
         MarketError::NotFound(format!(
@@ -310,6 +366,16 @@ impl Market {
         }
     }
 
+    /// The request id of an effect step: derived from the caller's idempotency key when the
+    /// call runs inside [`with_idempotency_key`], so a retry of the same HTTP request on any
+    /// frontend proposes the same ids and the logs apply each step once; otherwise fresh.
+    fn step_id(&self, step: Option<u64>) -> RequestId {
+        match (step, REQUEST_KEY.try_with(|k| *k)) {
+            (Some(step), Ok(client)) => RequestId { client, seq: step },
+            _ => self.next_request_id(),
+        }
+    }
+
     async fn backoff(&self, attempt: u32) {
         let ms = self
             .config
@@ -320,7 +386,7 @@ impl Market {
 
     /// Proposes one step to the customer database, retrying `Unavailable` with the same id.
     async fn customer(&self, command: CustomerCommand) -> Result<CustomerOutput, MarketError> {
-        let id = self.next_request_id();
+        let id = self.step_id(customer_step(&command));
         let mut attempt = 0;
         loop {
             match self.customers.propose(id, command.clone()).await {
@@ -336,7 +402,7 @@ impl Market {
 
     /// Proposes one step to the product database, retrying `Unavailable` with the same id.
     async fn product(&self, command: ProductCommand) -> Result<ProductOutput, MarketError> {
-        let id = self.next_request_id();
+        let id = self.step_id(product_step(&command));
         let mut attempt = 0;
         loop {
             match self.products.propose(id, command.clone()).await {

@@ -11,7 +11,7 @@
 //! [`Applied::Expired`] rather than applied twice. At most `clients_max` clients are
 //! remembered; the least recently active is forgotten first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +20,10 @@ use crate::state_machine::{Payload, SnapshotError, StateMachine};
 
 /// Default number of recent outcomes remembered per client.
 pub const WINDOW_DEFAULT: u64 = 4096;
-/// Default number of clients remembered.
-pub const CLIENTS_MAX_DEFAULT: usize = 1024;
+/// Default number of clients remembered. Frontends are few, but a retried HTTP request
+/// carries a client id derived from its idempotency key (see `marketcore::with_idempotency_key`),
+/// so this bounds how many recent keyed requests stay deduplicated.
+pub const CLIENTS_MAX_DEFAULT: usize = 16_384;
 
 /// The result of applying an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +47,8 @@ struct ClientSession<O> {
 pub struct Deduped<S: StateMachine> {
     inner: S,
     sessions: BTreeMap<u64, ClientSession<S::Output>>,
+    /// `(last_active, client)` of every session: the least recently active is first.
+    by_activity: BTreeSet<(u64, u64)>,
     applied_count: u64,
     window: u64,
     clients_max: usize,
@@ -69,6 +73,7 @@ impl<S: StateMachine> Deduped<S> {
         Self {
             inner,
             sessions: BTreeMap::new(),
+            by_activity: BTreeSet::new(),
             applied_count: 0,
             window: window.max(1),
             clients_max: clients_max.max(1),
@@ -91,6 +96,8 @@ impl<S: StateMachine> Deduped<S> {
         let RequestId { client, seq } = envelope.id;
         let now = self.applied_count;
         if let Some(session) = self.sessions.get_mut(&client) {
+            self.by_activity.remove(&(session.last_active, client));
+            self.by_activity.insert((now, client));
             session.last_active = now;
             if let Some(out) = session.outcomes.get(&seq) {
                 return Applied::Output(out.clone());
@@ -155,8 +162,49 @@ impl<S: StateMachine> Deduped<S> {
         let snap: DedupSnapshot<S::Output> =
             postcard::from_bytes(bytes).map_err(|e| SnapshotError(e.to_string()))?;
         self.inner.restore(&snap.inner)?;
+        self.by_activity = snap.sessions.iter().map(|(client, s)| (s.last_active, *client)).collect();
         self.sessions = snap.sessions;
         self.applied_count = snap.applied_count;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{TestCommand, TestMachine};
+
+    fn env(client: u64, seq: u64) -> Envelope<TestCommand> {
+        Envelope { id: RequestId { client, seq }, command: TestCommand::Incr }
+    }
+
+    #[test]
+    fn duplicates_get_the_first_outcome_and_old_ones_expire() {
+        let mut d = Deduped::with_limits(TestMachine::default(), 4, 8);
+        assert_eq!(d.apply(env(1, 1)), Applied::Output(1));
+        assert_eq!(d.apply(env(1, 1)), Applied::Output(1));
+        for seq in 2..=10 {
+            d.apply(env(1, seq));
+        }
+        assert_eq!(d.apply(env(1, 1)), Applied::Expired, "outside the window: refused, not applied again");
+        assert_eq!(d.apply(env(1, 10)), Applied::Output(10));
+    }
+
+    #[test]
+    fn the_least_recently_active_client_is_forgotten_first() {
+        let mut d = Deduped::with_limits(TestMachine::default(), 16, 2);
+        d.apply(env(1, 1)); // counter 1
+        d.apply(env(2, 1)); // counter 2
+        d.apply(env(1, 1)); // duplicate: client 1 is now the most recently active
+        d.apply(env(3, 1)); // counter 3; evicts client 2
+        assert_eq!(d.apply(env(1, 1)), Applied::Output(1), "client 1 is still remembered");
+        assert_eq!(d.apply(env(2, 1)), Applied::Output(4), "client 2 was forgotten, so it applies again");
+        let snap = d.snapshot();
+        let mut restored = Deduped::with_limits(TestMachine::default(), 16, 2);
+        restored.restore(&snap).expect("restore");
+        assert_eq!(restored.snapshot(), snap);
+        // The activity index is rebuilt on restore: the same client is evicted next on both.
+        assert_eq!(d.apply(env(9, 1)), restored.apply(env(9, 1)));
+        assert_eq!(d.snapshot(), restored.snapshot());
     }
 }

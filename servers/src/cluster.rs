@@ -109,6 +109,9 @@ pub struct PaymentsSection {
     /// Seed for a repeatable decision sequence.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Extra delay before answering each payment, in ms (for failure tests; default 0).
+    #[serde(default)]
+    pub delay_ms: u64,
 }
 
 fn default_approve_rate() -> f64 {
@@ -141,6 +144,10 @@ fn default_session_idle_secs() -> u64 {
     300
 }
 
+fn default_reservation_ttl_secs() -> u64 {
+    120
+}
+
 /// The whole deployment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,6 +159,10 @@ pub struct Cluster {
     /// Idle time after which a session ends.
     #[serde(default = "default_session_idle_secs")]
     pub session_idle_secs: u64,
+    /// A purchase reservation neither confirmed nor released (its frontend died) lapses after
+    /// this long and its units return.
+    #[serde(default = "default_reservation_ttl_secs")]
+    pub reservation_ttl_secs: u64,
     /// The payment service.
     pub payments: PaymentsSection,
     /// Customer database replicas.
@@ -245,10 +256,12 @@ impl Cluster {
             certs_dir: data_dir.join("certs"),
             data_dir,
             session_idle_secs: 300,
+            reservation_ttl_secs: 120,
             payments: PaymentsSection {
                 listen: at(0),
                 approve_rate: 0.9,
                 seed: None,
+                delay_ms: 0,
             },
             seller: (0..4)
                 .map(|i| Frontend {

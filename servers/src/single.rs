@@ -132,6 +132,7 @@ pub async fn start(options: SingleOptions) -> Result<Running, StartError> {
         approve_rate: options.approve_rate,
         seed: options.seed,
         public_url: format!("http://{payments_addr}/soap"),
+        delay: Duration::ZERO,
     }));
     tasks.push(tokio::spawn(http::serve(
         pay_listener,

@@ -175,12 +175,12 @@ async fn up_single(args: UpArgs) -> Result<(), String> {
 }
 
 async fn payments(args: PaymentsArgs) -> Result<(), String> {
-    let (listen, approve_rate, seed) = match &args.config {
+    let (listen, approve_rate, seed, delay_ms) = match &args.config {
         Some(path) => {
             let c = load(path)?;
-            (c.payments.listen, c.payments.approve_rate, c.payments.seed)
+            (c.payments.listen, c.payments.approve_rate, c.payments.seed, c.payments.delay_ms)
         }
-        None => (args.listen, args.approve_rate, args.seed),
+        None => (args.listen, args.approve_rate, args.seed, 0),
     };
     let (listener, addr) = http::bind(listen)
         .await
@@ -189,6 +189,7 @@ async fn payments(args: PaymentsArgs) -> Result<(), String> {
         approve_rate,
         seed,
         public_url: format!("http://{addr}/soap"),
+        delay: Duration::from_millis(delay_ms),
     }));
     tracing::info!(%addr, "payment service listening");
     http::serve(

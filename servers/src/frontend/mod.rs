@@ -11,8 +11,11 @@
 //!    customer database within 10 minutes is returned as it was, without executing again, on
 //!    whichever replica the retry lands. The scope is the bearer token's digest for
 //!    authenticated routes (a user's retries reuse their session) and the route plus the
-//!    username for account creation and login. Every response except 5xx is remembered
-//!    before it is sent, so a retry after a lost response is answered, not re-executed.
+//!    request body for account creation and login. Every response except 5xx is remembered
+//!    before it is sent, so a retry after a lost response is answered, not re-executed; and
+//!    the call's effect steps are proposed with request ids derived from the key
+//!    ([`marketcore::with_idempotency_key`]), so a retry that arrives while the first attempt
+//!    is still running, or after it died mid-way, still takes effect once.
 //! 4. **Call the Market** and render its result: JSON on success, an RFC 9457 problem document
 //!    on error ([`problem`]), with `Retry-After` on 503.
 //!
@@ -280,7 +283,10 @@ impl<A: Api> ApiServer<A> {
             Ok(None) => {}
             Err(e) => return problem(&e),
         }
-        let outcome = A::dispatch(&self.market, &call).await;
+        // Effect steps get request ids derived from (scope, key): a retry that finds no
+        // remembered response (the first attempt is still running, or died mid-way) proposes
+        // the same ids, so each step still takes effect once.
+        let outcome = marketcore::with_idempotency_key(&scope, &key, A::dispatch(&self.market, &call)).await;
         let (status, body) = match &outcome {
             Ok((s, b)) => (
                 s.as_u16(),

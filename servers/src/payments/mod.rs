@@ -35,6 +35,9 @@ pub struct PaymentsConfig {
     pub seed: Option<u64>,
     /// The endpoint URL advertised in the WSDL.
     pub public_url: String,
+    /// Delay before answering each payment (failure tests use it to catch a purchase
+    /// mid-way); zero in production.
+    pub delay: std::time::Duration,
 }
 
 impl Default for PaymentsConfig {
@@ -43,6 +46,7 @@ impl Default for PaymentsConfig {
             approve_rate: 0.9,
             seed: None,
             public_url: "http://127.0.0.1/soap".into(),
+            delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -157,6 +161,9 @@ impl Handler for PaymentsService {
                 };
                 match soap::parse_request(text) {
                     Ok(payment) => {
+                        if !self.config.delay.is_zero() {
+                            tokio::time::sleep(self.config.delay).await;
+                        }
                         let resp = self.decide(&payment);
                         http::with_body(
                             StatusCode::OK,

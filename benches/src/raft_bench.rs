@@ -1,0 +1,223 @@
+//! Raft log micro-benchmark: a cluster of `RaftLog`s in one process over the simulated
+//! network (`transport::sim`, fixed per-link delay), each with a real raft-engine (fsync) in
+//! a temporary directory. Measures proposal latency through the leader and through a
+//! follower (forwarded), throughput with many concurrent proposers (batching, group commit,
+//! pipelining), and linearizable read latency (ReadIndex) on the leader and on a follower.
+//!
+//! Wire it into the bench binary with `mod raft_bench;` and call [`run`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use replication::conformance::{TestCommand, TestMachine, TestQuery};
+use replication::raft::{RaftConfig, RaftLog};
+use replication::{ReadConsistency, ReplicatedLog, RequestId, Role};
+use transport::sim::{LinkConfig, SimHub};
+use transport::Network;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct RaftBenchOpts {
+    /// Replicas in the cluster.
+    pub replicas: usize,
+    /// Sequential proposals (and reads) per latency measurement.
+    pub latency_ops: usize,
+    /// Concurrent proposers in the throughput run.
+    pub clients: usize,
+    /// Proposals per proposer in the throughput run.
+    pub ops_per_client: usize,
+    /// One-way delay of every simulated link, microseconds.
+    pub link_delay_us: u64,
+    /// Where the replicas' directories go (a fresh subdirectory, removed afterwards).
+    pub data_dir: PathBuf,
+}
+
+impl Default for RaftBenchOpts {
+    fn default() -> Self {
+        Self {
+            replicas: 5,
+            latency_ops: 500,
+            clients: 64,
+            ops_per_client: 200,
+            link_delay_us: 0,
+            data_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Latency percentiles, microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Percentiles {
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+}
+
+/// The results.
+#[derive(Debug, Clone, Default)]
+pub struct RaftBenchReport {
+    /// Sequential proposals submitted on the leader.
+    pub propose_leader: Percentiles,
+    /// Sequential proposals submitted on a follower (forwarded to the leader).
+    pub propose_follower: Percentiles,
+    /// Sequential linearizable reads on the leader.
+    pub read_leader: Percentiles,
+    /// Sequential linearizable reads on a follower.
+    pub read_follower: Percentiles,
+    /// Committed proposals per second with `clients` concurrent proposers.
+    pub throughput_ops_per_s: f64,
+    /// Latency of the proposals of the throughput run.
+    pub throughput_latency: Percentiles,
+}
+
+impl std::fmt::Display for RaftBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let row = |f: &mut std::fmt::Formatter<'_>, name: &str, p: Percentiles| {
+            writeln!(
+                f,
+                "{name:<28} p50 {:>7} us   p99 {:>7} us",
+                p.p50_us, p.p99_us
+            )
+        };
+        row(f, "propose via leader", self.propose_leader)?;
+        row(f, "propose via follower", self.propose_follower)?;
+        row(f, "linearizable read, leader", self.read_leader)?;
+        row(f, "linearizable read, follower", self.read_follower)?;
+        row(f, "propose under load", self.throughput_latency)?;
+        writeln!(
+            f,
+            "throughput                   {:.0} proposals/s",
+            self.throughput_ops_per_s
+        )
+    }
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
+    if samples.is_empty() {
+        return Percentiles::default();
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        u64::try_from(samples[i].as_micros()).unwrap_or(u64::MAX)
+    };
+    Percentiles {
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+    }
+}
+
+/// Runs the benchmark on its own tokio runtime and returns the figures.
+pub fn run(opts: RaftBenchOpts) -> Result<RaftBenchReport, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let base = opts
+        .data_dir
+        .join(format!("raft-bench-{}-{nanos}", std::process::id()));
+    let result = runtime.block_on(bench(&opts, &base));
+    let _ = std::fs::remove_dir_all(&base);
+    result
+}
+
+async fn bench(opts: &RaftBenchOpts, base: &std::path::Path) -> Result<RaftBenchReport, String> {
+    let n = opts.replicas.max(1);
+    let hub = SimHub::start(1, LinkConfig::fixed(opts.link_delay_us)).ok_or("no runtime")?;
+    let mut logs = Vec::new();
+    for i in 0..n as u64 {
+        let net: Arc<dyn Network> = Arc::new(hub.node(i).ok_or("node attached twice")?);
+        let config = RaftConfig::new(i, (0..n as u64).collect(), base.join(i.to_string()));
+        logs.push(RaftLog::start(config, net, TestMachine::default()).map_err(|e| e.to_string())?);
+    }
+    let mut leader = None;
+    for _ in 0..500 {
+        leader = logs.iter().position(|l| l.status().role == Role::Leader);
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let leader = leader.ok_or("no leader elected")?;
+    let follower = (leader + 1) % n;
+    let mut seq = 0u64;
+    let mut report = RaftBenchReport::default();
+
+    for (who, slot) in [(leader, 0), (follower, 1)] {
+        let mut samples = Vec::with_capacity(opts.latency_ops);
+        for _ in 0..opts.latency_ops {
+            seq += 1;
+            let t = Instant::now();
+            logs[who]
+                .propose(RequestId { client: 1, seq }, TestCommand::Incr)
+                .await
+                .map_err(|e| e.to_string())?;
+            samples.push(t.elapsed());
+        }
+        let p = percentiles(samples);
+        if slot == 0 {
+            report.propose_leader = p;
+        } else {
+            report.propose_follower = p;
+        }
+    }
+    for (who, slot) in [(leader, 0), (follower, 1)] {
+        let mut samples = Vec::with_capacity(opts.latency_ops);
+        for _ in 0..opts.latency_ops {
+            let t = Instant::now();
+            logs[who]
+                .read(TestQuery::Counter, ReadConsistency::Linearizable)
+                .await
+                .map_err(|e| e.to_string())?;
+            samples.push(t.elapsed());
+        }
+        let p = percentiles(samples);
+        if slot == 0 {
+            report.read_leader = p;
+        } else {
+            report.read_follower = p;
+        }
+    }
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..opts.clients {
+        let log = logs[c % n].clone();
+        let ops = opts.ops_per_client;
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(ops);
+            for k in 0..ops {
+                let t = Instant::now();
+                log.propose(
+                    RequestId {
+                        client: 1000 + c as u64,
+                        seq: k as u64 + 1,
+                    },
+                    TestCommand::Incr,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                samples.push(t.elapsed());
+            }
+            Ok::<_, String>(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    report.throughput_ops_per_s = all.len() as f64 / elapsed.max(1e-9);
+    report.throughput_latency = percentiles(all);
+    for log in &logs {
+        log.shutdown();
+    }
+    Ok(report)
+}
