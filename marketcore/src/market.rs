@@ -256,9 +256,18 @@ tokio::task_local! {
 /// The logs remember a bounded number of such request ids (see
 /// `replication::dedup::CLIENTS_MAX_DEFAULT`); the HTTP layer's remembered responses cover
 /// completed requests for 10 minutes beyond that.
-pub async fn with_idempotency_key<F: std::future::Future>(scope: &str, key: &str, f: F) -> F::Output {
+pub async fn with_idempotency_key<F: std::future::Future>(
+    scope: &str,
+    key: &str,
+    f: F,
+) -> F::Output {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in b"request\0".iter().chain(scope.as_bytes()).chain(b"\0").chain(key.as_bytes()) {
+    for b in b"request\0"
+        .iter()
+        .chain(scope.as_bytes())
+        .chain(b"\0")
+        .chain(key.as_bytes())
+    {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -279,7 +288,9 @@ fn customer_step(command: &CustomerCommand) -> Option<u64> {
         CustomerCommand::SaveCart { .. } => Some(8),
         CustomerCommand::RecordPurchase { .. } => Some(9),
         CustomerCommand::GiveFeedback { .. } => Some(10),
-        CustomerCommand::Touch { .. } | CustomerCommand::RememberResponse { .. } | CustomerCommand::Tick { .. } => None,
+        CustomerCommand::Touch { .. }
+        | CustomerCommand::RememberResponse { .. }
+        | CustomerCommand::Tick { .. } => None,
     }
 }
 

@@ -162,7 +162,11 @@ impl<S: StateMachine> Deduped<S> {
         let snap: DedupSnapshot<S::Output> =
             postcard::from_bytes(bytes).map_err(|e| SnapshotError(e.to_string()))?;
         self.inner.restore(&snap.inner)?;
-        self.by_activity = snap.sessions.iter().map(|(client, s)| (s.last_active, *client)).collect();
+        self.by_activity = snap
+            .sessions
+            .iter()
+            .map(|(client, s)| (s.last_active, *client))
+            .collect();
         self.sessions = snap.sessions;
         self.applied_count = snap.applied_count;
         Ok(())
@@ -175,7 +179,10 @@ mod tests {
     use crate::conformance::{TestCommand, TestMachine};
 
     fn env(client: u64, seq: u64) -> Envelope<TestCommand> {
-        Envelope { id: RequestId { client, seq }, command: TestCommand::Incr }
+        Envelope {
+            id: RequestId { client, seq },
+            command: TestCommand::Incr,
+        }
     }
 
     #[test]
@@ -186,7 +193,11 @@ mod tests {
         for seq in 2..=10 {
             d.apply(env(1, seq));
         }
-        assert_eq!(d.apply(env(1, 1)), Applied::Expired, "outside the window: refused, not applied again");
+        assert_eq!(
+            d.apply(env(1, 1)),
+            Applied::Expired,
+            "outside the window: refused, not applied again"
+        );
         assert_eq!(d.apply(env(1, 10)), Applied::Output(10));
     }
 
@@ -197,8 +208,16 @@ mod tests {
         d.apply(env(2, 1)); // counter 2
         d.apply(env(1, 1)); // duplicate: client 1 is now the most recently active
         d.apply(env(3, 1)); // counter 3; evicts client 2
-        assert_eq!(d.apply(env(1, 1)), Applied::Output(1), "client 1 is still remembered");
-        assert_eq!(d.apply(env(2, 1)), Applied::Output(4), "client 2 was forgotten, so it applies again");
+        assert_eq!(
+            d.apply(env(1, 1)),
+            Applied::Output(1),
+            "client 1 is still remembered"
+        );
+        assert_eq!(
+            d.apply(env(2, 1)),
+            Applied::Output(4),
+            "client 2 was forgotten, so it applies again"
+        );
         let snap = d.snapshot();
         let mut restored = Deduped::with_limits(TestMachine::default(), 16, 2);
         restored.restore(&snap).expect("restore");

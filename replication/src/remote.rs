@@ -68,7 +68,14 @@ pub enum LogResponse {
 /// Each request is handled on its own task so a slow proposal never blocks a read.
 pub async fn serve<S: StateMachine>(network: Arc<dyn Network>, log: Arc<dyn ReplicatedLog<S>>) {
     while let Some(incoming) = network.recv().await {
-        let Incoming::Request { payload, responder, from } = incoming else { continue };
+        let Incoming::Request {
+            payload,
+            responder,
+            from,
+        } = incoming
+        else {
+            continue;
+        };
         let log = Arc::clone(&log);
         tokio::spawn(async move {
             let response = match decode::<LogRequest>(&payload) {
@@ -155,8 +162,21 @@ pub struct RemoteLog<S: StateMachine> {
 impl<S: StateMachine> RemoteLog<S> {
     /// A client of the log replicated on `replicas`, reached through `network`.
     pub fn new(network: Arc<dyn Network>, replicas: Vec<NodeId>, config: RemoteConfig) -> Self {
-        let health = replicas.iter().map(|_| Health { skip_until: None, backoff: config.backoff_initial }).collect();
-        Self { network, replicas, health: Mutex::new(health), preferred: AtomicUsize::new(0), config, _machine: PhantomData }
+        let health = replicas
+            .iter()
+            .map(|_| Health {
+                skip_until: None,
+                backoff: config.backoff_initial,
+            })
+            .collect();
+        Self {
+            network,
+            replicas,
+            health: Mutex::new(health),
+            preferred: AtomicUsize::new(0),
+            config,
+            _machine: PhantomData,
+        }
     }
 
     /// The replicas this client knows.
@@ -182,7 +202,9 @@ impl<S: StateMachine> RemoteLog<S> {
 
     fn mark(&self, index: usize, ok: bool) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(h) = health.get_mut(index) else { return };
+        let Some(h) = health.get_mut(index) else {
+            return;
+        };
         if ok {
             h.skip_until = None;
             h.backoff = self.config.backoff_initial;
@@ -191,7 +213,8 @@ impl<S: StateMachine> RemoteLog<S> {
             h.skip_until = Some(Instant::now() + h.backoff);
             h.backoff = (h.backoff * 2).min(self.config.backoff_max);
             if self.preferred.load(Ordering::Relaxed) == index {
-                self.preferred.store((index + 1) % self.replicas.len().max(1), Ordering::Relaxed);
+                self.preferred
+                    .store((index + 1) % self.replicas.len().max(1), Ordering::Relaxed);
             }
         }
     }
@@ -203,9 +226,13 @@ impl<S: StateMachine> RemoteLog<S> {
         let start = self.preferred.load(Ordering::Relaxed) % n.max(1);
         let now = Instant::now();
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut up, mut down): (Vec<usize>, Vec<usize>) = (0..n)
-            .map(|k| (start + k) % n)
-            .partition(|&i| health.get(i).and_then(|h| h.skip_until).is_none_or(|t| t <= now));
+        let (mut up, mut down): (Vec<usize>, Vec<usize>) =
+            (0..n).map(|k| (start + k) % n).partition(|&i| {
+                health
+                    .get(i)
+                    .and_then(|h| h.skip_until)
+                    .is_none_or(|t| t <= now)
+            });
         up.append(&mut down);
         up
     }
@@ -228,7 +255,9 @@ impl<S: StateMachine> RemoteLog<S> {
                 let timeout = self.config.attempt_timeout.min(remaining);
                 match self.network.call(replica, payload.clone(), timeout).await {
                     Ok(bytes) => match decode::<LogResponse>(&bytes) {
-                        Ok(LogResponse::Error(e @ (LogError::Unavailable(_) | LogError::Shutdown))) => {
+                        Ok(LogResponse::Error(
+                            e @ (LogError::Unavailable(_) | LogError::Shutdown),
+                        )) => {
                             // This replica cannot serve now (no quorum, shutting down): try another.
                             last_error = format!("replica {replica}: {e}");
                             self.mark(index, false);
@@ -260,18 +289,29 @@ impl<S: StateMachine> RemoteLog<S> {
 #[async_trait]
 impl<S: StateMachine> ReplicatedLog<S> for RemoteLog<S> {
     async fn propose(&self, id: RequestId, command: S::Command) -> Result<S::Output, LogError> {
-        let command = postcard::to_stdvec(&command).map_err(|e| LogError::Rejected(e.to_string()))?;
+        let command =
+            postcard::to_stdvec(&command).map_err(|e| LogError::Rejected(e.to_string()))?;
         match self.call(&LogRequest::Propose { id, command }).await? {
-            LogResponse::Output(b) => postcard::from_bytes(&b).map_err(|e| LogError::Rejected(e.to_string())),
+            LogResponse::Output(b) => {
+                postcard::from_bytes(&b).map_err(|e| LogError::Rejected(e.to_string()))
+            }
             LogResponse::Error(e) => Err(e),
-            _ => Err(LogError::Rejected("unexpected response to a proposal".into())),
+            _ => Err(LogError::Rejected(
+                "unexpected response to a proposal".into(),
+            )),
         }
     }
 
-    async fn read(&self, query: S::Query, consistency: ReadConsistency) -> Result<S::Answer, LogError> {
+    async fn read(
+        &self,
+        query: S::Query,
+        consistency: ReadConsistency,
+    ) -> Result<S::Answer, LogError> {
         let query = postcard::to_stdvec(&query).map_err(|e| LogError::Rejected(e.to_string()))?;
         match self.call(&LogRequest::Read { query, consistency }).await? {
-            LogResponse::Answer(b) => postcard::from_bytes(&b).map_err(|e| LogError::Rejected(e.to_string())),
+            LogResponse::Answer(b) => {
+                postcard::from_bytes(&b).map_err(|e| LogError::Rejected(e.to_string()))
+            }
             LogResponse::Error(e) => Err(e),
             _ => Err(LogError::Rejected("unexpected response to a read".into())),
         }

@@ -45,7 +45,12 @@ pub fn storage_err(e: raft_engine::Error) -> LogError {
 
 /// Builds an entry holding `data` at `index`.
 pub fn entry(index: u64, term: u64, data: Vec<u8>) -> Entry {
-    Entry { index, term, data: data.into(), ..Entry::default() }
+    Entry {
+        index,
+        term,
+        data: data.into(),
+        ..Entry::default()
+    }
 }
 
 /// Appends entries to `group` and writes them, fsync'd when `sync`.

@@ -178,7 +178,12 @@ async fn payments(args: PaymentsArgs) -> Result<(), String> {
     let (listen, approve_rate, seed, delay_ms) = match &args.config {
         Some(path) => {
             let c = load(path)?;
-            (c.payments.listen, c.payments.approve_rate, c.payments.seed, c.payments.delay_ms)
+            (
+                c.payments.listen,
+                c.payments.approve_rate,
+                c.payments.seed,
+                c.payments.delay_ms,
+            )
         }
         None => (args.listen, args.approve_rate, args.seed, 0),
     };

@@ -136,7 +136,10 @@ pub async fn run(cluster: Cluster, role: RoleKind, id: u64) -> Result<(), String
         products as Arc<dyn ReplicatedLog<ProductMachine>>,
         Arc::new(payments),
         Arc::new(SystemClock),
-        MarketConfig { reservation_ttl_ms: cluster.reservation_ttl_secs.saturating_mul(1000), ..MarketConfig::default() },
+        MarketConfig {
+            reservation_ttl_ms: cluster.reservation_ttl_secs.saturating_mul(1000),
+            ..MarketConfig::default()
+        },
     ));
     let (listener, addr) = http::bind(listen)
         .await

@@ -286,7 +286,8 @@ impl<A: Api> ApiServer<A> {
         // Effect steps get request ids derived from (scope, key): a retry that finds no
         // remembered response (the first attempt is still running, or died mid-way) proposes
         // the same ids, so each step still takes effect once.
-        let outcome = marketcore::with_idempotency_key(&scope, &key, A::dispatch(&self.market, &call)).await;
+        let outcome =
+            marketcore::with_idempotency_key(&scope, &key, A::dispatch(&self.market, &call)).await;
         let (status, body) = match &outcome {
             Ok((s, b)) => (
                 s.as_u16(),
