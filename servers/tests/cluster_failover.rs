@@ -1,0 +1,234 @@
+//! The distributed marketplace as real processes on loopback (issue 7's acceptance):
+//! kill -9 frontends, a product-db follower and the product-db leader under a steady load
+//! with no failed call and nothing doubled; kill -9 everything and restart `market up` on the
+//! same data with every acknowledged effect present; a purchase whose frontend dies mid-way
+//! is either complete or has its units back, never both, never neither.
+
+mod cluster;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clients::api::{CreateAccount, Login, NewItem};
+use clients::{BuyerClient, SellerClient};
+use cluster::{create_accounts, run_load, verify, Ledger, TestCluster, SERIAL};
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_die_under_load_and_no_call_fails() {
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start(|_| {}).await;
+    let accounts = create_accounts(&c, 3, "f").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    // Every client starts on replica 0, so killing seller-0 and buyer-0 hits connected clients.
+    let load = {
+        let (stop, ledger, accounts) = (stop.clone(), ledger.clone(), accounts.clone());
+        let (sellers, buyers) = (c.seller_urls(), c.buyer_urls());
+        tokio::spawn(async move { run_load(sellers, buyers, &accounts, 0, stop, ledger).await })
+    };
+    sleep_ms(2000).await;
+    c.kill9("seller-0");
+    c.kill9("buyer-0");
+    sleep_ms(2000).await;
+    let leader = c.product_leader().await;
+    let follower = (leader + 1) % 5;
+    c.kill9(&format!("product-db-{follower}"));
+    sleep_ms(2000).await;
+    c.kill9(&format!("product-db-{leader}"));
+    sleep_ms(3000).await;
+    let new_leader = c.product_leader().await;
+    assert_ne!(new_leader, leader, "a new leader was elected");
+    c.restart_product_db(follower);
+    c.restart_product_db(leader);
+    sleep_ms(2000).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load");
+
+    let ledger = Arc::try_unwrap(ledger)
+        .expect("ledger")
+        .into_inner()
+        .expect("lock");
+    eprintln!(
+        "load: {} calls, {} items, {} purchases, {} failed",
+        ledger.calls,
+        ledger.items.len(),
+        ledger.purchases.values().map(|p| p.len()).sum::<usize>(),
+        ledger.failures.len()
+    );
+    assert!(
+        ledger.failures.is_empty(),
+        "failed calls: {:?}",
+        ledger.failures
+    );
+    assert!(
+        ledger.calls > 50,
+        "the load made only {} calls",
+        ledger.calls
+    );
+    assert!(
+        !ledger.items.is_empty() && !ledger.purchases.is_empty(),
+        "the load made no purchases"
+    );
+    verify(&c, &accounts, &ledger, true).await;
+
+    // The restarted replicas rejoin and catch up with the leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = c.status();
+        let leader_applied = status
+            .get(&format!("product-db-{new_leader}"))
+            .map(|r| r.2)
+            .unwrap_or(0);
+        let caught_up = [follower, leader].iter().all(|id| {
+            status
+                .get(&format!("product-db-{id}"))
+                .is_some_and(|r| r.2 >= leader_applied && leader_applied > 0)
+        });
+        if caught_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted replicas did not catch up: {status:?}"
+        );
+        sleep_ms(300).await;
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_killed_then_restarted_keeps_every_acknowledged_effect() {
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start(|_| {}).await;
+    let accounts = create_accounts(&c, 2, "k").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let load = {
+        let (stop, ledger, accounts) = (stop.clone(), ledger.clone(), accounts.clone());
+        let (sellers, buyers) = (c.seller_urls(), c.buyer_urls());
+        tokio::spawn(async move { run_load(sellers, buyers, &accounts, 1, stop, ledger).await })
+    };
+    sleep_ms(3000).await;
+    // Snapshot what was acknowledged before the crash; calls in flight may fail now.
+    let before = {
+        let l = ledger.lock().expect("lock");
+        Ledger {
+            items: l.items.clone(),
+            purchases: l.purchases.clone(),
+            calls: l.calls,
+            failures: Vec::new(),
+        }
+    };
+    c.kill9_everything();
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(60), load).await;
+    assert!(
+        !before.items.is_empty(),
+        "nothing was acknowledged before the crash"
+    );
+
+    let dir = c.dir.clone();
+    let keep = c.take_tempdir();
+    drop(c);
+    let c = TestCluster::up(&dir).await;
+    verify(&c, &accounts, &before, false).await;
+    c.stop().await;
+    drop(keep);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_whose_frontend_dies_midway_is_complete_or_undone() {
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start(|cluster| {
+        cluster.payments.approve_rate = 1.0;
+        cluster.payments.delay_ms = 2000;
+        cluster.reservation_ttl_secs = 3;
+    })
+    .await;
+    let seller = SellerClient::new(c.seller_urls()).expect("client");
+    seller
+        .create_seller(&CreateAccount {
+            name: "s".into(),
+            username: "s".into(),
+            password: "seller password".into(),
+        })
+        .await
+        .expect("create");
+    seller
+        .login_seller(&Login {
+            username: "s".into(),
+            password: "seller password".into(),
+        })
+        .await
+        .expect("login");
+    let item = seller
+        .add_item(&NewItem {
+            name: "last lamp".into(),
+            category: 1,
+            keywords: vec![],
+            condition: clients::api::Condition::Used,
+            price_cents: 500,
+            quantity: 1,
+        })
+        .await
+        .expect("add");
+    // The buyer talks to buyer-0 only, so its purchase dies with buyer-0.
+    let urls = c.buyer_urls();
+    let doomed = BuyerClient::new([urls[0].clone()]).expect("client");
+    doomed
+        .create_buyer(&CreateAccount {
+            name: "b".into(),
+            username: "b".into(),
+            password: "buyer password".into(),
+        })
+        .await
+        .expect("create");
+    doomed
+        .login_buyer(&Login {
+            username: "b".into(),
+            password: "buyer password".into(),
+        })
+        .await
+        .expect("login");
+    doomed.add_to_cart(&item.id, 1).await.expect("cart");
+    let purchase = tokio::spawn(async move { doomed.make_purchase(&cluster::card()).await });
+    sleep_ms(700).await; // reserved, waiting on the (slow) payment service
+    c.kill9("buyer-0");
+    assert!(
+        purchase.await.expect("task").is_err(),
+        "the purchase cannot complete: its frontend is dead"
+    );
+
+    let other = BuyerClient::new(urls[1..].to_vec()).expect("client");
+    other
+        .login_buyer(&Login {
+            username: "b".into(),
+            password: "buyer password".into(),
+        })
+        .await
+        .expect("login");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let quantity = other.get_item(&item.id).await.expect("item").quantity;
+        let bought = other
+            .get_purchase_history()
+            .await
+            .expect("history")
+            .purchases
+            .len();
+        match (quantity, bought) {
+            (1, 0) => break, // reservation lapsed: the unit is back, nothing bought
+            (0, 1) => break, // the purchase completed
+            (0, 0) => {}     // still reserved: wait for the lapse
+            other => panic!("inconsistent: quantity {}, purchases {}", other.0, other.1),
+        }
+        assert!(Instant::now() < deadline, "the reservation never lapsed");
+        sleep_ms(500).await;
+    }
+    c.stop().await;
+}
