@@ -233,10 +233,24 @@ fn certs(config: &Path, force: bool) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Replicas, frontends and the payment service run on a current-thread runtime: on small
+    // machines cross-thread wake-ups cost more than they buy (QUIC RPC measured several times
+    // faster this way), and a cluster runs many such processes side by side. The supervisor
+    // and the one-process marketplace use the multi-thread runtime.
+    let single_threaded = matches!(
+        cli.command,
+        Command::Node { .. } | Command::Serve { .. } | Command::Payments(_)
+    );
+    let built = if single_threaded {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(r) => r,
         Err(e) => {
             eprintln!("market: cannot start the runtime: {e}");
