@@ -24,7 +24,7 @@ use transport::certs;
 use transport::quic::{PeerInfo, QuicConfig, QuicNetwork};
 use transport::Network;
 
-use super::frontend::client_peers;
+use super::frontend::{client_peers, fast_failure};
 use crate::cluster::{Cluster, DbReplica, RoleKind};
 
 /// The customer database's configuration, identical on every replica (it comes from the
@@ -61,12 +61,12 @@ fn networks(
         .collect();
     let peer_net = QuicNetwork::bind(QuicConfig::new(id, identity.clone(), me.peer, peers))
         .map_err(|e| format!("peer endpoint {}: {e}", me.peer))?;
-    let client_net = QuicNetwork::bind(QuicConfig::new(
+    let client_net = QuicNetwork::bind(fast_failure(QuicConfig::new(
         Cluster::client_node_id(db, id),
         identity,
         me.client,
         client_peers(cluster),
-    ))
+    )))
     .map_err(|e| format!("client endpoint {}: {e}", me.client))?;
     Ok((Arc::new(peer_net), Arc::new(client_net)))
 }
