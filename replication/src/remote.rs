@@ -7,8 +7,10 @@
 //!
 //! * any replica accepts a proposal or a read (the log implementation forwards to its leader
 //!   or sequencer as needed);
-//! * the frontend prefers the replica that answered last (for Raft, usually one that reaches
-//!   the leader quickly); a replica that is unreachable (refused, reset, timed out) is skipped
+//! * the frontend starts on a replica chosen by its own node id (spreading frontends), then
+//!   prefers the replica that answered last, or the leader that replica names (Raft answers
+//!   carry a leader hint, so proposals and reads go straight to the leader and skip the
+//!   forwarding hop); a replica that is unreachable (refused, reset, timed out) is skipped
 //!   for a backoff period that doubles on each failure, so no call waits out a long timeout on
 //!   a dead replica;
 //! * a failed proposal is retried on the next replica **with the same [`RequestId`]**, so it
@@ -54,10 +56,11 @@ pub enum LogRequest {
 /// A replica's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LogResponse {
-    /// Encoded `S::Output` of a proposal.
-    Output(Vec<u8>),
-    /// Encoded `S::Answer` of a read.
-    Answer(Vec<u8>),
+    /// Encoded `S::Output` of a proposal, and the replica the answering one knows as leader
+    /// (Raft), so the client can go straight there next time.
+    Output(Vec<u8>, Option<u64>),
+    /// Encoded `S::Answer` of a read, and the leader hint.
+    Answer(Vec<u8>, Option<u64>),
     /// The replica's status.
     Status(LogStatus),
     /// The log refused or failed.
@@ -97,7 +100,7 @@ async fn handle<S: StateMachine>(log: &dyn ReplicatedLog<S>, req: LogRequest) ->
         LogRequest::Propose { id, command } => match postcard::from_bytes::<S::Command>(&command) {
             Ok(cmd) => match log.propose(id, cmd).await {
                 Ok(out) => match postcard::to_stdvec(&out) {
-                    Ok(b) => LogResponse::Output(b),
+                    Ok(b) => LogResponse::Output(b, log.status().leader),
                     Err(e) => LogResponse::Error(LogError::Rejected(e.to_string())),
                 },
                 Err(e) => LogResponse::Error(e),
@@ -107,7 +110,7 @@ async fn handle<S: StateMachine>(log: &dyn ReplicatedLog<S>, req: LogRequest) ->
         LogRequest::Read { query, consistency } => match postcard::from_bytes::<S::Query>(&query) {
             Ok(q) => match log.read(q, consistency).await {
                 Ok(ans) => match postcard::to_stdvec(&ans) {
-                    Ok(b) => LogResponse::Answer(b),
+                    Ok(b) => LogResponse::Answer(b, log.status().leader),
                     Err(e) => LogResponse::Error(LogError::Rejected(e.to_string())),
                 },
                 Err(e) => LogResponse::Error(e),
@@ -169,11 +172,13 @@ impl<S: StateMachine> RemoteLog<S> {
                 backoff: config.backoff_initial,
             })
             .collect();
+        // Spread clients over the replicas; a leader hint moves them to the leader.
+        let start = (network.local_id() as usize) % replicas.len().max(1);
         Self {
             network,
             replicas,
             health: Mutex::new(health),
-            preferred: AtomicUsize::new(0),
+            preferred: AtomicUsize::new(start),
             config,
             _machine: PhantomData,
         }
@@ -216,6 +221,26 @@ impl<S: StateMachine> RemoteLog<S> {
                 self.preferred
                     .store((index + 1) % self.replicas.len().max(1), Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Goes to the leader next time (replica ids index `replicas`), unless it is in backoff.
+    fn prefer_leader(&self, leader: u64) {
+        let Ok(index) = usize::try_from(leader) else {
+            return;
+        };
+        if index >= self.replicas.len() {
+            return;
+        }
+        let now = Instant::now();
+        let healthy = self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(index)
+            .is_some_and(|h| h.skip_until.is_none_or(|t| t <= now));
+        if healthy {
+            self.preferred.store(index, Ordering::Relaxed);
         }
     }
 
@@ -264,6 +289,11 @@ impl<S: StateMachine> RemoteLog<S> {
                         }
                         Ok(resp) => {
                             self.mark(index, true);
+                            if let LogResponse::Output(_, Some(leader))
+                            | LogResponse::Answer(_, Some(leader)) = &resp
+                            {
+                                self.prefer_leader(*leader);
+                            }
                             return Ok(resp);
                         }
                         Err(e) => {
@@ -292,7 +322,7 @@ impl<S: StateMachine> ReplicatedLog<S> for RemoteLog<S> {
         let command =
             postcard::to_stdvec(&command).map_err(|e| LogError::Rejected(e.to_string()))?;
         match self.call(&LogRequest::Propose { id, command }).await? {
-            LogResponse::Output(b) => {
+            LogResponse::Output(b, _) => {
                 postcard::from_bytes(&b).map_err(|e| LogError::Rejected(e.to_string()))
             }
             LogResponse::Error(e) => Err(e),
@@ -309,7 +339,7 @@ impl<S: StateMachine> ReplicatedLog<S> for RemoteLog<S> {
     ) -> Result<S::Answer, LogError> {
         let query = postcard::to_stdvec(&query).map_err(|e| LogError::Rejected(e.to_string()))?;
         match self.call(&LogRequest::Read { query, consistency }).await? {
-            LogResponse::Answer(b) => {
+            LogResponse::Answer(b, _) => {
                 postcard::from_bytes(&b).map_err(|e| LogError::Rejected(e.to_string()))
             }
             LogResponse::Error(e) => Err(e),

@@ -1,0 +1,271 @@
+//! A reference cluster for one scenario run: `market up` in a temporary data directory on a
+//! free block of loopback ports, failure injection (kill -9 by process name, taken from
+//! `cluster.json`), and the product-db leader as `market status` reports it.
+//!
+//! The cluster is stopped with SIGTERM to `market up`, which stops its 19 children; the
+//! [`Drop`] impl does the same (blocking) so that an early return or a panic leaves no
+//! processes behind.
+
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clients::ClusterFile;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Ports the reference cluster uses from its base port (payments at +0 … replicas up to +64).
+const PORT_SPAN: u16 = 70;
+/// Longest wait for `market up` to report a healthy cluster.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for `market up` to stop its children after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Finds the `market` binary: `explicit`, else next to this executable.
+pub fn find_market(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(format!("{}: no such file", p.display()))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current executable: {e}"))?;
+    let dir = exe.parent().ok_or("the executable has no directory")?;
+    let market = dir.join("market");
+    if market.is_file() {
+        Ok(market)
+    } else {
+        Err(format!(
+            "the `market` binary is not in {} (run `cargo build --release --bins` first, \
+             or pass --market PATH)",
+            dir.display()
+        ))
+    }
+}
+
+/// A block of `PORT_SPAN` consecutive loopback ports that are free for both TCP and UDP right
+/// now (the cluster uses TCP for HTTP and UDP for QUIC).
+fn free_base_port() -> Result<u16, String> {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let mut candidate = 20_000 + (rand::random::<u64>() ^ seed) % 30_000;
+    for _ in 0..50 {
+        let base = candidate as u16;
+        let all_free = (base..base + PORT_SPAN).all(|p| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok()
+                && UdpSocket::bind((Ipv4Addr::LOCALHOST, p)).is_ok()
+        });
+        if all_free {
+            return Ok(base);
+        }
+        candidate = 20_000 + (candidate + 997) % 30_000;
+    }
+    Err("no free block of loopback ports found".into())
+}
+
+/// A running reference cluster.
+pub struct Cluster {
+    market: PathBuf,
+    up: Option<Child>,
+    data_dir: PathBuf,
+    /// Endpoints and pids, as `market up` wrote them.
+    pub file: ClusterFile,
+    // Kept last so the directory outlives the processes using it.
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `market up` in a fresh temporary directory and waits until it is healthy.
+    pub fn start(market: &Path) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("market-scenario-")
+            .tempdir()
+            .map_err(|e| format!("temporary directory: {e}"))?;
+        let data_dir = dir.path().join("data");
+        let json = dir.path().join("cluster.json");
+        let base = free_base_port()?;
+        let log =
+            std::fs::File::create(dir.path().join("up.log")).map_err(|e| format!("up.log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let up = Command::new(market)
+            .arg("up")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--base-port")
+            .arg(base.to_string())
+            .arg("--cluster-json")
+            .arg(&json)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", market.display()))?;
+        let mut cluster = Self {
+            market: market.to_path_buf(),
+            up: Some(up),
+            data_dir,
+            file: ClusterFile::default(),
+            _dir: dir,
+        };
+        let started = Instant::now();
+        loop {
+            if json.exists() {
+                if let Ok(file) = ClusterFile::load(&json) {
+                    if !file.processes.is_empty() {
+                        cluster.file = file;
+                        return Ok(cluster);
+                    }
+                }
+            }
+            if let Some(up) = cluster.up.as_mut() {
+                if let Ok(Some(status)) = up.try_wait() {
+                    let log = std::fs::read_to_string(cluster._dir.path().join("up.log"))
+                        .unwrap_or_default();
+                    return Err(format!("market up exited ({status}):\n{log}"));
+                }
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(format!(
+                    "the cluster was not up within {READY_TIMEOUT:?} (logs in {})",
+                    cluster.data_dir.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What failure injection needs, shareable with another thread.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            market: self.market.clone(),
+            config: self.data_dir.join("cluster.toml"),
+            file: self.file.clone(),
+        }
+    }
+
+    /// Stops every process (SIGTERM to `market up`, SIGKILL after a grace period).
+    pub fn stop(&mut self) {
+        let Some(mut up) = self.up.take() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(up.id() as i32), Signal::SIGTERM);
+        let started = Instant::now();
+        while started.elapsed() < STOP_TIMEOUT {
+            if let Ok(Some(_)) = up.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // market up did not finish: kill it and whatever it started.
+        for p in &self.file.processes {
+            let _ = kill(Pid::from_raw(p.pid as i32), Signal::SIGKILL);
+        }
+        let _ = up.kill();
+        let _ = up.wait();
+    }
+}
+
+/// Failure injection into a running [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct Handle {
+    market: PathBuf,
+    config: PathBuf,
+    file: ClusterFile,
+}
+
+impl Handle {
+    /// The pid of the process named `name` (`seller-0`, `product-db-3`, …).
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.file
+            .processes
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.pid)
+    }
+
+    /// kill -9 of the process named `name`; returns its pid.
+    pub fn kill9(&self, name: &str) -> Result<u32, String> {
+        let pid = self
+            .pid_of(name)
+            .ok_or_else(|| format!("no process named {name}"))?;
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL)
+            .map_err(|e| format!("kill -9 {name} ({pid}): {e}"))?;
+        Ok(pid)
+    }
+
+    /// Product-db replica roles from `market status`: `(id, role)` for every replica that
+    /// answered (`leader`, `follower`, `candidate`, …).
+    pub fn product_db_roles(&self) -> Result<Vec<(u64, String)>, String> {
+        let out = Command::new(&self.market)
+            .arg("status")
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("market status: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "market status failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(parse_product_roles(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// The product-db leader's id, asking `market status` until one replica says it leads
+    /// (at most `wait`).
+    pub fn product_db_leader(&self, wait: Duration) -> Result<u64, String> {
+        let started = Instant::now();
+        loop {
+            let roles = self.product_db_roles()?;
+            if let Some((id, _)) = roles.iter().find(|(_, r)| r == "leader") {
+                return Ok(*id);
+            }
+            if started.elapsed() > wait {
+                return Err(format!("no product-db leader within {wait:?}: {roles:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `(id, role)` of the product-db rows of `market status` output.
+fn parse_product_roles(text: &str) -> Vec<(u64, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let name = cols.next()?;
+            let id = name.strip_prefix("product-db-")?.parse().ok()?;
+            let role = cols.next()?;
+            (role != "-").then(|| (id, role.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_table() {
+        let text = "\
+replica        role         term   leader     commit    applied  health
+customer-db-0  member          0        -          7          7  up
+product-db-0   follower        1        1          9          9  up
+product-db-1   leader          1        1          9          9  up
+product-db-2   -               -        -          -          -  DOWN (unreachable)
+";
+        assert_eq!(
+            parse_product_roles(text),
+            vec![(0, "follower".to_string()), (1, "leader".to_string())]
+        );
+    }
+}
