@@ -11,6 +11,18 @@
 //! * linearizable read latency p50/p99 with one reader (Raft: ReadIndex on the leader and on a
 //!   follower; atomic broadcast: the read barrier on one member).
 //!
+//! ```sh
+//! cargo run --release -p benches -- logbench [raft|abcast|both] [--quick] \
+//!     [--runtime ct|local|mt|all] [--secs S] [--snapshot-every N]
+//! cargo run --release -p benches -- logbench sim [--quick]   # raft_bench + abcast_bench
+//! ```
+//!
+//! Defaults: both logs, `ct`, 3 s cells after 0.3 s of warm-up (`--quick`: 0.5 s after
+//! 0.1 s), the logs' default configurations. `--snapshot-every N` overrides both logs'
+//! `snapshot_every` (a diagnostic: `TestMachine`'s history only grows, so every snapshot is
+//! larger than the last and is taken on the log's driver thread). `sim` runs the in-process
+//! benches over the simulated network (`raft_bench`, `abcast_bench`) instead.
+//!
 //! A proposer (reader) is a task that proposes (reads) in a loop, one operation at a time.
 //! Latency samples are the operations that started after the warm-up and finished before the
 //! end of the cell; throughput counts the operations that finished inside the measured window.
