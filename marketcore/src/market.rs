@@ -1167,13 +1167,30 @@ impl Market {
         scope: &str,
         key: &str,
     ) -> Result<Option<StoredResponse>, MarketError> {
+        self.idempotency_lookup_with(scope, key, ReadConsistency::Linearizable)
+            .await
+    }
+
+    /// Like [`Market::idempotency_lookup`] with a chosen read consistency. A `Stale` lookup
+    /// costs no quorum round; a miss is safe when the call then runs inside
+    /// [`with_idempotency_key`], because its effect steps deduplicate against the first
+    /// attempt's anyway.
+    pub async fn idempotency_lookup_with(
+        &self,
+        scope: &str,
+        key: &str,
+        consistency: ReadConsistency,
+    ) -> Result<Option<StoredResponse>, MarketError> {
         Self::check_scope(scope, key)?;
         match self
-            .read_customer(CustomerQuery::Remembered {
-                scope: scope.to_string(),
-                key: key.to_string(),
-                now_ms: self.now(),
-            })
+            .read_customer_with(
+                CustomerQuery::Remembered {
+                    scope: scope.to_string(),
+                    key: key.to_string(),
+                    now_ms: self.now(),
+                },
+                consistency,
+            )
             .await?
         {
             CustomerAnswer::Remembered(r) => Ok(r),

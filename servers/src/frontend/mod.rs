@@ -7,15 +7,15 @@
 //! 2. **Read the body** within 64 KiB (413 `payload_too_large`) and decode it strictly: invalid
 //!    JSON, a wrong type, a missing or an unknown field → 400 `invalid_argument` naming it.
 //! 3. **Idempotency** (mutating routes with an `Idempotency-Key`): the key must be 1 to 64
-//!    visible ASCII characters (else 400). A response remembered for (scope, key) in the
-//!    customer database within 10 minutes is returned as it was, without executing again, on
-//!    whichever replica the retry lands. The scope is the bearer token's digest for
-//!    authenticated routes (a user's retries reuse their session) and the route plus the
-//!    request body for account creation and login. Every response except 5xx is remembered
-//!    before it is sent, so a retry after a lost response is answered, not re-executed; and
-//!    the call's effect steps are proposed with request ids derived from the key
-//!    ([`marketcore::with_idempotency_key`]), so a retry that arrives while the first attempt
-//!    is still running, or after it died mid-way, still takes effect once.
+//!    visible ASCII characters (else 400). The call's effect steps are proposed with request
+//!    ids derived from (scope, key) ([`marketcore::with_idempotency_key`]), so a retry on any
+//!    replica — after a lost response, while the first attempt is still running, or after it
+//!    died mid-way — takes effect once and gets the same outcome from the logs' duplicate
+//!    tables. Every answer except 5xx is also remembered in the customer database for 10
+//!    minutes (written off the response path) and replayed as it was, covering retries that
+//!    come after the duplicate tables have forgotten the request. The scope is the bearer
+//!    token's digest for authenticated routes (a user's retries reuse their session) and the
+//!    request body's digest for account creation and login.
 //! 4. **Call the Market** and render its result: JSON on success, an RFC 9457 problem document
 //!    on error ([`problem`]), with `Retry-After` on 503.
 //!
@@ -34,6 +34,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use marketcore::{Market, MarketError};
+use replication::ReadConsistency;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -278,14 +279,18 @@ impl<A: Api> ApiServer<A> {
             Ok(t) => format!("t:{:016x}:{name}", digest(&[t.as_bytes()])),
             Err(_) => format!("a:{:016x}:{name}", digest(&[&call.body])),
         };
-        match self.market.idempotency_lookup(&scope, &key).await {
+        // A stale (local, no quorum round) lookup is enough: on a miss the call runs with
+        // request ids derived from the key, so a retry of a request whose answer is not yet
+        // visible here still takes effect once and gets the same outputs.
+        match self
+            .market
+            .idempotency_lookup_with(&scope, &key, ReadConsistency::Stale)
+            .await
+        {
             Ok(Some(stored)) => return replay(stored.status, stored.body),
             Ok(None) => {}
             Err(e) => return problem(&e),
         }
-        // Effect steps get request ids derived from (scope, key): a retry that finds no
-        // remembered response (the first attempt is still running, or died mid-way) proposes
-        // the same ids, so each step still takes effect once.
         let outcome =
             marketcore::with_idempotency_key(&scope, &key, A::dispatch(&self.market, &call)).await;
         let (status, body) = match &outcome {
@@ -298,21 +303,18 @@ impl<A: Api> ApiServer<A> {
                 serde_json::to_vec(&e.problem()).unwrap_or_default(),
             ),
         };
-        if status >= 500 {
-            return render(&outcome);
+        if status < 500 {
+            // Remember the answer for retries that come after the logs' duplicate tables have
+            // forgotten the request (10 minutes). Off the response path: until it lands, the
+            // keyed request ids give a retry the same outcome.
+            let market = Arc::clone(&self.market);
+            tokio::spawn(async move {
+                if let Err(e) = market.idempotency_record(&scope, &key, status, body).await {
+                    tracing::warn!(error = %e, "could not remember an idempotent response");
+                }
+            });
         }
-        match self
-            .market
-            .idempotency_record(&scope, &key, status, body)
-            .await
-        {
-            // A concurrent request with the same key won the race: answer what it answered.
-            Ok(first) => replay(first.status, first.body),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not remember an idempotent response");
-                render(&outcome)
-            }
-        }
+        render(&outcome)
     }
 }
 
