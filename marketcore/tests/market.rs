@@ -807,6 +807,7 @@ async fn retried_steps_reuse_their_request_id_and_apply_once() {
                 leader: None,
                 commit_index: 0,
                 applied_index: 0,
+                counters: Vec::new(),
             }
         }
     }

@@ -108,6 +108,10 @@ pub struct LogStatus {
     pub commit_index: u64,
     /// Highest index applied to the state machine.
     pub applied_index: u64,
+    /// Implementation-specific counters for monitoring, e.g. `("retransmits_requested", 3)`
+    /// or `("snapshots_taken", 2)`; rendered as metrics by the frontends.
+    #[serde(default)]
+    pub counters: Vec<(String, u64)>,
 }
 
 /// A replicated log driving a state machine `S`.

@@ -356,6 +356,7 @@ impl<S: StateMachine> ReplicatedLog<S> for RemoteLog<S> {
             leader: self.replicas.get(preferred).copied(),
             commit_index: 0,
             applied_index: 0,
+            counters: Vec::new(),
         }
     }
 }

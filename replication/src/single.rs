@@ -276,6 +276,7 @@ impl<S: StateMachine> ReplicatedLog<S> for SingleNodeLog<S> {
             leader: Some(0),
             commit_index: applied,
             applied_index: applied,
+            counters: Vec::new(),
         }
     }
 }

@@ -361,6 +361,21 @@ impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
             leader: None,
             commit_index: s.deliverable,
             applied_index: s.delivered,
+            counters: vec![
+                ("delivered".into(), s.delivered),
+                ("sequenced".into(), s.sequenced),
+                ("stable".into(), s.stable),
+                ("known".into(), s.known),
+                ("lag".into(), s.lag),
+                ("fsyncs".into(), s.fsyncs),
+                ("snapshots".into(), s.snapshots),
+                ("requests_issued".into(), s.core.requests_issued),
+                ("sequences_issued".into(), s.core.sequences_issued),
+                ("passes".into(), s.core.passes),
+                ("retransmits_requested".into(), s.core.retransmits_requested),
+                ("retransmits_served".into(), s.core.retransmits_served),
+                ("duplicates".into(), s.core.duplicates),
+            ],
         }
     }
 }

@@ -323,6 +323,7 @@ impl<S: StateMachine> RaftLog<S> {
                 leader: None,
                 commit_index: node.raft.raft_log.committed,
                 applied_index: applied,
+                counters: Vec::new(),
             }),
             stats: Stats::default(),
             stopped: AtomicBool::new(false),
@@ -707,11 +708,21 @@ impl<S: StateMachine> ReplicatedLog<S> for RaftLog<S> {
     }
 
     fn status(&self) -> LogStatus {
-        self.inner
+        let mut status = self
+            .inner
             .shared
             .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        let s = self.stats();
+        status.counters = vec![
+            ("snapshots_taken".into(), s.snapshots_taken),
+            ("snapshots_installed".into(), s.snapshots_installed),
+            ("snapshots_sent".into(), s.snapshots_sent),
+            ("forwarded".into(), s.forwarded),
+            ("first_index".into(), s.first_index),
+        ];
+        status
     }
 }

@@ -510,6 +510,7 @@ impl<S: StateMachine> Driver<S> {
             leader: self.leader_hint(),
             commit_index: raft.raft_log.committed,
             applied_index: self.applied,
+            counters: Vec::new(),
         };
         *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
         self.shared

@@ -128,6 +128,77 @@ pub fn remote_logs(
     )
 }
 
+/// Prometheus text with every database replica's status as this frontend sees it: up, role,
+/// term, commit and applied index, and the log's own counters (Raft snapshots and forwards;
+/// atomic broadcast sequenced, lag, retransmits, passes). Replicas are asked concurrently;
+/// a replica that does not answer within 300 ms is reported down.
+pub fn replica_metrics(
+    customers: Arc<RemoteLog<CustomerMachine>>,
+    products: Arc<RemoteLog<ProductMachine>>,
+) -> crate::frontend::ExtraMetrics {
+    Arc::new(move || {
+        let (customers, products) = (Arc::clone(&customers), Arc::clone(&products));
+        Box::pin(async move {
+            let mut asks = tokio::task::JoinSet::new();
+            for (i, node) in customers.replicas().iter().copied().enumerate() {
+                let log = Arc::clone(&customers);
+                asks.spawn(async move {
+                    let s =
+                        tokio::time::timeout(Duration::from_millis(300), log.status_of(node)).await;
+                    ("customer-db", i, s.ok().and_then(Result::ok))
+                });
+            }
+            for (i, node) in products.replicas().iter().copied().enumerate() {
+                let log = Arc::clone(&products);
+                asks.spawn(async move {
+                    let s =
+                        tokio::time::timeout(Duration::from_millis(300), log.status_of(node)).await;
+                    ("product-db", i, s.ok().and_then(Result::ok))
+                });
+            }
+            let mut rows = Vec::new();
+            while let Some(Ok(row)) = asks.join_next().await {
+                rows.push(row);
+            }
+            rows.sort_by_key(|(db, i, _)| (*db, *i));
+            let mut out = String::from(
+                "# HELP market_replica_up Whether the database replica answered a status request.\n# TYPE market_replica_up gauge\n",
+            );
+            for (db, i, status) in &rows {
+                let labels = format!("db=\"{db}\",replica=\"{i}\"");
+                out.push_str(&format!(
+                    "market_replica_up{{{labels}}} {}\n",
+                    u8::from(status.is_some())
+                ));
+                if let Some(s) = status {
+                    let role = format!("{:?}", s.role).to_lowercase();
+                    out.push_str(&format!(
+                        "market_replica_role{{{labels},role=\"{role}\"}} 1\n"
+                    ));
+                    out.push_str(&format!("market_replica_term{{{labels}}} {}\n", s.term));
+                    out.push_str(&format!(
+                        "market_replica_commit_index{{{labels}}} {}\n",
+                        s.commit_index
+                    ));
+                    out.push_str(&format!(
+                        "market_replica_applied_index{{{labels}}} {}\n",
+                        s.applied_index
+                    ));
+                    if let Some(leader) = s.leader {
+                        out.push_str(&format!("market_replica_leader{{{labels}}} {leader}\n"));
+                    }
+                    for (name, value) in &s.counters {
+                        out.push_str(&format!(
+                            "market_replica_counter{{{labels},name=\"{name}\"}} {value}\n"
+                        ));
+                    }
+                }
+            }
+            out
+        })
+    })
+}
+
 /// Runs one frontend until SIGINT/SIGTERM.
 pub async fn run(cluster: Cluster, role: RoleKind, id: u64) -> Result<(), String> {
     let listen = match role {
@@ -143,6 +214,7 @@ pub async fn run(cluster: Cluster, role: RoleKind, id: u64) -> Result<(), String
         Duration::from_secs(5),
     )
     .map_err(|e| e.to_string())?;
+    let extra = replica_metrics(Arc::clone(&customers), Arc::clone(&products));
     let market = Arc::new(Market::new(
         customers as Arc<dyn ReplicatedLog<CustomerMachine>>,
         products as Arc<dyn ReplicatedLog<ProductMachine>>,
@@ -160,17 +232,17 @@ pub async fn run(cluster: Cluster, role: RoleKind, id: u64) -> Result<(), String
     let limits = Limits::default();
     let result = match role {
         RoleKind::Seller => {
-            let server = Arc::new(ApiServer::<SellerApi>::new(
-                Arc::clone(&market),
-                limits.clone(),
-            ));
+            let server = Arc::new(
+                ApiServer::<SellerApi>::new(Arc::clone(&market), limits.clone())
+                    .with_extra_metrics(extra),
+            );
             http::serve(listener, server, limits, http::shutdown_signal()).await
         }
         _ => {
-            let server = Arc::new(ApiServer::<BuyerApi>::new(
-                Arc::clone(&market),
-                limits.clone(),
-            ));
+            let server = Arc::new(
+                ApiServer::<BuyerApi>::new(Arc::clone(&market), limits.clone())
+                    .with_extra_metrics(extra),
+            );
             // Buyer frontends also lapse stale reservations while the product database is idle.
             let ticker = Arc::clone(&market);
             let tick = tokio::spawn(async move {

@@ -191,11 +191,18 @@ pub trait Api: Send + Sync + 'static {
     async fn dispatch(market: &Market, call: &Call) -> Outcome;
 }
 
+/// Extra Prometheus text appended to `/metrics` (the distributed frontends add every database
+/// replica's status there).
+pub type ExtraMetrics = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + Sync,
+>;
+
 /// An HTTP server for API `A` over a Market.
 pub struct ApiServer<A: Api> {
     market: Arc<Market>,
     routes: Vec<Route>,
     metrics: Metrics,
+    extra_metrics: Option<ExtraMetrics>,
     limits: Limits,
     openapi: Bytes,
     _api: std::marker::PhantomData<fn() -> A>,
@@ -211,11 +218,18 @@ impl<A: Api> ApiServer<A> {
         Self {
             market,
             metrics: Metrics::new(A::NAME, &names),
+            extra_metrics: None,
             routes,
             limits,
             openapi,
             _api: std::marker::PhantomData,
         }
+    }
+
+    /// Appends `extra` to every `/metrics` answer.
+    pub fn with_extra_metrics(mut self, extra: ExtraMetrics) -> Self {
+        self.extra_metrics = Some(extra);
+        self
     }
 
     /// The Market behind this server.
@@ -339,14 +353,13 @@ impl<A: Api> Handler for ApiServer<A> {
         let path = req.uri().path().to_string();
         let (name, resp) = match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => ("healthz", self.healthz().await),
-            (&Method::GET, "/metrics") => (
-                "metrics",
-                http::with_body(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    self.metrics.render(),
-                ),
-            ),
+            (&Method::GET, "/metrics") => ("metrics", {
+                let mut text = self.metrics.render();
+                if let Some(extra) = &self.extra_metrics {
+                    text.push_str(&extra().await);
+                }
+                http::with_body(StatusCode::OK, "text/plain; version=0.0.4", text)
+            }),
             (&Method::GET, "/openapi.json") => (
                 "openapi",
                 http::with_body(StatusCode::OK, "application/json", self.openapi.clone()),

@@ -227,6 +227,21 @@ impl Drop for TestCluster {
     }
 }
 
+/// GET `path` from a base URL like `http://127.0.0.1:7010`, returning the whole response.
+pub async fn http_get(base: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}
+
 pub fn kill9(pid: u32) {
     if pid > 0 {
         let _ = Command::new("kill")
