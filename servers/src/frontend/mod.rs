@@ -15,7 +15,7 @@
 //!    minutes (written off the response path) and replayed as it was, covering retries that
 //!    come after the duplicate tables have forgotten the request. The scope is the bearer
 //!    token's digest for authenticated routes (a user's retries reuse their session) and the
-//!    request body's digest for account creation and login.
+//!    username's digest for account creation and login.
 //! 4. **Call the Market** and render its result: JSON on success, an RFC 9457 problem document
 //!    on error ([`problem`]), with `Retry-After` on 503.
 //!
@@ -291,7 +291,19 @@ impl<A: Api> ApiServer<A> {
         };
         let scope = match &call.token {
             Ok(t) => format!("t:{:016x}:{name}", digest(&[t.as_bytes()])),
-            Err(_) => format!("a:{:016x}:{name}", digest(&[&call.body])),
+            // Account creation and login: scoped by the username, never by anything derived
+            // from the password.
+            Err(_) => {
+                let username = serde_json::from_slice::<serde_json::Value>(&call.body)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("username")
+                            .and_then(|u| u.as_str())
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_default();
+                format!("a:{:016x}:{name}", digest(&[username.as_bytes()]))
+            }
         };
         // A stale (local, no quorum round) lookup is enough: on a miss the call runs with
         // request ids derived from the key, so a retry of a request whose answer is not yet
