@@ -274,40 +274,6 @@ pub async fn with_idempotency_key<F: std::future::Future>(
     REQUEST_KEY.scope(h, f).await
 }
 
-/// The step number of an effect command of the customer database (`None`: not an effect of
-/// the request itself, keeps a fresh id).
-fn customer_step(command: &CustomerCommand) -> Option<u64> {
-    match command {
-        CustomerCommand::CreateSeller { .. } => Some(1),
-        CustomerCommand::CreateBuyer { .. } => Some(2),
-        CustomerCommand::OpenSession { .. } => Some(3),
-        CustomerCommand::CloseSession { .. } => Some(4),
-        CustomerCommand::AddToCart { .. } => Some(5),
-        CustomerCommand::RemoveFromCart { .. } => Some(6),
-        CustomerCommand::ClearCart { .. } => Some(7),
-        CustomerCommand::SaveCart { .. } => Some(8),
-        CustomerCommand::RecordPurchase { .. } => Some(9),
-        CustomerCommand::GiveFeedback { .. } => Some(10),
-        CustomerCommand::Touch { .. }
-        | CustomerCommand::RememberResponse { .. }
-        | CustomerCommand::Tick { .. } => None,
-    }
-}
-
-/// The step number of an effect command of the product database.
-fn product_step(command: &ProductCommand) -> Option<u64> {
-    match command {
-        ProductCommand::AddItem { .. } => Some(1),
-        ProductCommand::ChangePrice { .. } => Some(2),
-        ProductCommand::RemoveUnits { .. } => Some(3),
-        ProductCommand::Reserve { .. } => Some(4),
-        ProductCommand::Confirm { .. } => Some(5),
-        ProductCommand::Release { .. } => Some(6),
-        ProductCommand::ItemFeedback { .. } => Some(7),
-        ProductCommand::Tick { .. } => None,
-    }
-}
-
 fn path_item(id: &str) -> Result<ItemId, MarketError> {
     id.parse().map_err(|_| {
         MarketError::NotFound(format!(
@@ -397,7 +363,7 @@ impl Market {
 
     /// Proposes one step to the customer database, retrying `Unavailable` with the same id.
     async fn customer(&self, command: CustomerCommand) -> Result<CustomerOutput, MarketError> {
-        let id = self.step_id(customer_step(&command));
+        let id = self.step_id(command.step());
         let mut attempt = 0;
         loop {
             match self.customers.propose(id, command.clone()).await {
@@ -413,7 +379,7 @@ impl Market {
 
     /// Proposes one step to the product database, retrying `Unavailable` with the same id.
     async fn product(&self, command: ProductCommand) -> Result<ProductOutput, MarketError> {
-        let id = self.step_id(product_step(&command));
+        let id = self.step_id(command.step());
         let mut attempt = 0;
         loop {
             match self.products.propose(id, command.clone()).await {

@@ -239,6 +239,27 @@ impl CustomerCommand {
             | Self::Tick { at_ms } => *at_ms,
         }
     }
+
+    /// The command's step number within one client request, for request ids derived from an
+    /// idempotency key (see `crate::with_idempotency_key`): each effect of a request has its
+    /// own number, so a retried request proposes the same ids. `None` for commands that are not
+    /// an effect of the request itself (touches, remembered responses, ticks), which keep
+    /// fresh ids.
+    pub fn step(&self) -> Option<u64> {
+        match self {
+            Self::CreateSeller { .. } => Some(1),
+            Self::CreateBuyer { .. } => Some(2),
+            Self::OpenSession { .. } => Some(3),
+            Self::CloseSession { .. } => Some(4),
+            Self::AddToCart { .. } => Some(5),
+            Self::RemoveFromCart { .. } => Some(6),
+            Self::ClearCart { .. } => Some(7),
+            Self::SaveCart { .. } => Some(8),
+            Self::RecordPurchase { .. } => Some(9),
+            Self::GiveFeedback { .. } => Some(10),
+            Self::Touch { .. } | Self::RememberResponse { .. } | Self::Tick { .. } => None,
+        }
+    }
 }
 
 /// Successful outputs of customer commands.

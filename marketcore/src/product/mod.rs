@@ -258,6 +258,21 @@ impl ProductCommand {
             | Self::Tick { at_ms } => *at_ms,
         }
     }
+
+    /// The command's step number within one client request (see
+    /// [`CustomerCommand::step`](crate::customer::CustomerCommand::step)); `None` for ticks.
+    pub fn step(&self) -> Option<u64> {
+        match self {
+            Self::AddItem { .. } => Some(1),
+            Self::ChangePrice { .. } => Some(2),
+            Self::RemoveUnits { .. } => Some(3),
+            Self::Reserve { .. } => Some(4),
+            Self::Confirm { .. } => Some(5),
+            Self::Release { .. } => Some(6),
+            Self::ItemFeedback { .. } => Some(7),
+            Self::Tick { .. } => None,
+        }
+    }
 }
 
 /// Successful outputs of product commands.
