@@ -8,7 +8,7 @@ use crate::api::{
     AddToCart, BuyerCreated, BuyerLoginResponse, Card, Cart, CreateAccount, FeedbackRequest, Item,
     Items, Login, Purchase, PurchaseRequest, Purchases, Rating, SearchQuery, Vote,
 };
-use crate::core::{encode, Core, NO_BODY};
+use crate::core::{client_common, encode, Core, NO_BODY};
 use crate::{ClientConfig, ClientError, Replicas};
 
 /// A client of the buyer servers: one method per buyer function of API.md, named as there.
@@ -21,53 +21,9 @@ pub struct BuyerClient {
     core: Core,
 }
 
+client_common!(BuyerClient, "buyer");
+
 impl BuyerClient {
-    /// A client of the buyer server replicas at `urls` (`http://IP:port`).
-    pub fn new<I, S>(urls: I) -> Result<Self, ClientError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        Replicas::new(urls).map(Self::from_replicas)
-    }
-
-    /// Like [`BuyerClient::new`], with tunables.
-    pub fn with_config<I, S>(urls: I, config: ClientConfig) -> Result<Self, ClientError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        Replicas::with_config(urls, config).map(Self::from_replicas)
-    }
-
-    /// A client over an existing pool (shared connections and preferred replica).
-    pub fn from_replicas(replicas: Replicas) -> Self {
-        Self {
-            core: Core::new(replicas),
-        }
-    }
-
-    /// The client with a session token restored (e.g. one saved from [`BuyerClient::token`]).
-    pub fn with_token(self, token: impl AsRef<str>) -> Result<Self, ClientError> {
-        self.core.set_token(Some(token.as_ref()))?;
-        Ok(self)
-    }
-
-    /// Replaces (or with `None` forgets) the session token, without telling any server.
-    pub fn set_token(&self, token: Option<&str>) -> Result<(), ClientError> {
-        self.core.set_token(token)
-    }
-
-    /// The current session token, if logged in.
-    pub fn token(&self) -> Option<String> {
-        self.core.token()
-    }
-
-    /// The replica pool.
-    pub fn replicas(&self) -> &Replicas {
-        &self.core.replicas
-    }
-
     /// `POST /v1/buyers`: creates a buyer account.
     pub async fn create_buyer(&self, account: &CreateAccount) -> Result<BuyerCreated, ClientError> {
         self.core

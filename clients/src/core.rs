@@ -13,6 +13,61 @@ use serde::Serialize;
 
 use crate::{ClientError, Replicas};
 
+/// The constructors and session accessors every role's client has, over its `core: Core`
+/// field (`$role` names the server in the docs, e.g. `"seller"`).
+macro_rules! client_common {
+    ($client:ident, $role:literal) => {
+        impl $client {
+            #[doc = concat!("A client of the ", $role, " server replicas at `urls` (`http://IP:port`).")]
+            pub fn new<I, S>(urls: I) -> Result<Self, ClientError>
+            where
+                I: IntoIterator<Item = S>,
+                S: AsRef<str>,
+            {
+                Replicas::new(urls).map(Self::from_replicas)
+            }
+
+            #[doc = concat!("Like [`", stringify!($client), "::new`], with tunables.")]
+            pub fn with_config<I, S>(urls: I, config: ClientConfig) -> Result<Self, ClientError>
+            where
+                I: IntoIterator<Item = S>,
+                S: AsRef<str>,
+            {
+                Replicas::with_config(urls, config).map(Self::from_replicas)
+            }
+
+            /// A client over an existing pool (shared connections and preferred replica).
+            pub fn from_replicas(replicas: Replicas) -> Self {
+                Self {
+                    core: Core::new(replicas),
+                }
+            }
+
+            #[doc = concat!("The client with a session token restored (e.g. one saved from [`", stringify!($client), "::token`]).")]
+            pub fn with_token(self, token: impl AsRef<str>) -> Result<Self, ClientError> {
+                self.core.set_token(Some(token.as_ref()))?;
+                Ok(self)
+            }
+
+            /// Replaces (or with `None` forgets) the session token, without telling any server.
+            pub fn set_token(&self, token: Option<&str>) -> Result<(), ClientError> {
+                self.core.set_token(token)
+            }
+
+            /// The current session token, if logged in.
+            pub fn token(&self) -> Option<String> {
+                self.core.token()
+            }
+
+            /// The replica pool.
+            pub fn replicas(&self) -> &Replicas {
+                &self.core.replicas
+            }
+        }
+    };
+}
+pub(crate) use client_common;
+
 /// A replica pool plus the session token of one logged-in user (or none).
 pub(crate) struct Core {
     pub(crate) replicas: Replicas,
