@@ -23,9 +23,15 @@
 //! `Touch` only when the session's activity mark is older than
 //! [`MarketConfig::touch_after_ms`] — so a burst of reads costs one write, not one each.
 //! Every function that needs a logged-in user takes an [`Auth`]: a token (`&str` or
-//! `&String` convert into one), or a [`UserId`] that `authenticate` returned earlier in the
-//! same request (an HTTP server that authenticated to build the idempotency scope passes
-//! that, saving a second session read).
+//! `&String` convert into one), or a [`UserId`] checked earlier in the same request.
+//!
+//! A session check is a linearizable read of the customer database, so the Market folds it
+//! into the reads a request needs anyway, one round trip instead of two: `display_cart`,
+//! `get_purchase_history` and the seller's own rating read the session and the answer in one
+//! query ([`CustomerQuery::ForSession`]); [`Market::authenticate_for_retry`] gives an HTTP
+//! server the session and the remembered response of an `Idempotency-Key` in one read (it
+//! then passes the user as [`Auth::Verified`]); `add_to_cart` checks the session while it
+//! reads the item.
 //!
 //! # The purchase workflow
 //!
@@ -76,7 +82,8 @@ use crate::api::{
 };
 use crate::clock::Clock;
 use crate::customer::{
-    CustomerAnswer, CustomerCommand, CustomerMachine, CustomerOutput, CustomerQuery, StoredResponse,
+    CustomerAnswer, CustomerCommand, CustomerMachine, CustomerOutput, CustomerQuery, RememberEntry,
+    StoredResponse, UserQuery,
 };
 use crate::error::MarketError;
 use crate::ids::{BuyerId, ItemId, Role, SellerId, UserId};
@@ -93,9 +100,9 @@ pub const TOKEN_CHARS_MAX: usize = 128;
 /// Longest idempotency scope.
 pub const SCOPE_CHARS_MAX: usize = 128;
 
-/// Who is calling: a bearer token to check, or a user that [`Market::authenticate`] already
-/// checked for this same request (an HTTP server that authenticated to find the
-/// idempotency scope passes the result, saving a second session read). A `Verified` user of
+/// Who is calling: a bearer token to check, or a user that [`Market::authenticate`] or
+/// [`Market::authenticate_for_retry`] already checked for this same request (an HTTP server
+/// that looked up a remembered response passes the result, saving a second session read). A `Verified` user of
 /// the wrong role is refused with `unauthenticated`, like a wrong-role token.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Auth<'a> {
@@ -209,6 +216,16 @@ impl std::fmt::Debug for Market {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// What [`Market::read_session`] found.
+struct SessionRead {
+    /// The session's user, or why the token is refused.
+    user: Result<UserId, MarketError>,
+    /// The answer about the user, when asked and the session is live and of the right role.
+    about: Option<CustomerAnswer>,
+    /// The remembered response, when asked and kept.
+    remembered: Option<StoredResponse>,
 }
 
 fn unexpected(what: &str) -> MarketError {
@@ -471,40 +488,131 @@ impl Market {
     /// (missing, unknown, logged out, expired, or the other role's token). Refreshes the
     /// session's activity mark when it is older than [`MarketConfig::touch_after_ms`].
     pub async fn authenticate(&self, token: &str, role: Role) -> Result<UserId, MarketError> {
-        if token.is_empty() || token.len() > TOKEN_CHARS_MAX {
+        self.read_session(token, role, None, None).await?.user
+    }
+
+    /// For the HTTP layer's idempotent requests: in **one** linearizable read, the response
+    /// remembered for `(scope, key)` (see [`Market::idempotency_lookup`]) and the user of
+    /// `token` for `role` (as [`Market::authenticate`] checks it). The outer error is the
+    /// database's; the inner result is the token's verdict, given even when a response is
+    /// remembered, which wins: a retry after logout still gets its original answer.
+    pub async fn authenticate_for_retry(
+        &self,
+        token: &str,
+        role: Role,
+        scope: &str,
+        key: &str,
+    ) -> Result<(Option<StoredResponse>, Result<UserId, MarketError>), MarketError> {
+        Self::check_scope(scope, key)?;
+        let read = self
+            .read_session(token, role, None, Some((scope, key)))
+            .await?;
+        Ok((read.remembered, read.user))
+    }
+
+    /// Reads a session, and in the same round what `about` asks of its user and the response
+    /// remembered for `remembered`. Refreshes the activity mark when due (a write, at most
+    /// once per [`MarketConfig::touch_after_ms`] per session).
+    async fn read_session(
+        &self,
+        token: &str,
+        role: Role,
+        about: Option<UserQuery>,
+        remembered: Option<(&str, &str)>,
+    ) -> Result<SessionRead, MarketError> {
+        let malformed = token.is_empty() || token.len() > TOKEN_CHARS_MAX;
+        if malformed && remembered.is_none() {
             return Err(MarketError::Unauthenticated(
                 "missing or malformed token".into(),
             ));
         }
         let now = self.now();
-        let session = match self
-            .read_customer(CustomerQuery::Session {
-                token: token.to_string(),
+        let answer = self
+            .read_customer(CustomerQuery::ForSession {
+                token: if malformed {
+                    String::new()
+                } else {
+                    token.to_string()
+                },
+                role,
                 now_ms: now,
-            })
-            .await?
-        {
-            CustomerAnswer::Session(s) => s,
-            _ => return Err(unexpected("session")),
-        };
-        let Some(session) = session else {
-            return Err(MarketError::Unauthenticated(
-                "unknown, ended or expired session".into(),
-            ));
-        };
-        if session.user.role() != role {
-            return Err(MarketError::Unauthenticated(
-                "this token belongs to the other role".into(),
-            ));
-        }
-        if now.saturating_sub(session.last_active_ms) >= self.config.touch_after_ms {
-            self.customer(CustomerCommand::Touch {
-                token: token.to_string(),
-                at_ms: now,
+                about,
+                remembered: remembered.map(|(s, k)| (s.to_string(), k.to_string())),
             })
             .await?;
+        let CustomerAnswer::ForSession {
+            session,
+            about,
+            remembered,
+        } = answer
+        else {
+            return Err(unexpected("session"));
+        };
+        let user = match session {
+            _ if malformed => Err(MarketError::Unauthenticated(
+                "missing or malformed token".into(),
+            )),
+            None => Err(MarketError::Unauthenticated(
+                "unknown, ended or expired session".into(),
+            )),
+            Some(s) if s.user.role() != role => Err(MarketError::Unauthenticated(
+                "this token belongs to the other role".into(),
+            )),
+            Some(s) => {
+                if now.saturating_sub(s.last_active_ms) >= self.config.touch_after_ms {
+                    self.customer(CustomerCommand::Touch {
+                        token: token.to_string(),
+                        at_ms: now,
+                    })
+                    .await?;
+                }
+                Ok(s.user)
+            }
+        };
+        Ok(SessionRead {
+            user,
+            about: about.map(|a| *a),
+            remembered,
+        })
+    }
+
+    /// What `about` says of the calling user, checked for `role`: with a token, the session
+    /// and the answer come from one read; with a verified user, only the answer is read.
+    async fn read_about(
+        &self,
+        auth: Auth<'_>,
+        role: Role,
+        about: UserQuery,
+    ) -> Result<(UserId, CustomerAnswer), MarketError> {
+        match auth {
+            Auth::Token(token) => {
+                let read = self.read_session(token, role, Some(about), None).await?;
+                let user = read.user?;
+                let answer = read
+                    .about
+                    .ok_or_else(|| unexpected("answer about the user"))?;
+                Ok((user, answer))
+            }
+            Auth::Verified(user) => {
+                if user.role() != role {
+                    return Err(MarketError::Unauthenticated(
+                        "this token belongs to the other role".into(),
+                    ));
+                }
+                let query = match (user, about) {
+                    (UserId::Buyer(buyer), UserQuery::Cart) => CustomerQuery::Cart {
+                        buyer,
+                        now_ms: self.now(),
+                    },
+                    (UserId::Buyer(buyer), UserQuery::Purchases) => {
+                        CustomerQuery::Purchases { buyer }
+                    }
+                    (UserId::Seller(seller), UserQuery::Rating) => CustomerQuery::Rating { seller },
+                    _ => return Err(unexpected("query for this role")),
+                };
+                Ok((user, self.read_customer(query).await?))
+            }
         }
-        Ok(session.user)
     }
 
     /// [`Market::authenticate`] for a seller token.
@@ -677,8 +785,16 @@ impl Market {
 
     /// `GET /v1/sellers/me/rating`: the calling seller's rating (200).
     pub async fn get_my_rating(&self, auth: impl Into<Auth<'_>>) -> Result<Rating, MarketError> {
-        let seller = self.seller_of(auth.into()).await?;
-        self.rating(seller, ReadConsistency::Linearizable).await
+        match self
+            .read_about(auth.into(), Role::Seller, UserQuery::Rating)
+            .await?
+        {
+            (_, CustomerAnswer::Rating(Some(r))) => Ok(r),
+            (user, CustomerAnswer::Rating(None)) => {
+                Err(MarketError::NotFound(format!("seller {}", user.number())))
+            }
+            _ => Err(unexpected("rating")),
+        }
     }
 
     /// `POST /v1/sellers/me/items`: lists an item (201).
@@ -837,8 +953,16 @@ impl Market {
 
     /// `GET /v1/buyers/me/cart` (200).
     pub async fn display_cart(&self, auth: impl Into<Auth<'_>>) -> Result<Cart, MarketError> {
-        let buyer = self.buyer_of(auth.into()).await?;
-        self.cart_of(buyer).await
+        match self
+            .read_about(auth.into(), Role::Buyer, UserQuery::Cart)
+            .await?
+        {
+            (_, CustomerAnswer::Cart(Some(c))) => Ok(c),
+            (user, CustomerAnswer::Cart(None)) => {
+                Err(MarketError::NotFound(format!("buyer {}", user.number())))
+            }
+            _ => Err(unexpected("cart")),
+        }
     }
 
     /// `POST /v1/buyers/me/cart/items` (200, the cart). The cart's quantity of the item after
@@ -848,10 +972,16 @@ impl Market {
         auth: impl Into<Auth<'_>>,
         req: &AddToCart,
     ) -> Result<Cart, MarketError> {
-        let buyer = self.buyer_of(auth.into()).await?;
-        let item = validate::item_id("item_id", &req.item_id)?;
-        let quantity = validate::quantity(req.quantity)?;
-        let available = self.item(item).await?.quantity;
+        // The session check and the item read are independent: one round trip, not two. The
+        // answer still ranks a bad token before a bad field, as in every other function.
+        let item_read = async {
+            let item = validate::item_id("item_id", &req.item_id)?;
+            let quantity = validate::quantity(req.quantity)?;
+            Ok::<_, MarketError>((item, quantity, self.item(item).await?.quantity))
+        };
+        let (buyer, item_read) = tokio::join!(self.buyer_of(auth.into()), item_read);
+        let buyer = buyer?;
+        let (item, quantity, available) = item_read?;
         self.customer_cart(CustomerCommand::AddToCart {
             buyer,
             item,
@@ -1057,13 +1187,14 @@ impl Market {
         &self,
         auth: impl Into<Auth<'_>>,
     ) -> Result<Purchases, MarketError> {
-        let buyer = self.buyer_of(auth.into()).await?;
         match self
-            .read_customer(CustomerQuery::Purchases { buyer })
+            .read_about(auth.into(), Role::Buyer, UserQuery::Purchases)
             .await?
         {
-            CustomerAnswer::Purchases(Some(purchases)) => Ok(Purchases { purchases }),
-            CustomerAnswer::Purchases(None) => Err(MarketError::NotFound(format!("buyer {buyer}"))),
+            (_, CustomerAnswer::Purchases(Some(purchases))) => Ok(Purchases { purchases }),
+            (user, CustomerAnswer::Purchases(None)) => {
+                Err(MarketError::NotFound(format!("buyer {}", user.number())))
+            }
             _ => Err(unexpected("purchases")),
         }
     }
@@ -1187,6 +1318,28 @@ impl Market {
             CustomerOutput::Remembered(r) => Ok(r),
             _ => Err(unexpected("remembered")),
         }
+    }
+
+    /// Remembers several responses in one replicated write (see
+    /// [`Market::idempotency_record`]); an entry with a bad scope or key, or a body over the
+    /// size limit, is skipped. The HTTP servers batch their responses this way.
+    pub async fn idempotency_record_many(
+        &self,
+        entries: Vec<RememberEntry>,
+    ) -> Result<(), MarketError> {
+        let entries: Vec<RememberEntry> = entries
+            .into_iter()
+            .filter(|e| Self::check_scope(&e.scope, &e.key).is_ok())
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.customer(CustomerCommand::RememberResponses {
+            entries,
+            at_ms: self.now(),
+        })
+        .await?;
+        Ok(())
     }
 
     /// Checks that both databases answer a linearizable read (for `GET /healthz`).

@@ -810,7 +810,7 @@ async fn an_idempotent_retry_returns_the_first_response() {
             "/v1/sellers/me/items",
             Some(&seller),
             Some("key-2"),
-            Some(body),
+            Some(body.clone()),
         )
         .await;
     assert_ne!(other.json()["id"], first.json()["id"]);
@@ -868,6 +868,64 @@ async fn an_idempotent_retry_returns_the_first_response() {
         )
         .await;
     assert_problem(&r1, 409, "cart_empty");
+
+    // A retry after logout still gets its original answer: the remembered response wins over
+    // the ended session. (It is remembered off the response path: poll, bounded, until it
+    // lands.) A new request with the ended token is refused, and so is the other role's token.
+    let logout = e
+        .seller
+        .send(
+            Method::DELETE,
+            "/v1/sellers/sessions/current",
+            Some(&seller),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(logout.status, 204);
+    let mut replayed = None;
+    for _ in 0..100 {
+        let r = e
+            .seller
+            .send(
+                Method::POST,
+                "/v1/sellers/me/items",
+                Some(&seller),
+                Some("key-1"),
+                Some(body.clone()),
+            )
+            .await;
+        if r.status == 201 {
+            replayed = Some(r);
+            break;
+        }
+        assert_problem(&r, 401, "unauthenticated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let replayed = replayed.expect("the remembered response is replayed after logout");
+    assert_eq!(replayed.body, first.body);
+    let fresh = e
+        .seller
+        .send(
+            Method::POST,
+            "/v1/sellers/me/items",
+            Some(&seller),
+            Some("key-3"),
+            Some(body.clone()),
+        )
+        .await;
+    assert_problem(&fresh, 401, "unauthenticated");
+    let wrong_role = e
+        .seller
+        .send(
+            Method::POST,
+            "/v1/sellers/me/items",
+            Some(&buyer),
+            Some("key-4"),
+            Some(body),
+        )
+        .await;
+    assert_problem(&wrong_role, 401, "unauthenticated");
     e.running.shutdown().await;
 }
 

@@ -82,6 +82,17 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
+/// One response to remember, in [`CustomerCommand::RememberResponses`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RememberEntry {
+    /// Whose key.
+    pub scope: String,
+    /// The `Idempotency-Key`.
+    pub key: String,
+    /// The response.
+    pub response: StoredResponse,
+}
+
 /// Commands of the customer database. Times, ids of sessions (tokens) and password hashes
 /// are chosen by the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +223,15 @@ pub enum CustomerCommand {
         /// Proposer's time.
         at_ms: u64,
     },
+    /// Remembers several responses at once, each as [`CustomerCommand::RememberResponse`]
+    /// would (the first response for a key wins; a body over the size limit is skipped): one
+    /// replicated write for a batch. Output: [`CustomerOutput::Done`].
+    RememberResponses {
+        /// The responses.
+        entries: Vec<RememberEntry>,
+        /// Proposer's time.
+        at_ms: u64,
+    },
     /// Only advances time (expires sessions and remembered responses).
     /// Output: [`CustomerOutput::Done`].
     Tick {
@@ -236,6 +256,7 @@ impl CustomerCommand {
             | Self::RecordPurchase { at_ms, .. }
             | Self::GiveFeedback { at_ms, .. }
             | Self::RememberResponse { at_ms, .. }
+            | Self::RememberResponses { at_ms, .. }
             | Self::Tick { at_ms } => *at_ms,
         }
     }
@@ -257,7 +278,10 @@ impl CustomerCommand {
             Self::SaveCart { .. } => Some(8),
             Self::RecordPurchase { .. } => Some(9),
             Self::GiveFeedback { .. } => Some(10),
-            Self::Touch { .. } | Self::RememberResponse { .. } | Self::Tick { .. } => None,
+            Self::Touch { .. }
+            | Self::RememberResponse { .. }
+            | Self::RememberResponses { .. }
+            | Self::Tick { .. } => None,
         }
     }
 }
@@ -341,6 +365,33 @@ pub enum CustomerQuery {
         /// The reader's time.
         now_ms: u64,
     },
+    /// Several things a request needs, read from the same state in one round instead of one
+    /// round each: the user of a session, optionally something about that user, and
+    /// optionally a remembered response. Answer: [`CustomerAnswer::ForSession`].
+    ForSession {
+        /// The session's token.
+        token: String,
+        /// The role the request needs: `about` is answered only for a session of this role.
+        role: Role,
+        /// The reader's time.
+        now_ms: u64,
+        /// What to read about the session's user.
+        about: Option<UserQuery>,
+        /// `(scope, key)` of a remembered response to look up (whatever the session's state:
+        /// a retry after logout still gets its original answer).
+        remembered: Option<(String, String)>,
+    },
+}
+
+/// What [`CustomerQuery::ForSession`] can read about the session's user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserQuery {
+    /// The buyer's working cart ([`CustomerQuery::Cart`]).
+    Cart,
+    /// The buyer's purchases ([`CustomerQuery::Purchases`]).
+    Purchases,
+    /// The seller's rating ([`CustomerQuery::Rating`]).
+    Rating,
 }
 
 /// A live session.
@@ -407,6 +458,16 @@ pub enum CustomerAnswer {
     Buyer(Option<BuyerSummary>),
     /// `None`: nothing remembered (or expired).
     Remembered(Option<StoredResponse>),
+    /// Answer to [`CustomerQuery::ForSession`].
+    ForSession {
+        /// The live session (`None`: unknown, ended or expired), whatever its role.
+        session: Option<SessionInfo>,
+        /// The answer about its user; `None` when no `about` was asked, the session is not
+        /// live, or it belongs to the other role (or the query does not fit the role).
+        about: Option<Box<CustomerAnswer>>,
+        /// The remembered response, if one was asked for and is kept.
+        remembered: Option<StoredResponse>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -814,39 +875,58 @@ impl CustomerMachine {
                 key,
                 response,
                 at_ms,
-            } => {
-                let k = (scope, key);
-                if let Some(r) = self.remembered.get(&k) {
-                    return Ok(CustomerOutput::Remembered(r.response.clone()));
+            } => self
+                .remember(scope, key, response, at_ms)
+                .map(CustomerOutput::Remembered),
+            CustomerCommand::RememberResponses { entries, at_ms } => {
+                for e in entries {
+                    // A body over the limit is skipped; the others are still remembered.
+                    let _ = self.remember(e.scope, e.key, e.response, at_ms);
                 }
-                if response.body.len() > self.config.idempotency_body_bytes_max {
-                    return Err(MarketError::invalid(
-                        "body",
-                        "response too large to remember",
-                    ));
-                }
-                let at = at_ms.max(self.clock_ms);
-                let size = response.body.len() as u64;
-                while !self.remembered.is_empty()
-                    && (self.remembered.len() >= self.config.idempotency_entries_max.max(1)
-                        || self.remembered_bytes.saturating_add(size)
-                            > self.config.idempotency_total_bytes_max)
-                {
-                    self.forget_oldest_response();
-                }
-                self.remembered_bytes = self.remembered_bytes.saturating_add(size);
-                self.remembered_age.insert((at, k.0.clone(), k.1.clone()));
-                self.remembered.insert(
-                    k,
-                    Remembered {
-                        response: response.clone(),
-                        at_ms: at,
-                    },
-                );
-                Ok(CustomerOutput::Remembered(response))
+                Ok(CustomerOutput::Done)
             }
             CustomerCommand::Tick { .. } => Ok(CustomerOutput::Done),
         }
+    }
+
+    /// Remembers `response` for `(scope, key)` unless one is already remembered; returns the
+    /// response remembered now (the first).
+    fn remember(
+        &mut self,
+        scope: String,
+        key: String,
+        response: StoredResponse,
+        at_ms: u64,
+    ) -> Result<StoredResponse, MarketError> {
+        let k = (scope, key);
+        if let Some(r) = self.remembered.get(&k) {
+            return Ok(r.response.clone());
+        }
+        if response.body.len() > self.config.idempotency_body_bytes_max {
+            return Err(MarketError::invalid(
+                "body",
+                "response too large to remember",
+            ));
+        }
+        let at = at_ms.max(self.clock_ms);
+        let size = response.body.len() as u64;
+        while !self.remembered.is_empty()
+            && (self.remembered.len() >= self.config.idempotency_entries_max.max(1)
+                || self.remembered_bytes.saturating_add(size)
+                    > self.config.idempotency_total_bytes_max)
+        {
+            self.forget_oldest_response();
+        }
+        self.remembered_bytes = self.remembered_bytes.saturating_add(size);
+        self.remembered_age.insert((at, k.0.clone(), k.1.clone()));
+        self.remembered.insert(
+            k,
+            Remembered {
+                response: response.clone(),
+                at_ms: at,
+            },
+        );
+        Ok(response)
     }
 
     fn record_purchase(
@@ -994,15 +1074,58 @@ impl CustomerMachine {
                 }))
             }
             CustomerQuery::Remembered { scope, key, now_ms } => {
+                CustomerAnswer::Remembered(self.remembered_at(scope, key, *now_ms))
+            }
+            CustomerQuery::ForSession {
+                token,
+                role,
+                now_ms,
+                about,
+                remembered,
+            } => {
                 let now = (*now_ms).max(self.clock_ms);
-                CustomerAnswer::Remembered(
-                    self.remembered
-                        .get(&(scope.clone(), key.clone()))
-                        .filter(|r| now < r.at_ms.saturating_add(self.config.idempotency_ttl_ms))
-                        .map(|r| r.response.clone()),
-                )
+                let session = self
+                    .sessions
+                    .get(token)
+                    .filter(|s| self.session_live(s, now))
+                    .map(|s| SessionInfo {
+                        user: s.user,
+                        last_active_ms: s.last_active_ms,
+                    });
+                let inner = match (session.as_ref().map(|s| s.user), about) {
+                    (Some(UserId::Buyer(buyer)), Some(UserQuery::Cart)) if *role == Role::Buyer => {
+                        Some(CustomerQuery::Cart { buyer, now_ms: now })
+                    }
+                    (Some(UserId::Buyer(buyer)), Some(UserQuery::Purchases))
+                        if *role == Role::Buyer =>
+                    {
+                        Some(CustomerQuery::Purchases { buyer })
+                    }
+                    (Some(UserId::Seller(seller)), Some(UserQuery::Rating))
+                        if *role == Role::Seller =>
+                    {
+                        Some(CustomerQuery::Rating { seller })
+                    }
+                    _ => None,
+                };
+                CustomerAnswer::ForSession {
+                    session,
+                    about: inner.map(|q| Box::new(self.answer(&q))),
+                    remembered: remembered
+                        .as_ref()
+                        .and_then(|(scope, key)| self.remembered_at(scope, key, *now_ms)),
+                }
             }
         }
+    }
+
+    /// The response remembered for `(scope, key)`, if still kept at `now_ms`.
+    fn remembered_at(&self, scope: &str, key: &str, now_ms: u64) -> Option<StoredResponse> {
+        let now = now_ms.max(self.clock_ms);
+        self.remembered
+            .get(&(scope.to_string(), key.to_string()))
+            .filter(|r| now < r.at_ms.saturating_add(self.config.idempotency_ttl_ms))
+            .map(|r| r.response.clone())
     }
 }
 

@@ -541,3 +541,111 @@ fn snapshot_restore_and_determinism() {
     );
     assert!(c.restore(b"garbage").is_err());
 }
+
+#[test]
+fn one_read_answers_for_a_session_and_a_remembered_response() {
+    let mut m = m();
+    let b = buyer(&mut m, "bea", T0);
+    let s = seller(&mut m, "sam", T0);
+    open(&mut m, UserId::Buyer(b), "tb", T0);
+    open(&mut m, UserId::Seller(s), "ts", T0);
+    let item: ItemId = "1-1".parse().expect("item id");
+    add(&mut m, b, item, 2, 5, T0 + 1).expect("add");
+    ok(
+        &mut m,
+        CustomerCommand::RememberResponse {
+            scope: "t:1".into(),
+            key: "k".into(),
+            response: StoredResponse {
+                status: 201,
+                body: b"{}".to_vec(),
+            },
+            at_ms: T0 + 2,
+        },
+    );
+    let read = |m: &CustomerMachine, token: &str, role: Role, about, now_ms| match m.query(
+        &CustomerQuery::ForSession {
+            token: token.into(),
+            role,
+            now_ms,
+            about,
+            remembered: Some(("t:1".into(), "k".into())),
+        },
+    ) {
+        CustomerAnswer::ForSession {
+            session,
+            about,
+            remembered,
+        } => (session.map(|s| s.user), about.map(|a| *a), remembered),
+        other => panic!("{other:?}"),
+    };
+    // The buyer's session, its cart, and the remembered response, in one answer.
+    let (user, about, remembered) = read(&m, "tb", Role::Buyer, Some(UserQuery::Cart), T0 + 3);
+    assert_eq!(user, Some(UserId::Buyer(b)));
+    assert_eq!(about, Some(CustomerAnswer::Cart(Some(cart(&m, b, T0 + 3)))));
+    assert_eq!(remembered.map(|r| r.status), Some(201));
+    let (_, about, _) = read(&m, "tb", Role::Buyer, Some(UserQuery::Purchases), T0 + 3);
+    assert_eq!(about, Some(CustomerAnswer::Purchases(Some(Vec::new()))));
+    // The seller's rating; a query that does not fit the role answers nothing about the user.
+    let (user, about, _) = read(&m, "ts", Role::Seller, Some(UserQuery::Rating), T0 + 3);
+    assert_eq!(user, Some(UserId::Seller(s)));
+    assert!(matches!(about, Some(CustomerAnswer::Rating(Some(_)))));
+    assert_eq!(
+        read(&m, "ts", Role::Seller, Some(UserQuery::Cart), T0 + 3).1,
+        None
+    );
+    // The other role's token: the session is reported (the Market names the mistake), but
+    // nothing about its user is read.
+    let (user, about, _) = read(&m, "tb", Role::Seller, Some(UserQuery::Rating), T0 + 3);
+    assert_eq!((user, about), (Some(UserId::Buyer(b)), None));
+    // Unknown and expired sessions: no user, no answer, but the remembered response still.
+    let (user, about, remembered) = read(&m, "nope", Role::Buyer, Some(UserQuery::Cart), T0 + 3);
+    assert_eq!((user, about), (None, None));
+    assert!(remembered.is_some());
+    let later = T0 + m.config().session_idle_ms + 10;
+    let (user, about, remembered) = read(&m, "tb", Role::Buyer, Some(UserQuery::Cart), later);
+    assert_eq!((user, about), (None, None));
+    assert!(
+        remembered.is_some(),
+        "kept 10 minutes, longer than the session"
+    );
+}
+
+#[test]
+fn responses_are_remembered_in_batches() {
+    let mut m = m();
+    let entry = |key: &str, status: u16, body: &[u8]| RememberEntry {
+        scope: "t:1".into(),
+        key: key.into(),
+        response: StoredResponse {
+            status,
+            body: body.to_vec(),
+        },
+    };
+    let too_large = vec![b'x'; m.config().idempotency_body_bytes_max + 1];
+    ok(
+        &mut m,
+        CustomerCommand::RememberResponses {
+            entries: vec![
+                entry("a", 201, b"first"),
+                entry("big", 200, &too_large),
+                entry("a", 200, b"second"),
+                entry("b", 204, b""),
+            ],
+            at_ms: T0,
+        },
+    );
+    let lookup = |m: &CustomerMachine, key: &str| match m.query(&CustomerQuery::Remembered {
+        scope: "t:1".into(),
+        key: key.into(),
+        now_ms: T0,
+    }) {
+        CustomerAnswer::Remembered(r) => r,
+        other => panic!("{other:?}"),
+    };
+    // The first response for a key wins, within a batch as across commands; an oversized
+    // body is skipped without losing the rest of the batch.
+    assert_eq!(lookup(&m, "a").map(|r| r.body), Some(b"first".to_vec()));
+    assert_eq!(lookup(&m, "b").map(|r| r.status), Some(204));
+    assert_eq!(lookup(&m, "big"), None);
+}

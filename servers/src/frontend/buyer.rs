@@ -5,6 +5,7 @@ use hyper::{Method, StatusCode};
 use marketcore::api::{
     AddToCart, CreateAccount, FeedbackRequest, Login, PurchaseRequest, SearchQuery,
 };
+use marketcore::ids::Role;
 use marketcore::{Market, MarketError};
 
 use super::{decode_json, ok_json, Api, Call, Outcome};
@@ -44,6 +45,14 @@ fn search_query(call: &Call) -> Result<SearchQuery, MarketError> {
 #[async_trait]
 impl Api for BuyerApi {
     const NAME: &'static str = "buyer";
+    const ROLE: Role = Role::Buyer;
+
+    fn needs_session(route: &str) -> bool {
+        !matches!(
+            route,
+            "create_buyer" | "login_buyer" | "search_items" | "get_item" | "get_seller_rating"
+        )
+    }
 
     fn routes() -> Vec<Route> {
         vec![
@@ -99,46 +108,46 @@ impl Api for BuyerApi {
                 &market.search_items(&search_query(call)?).await?,
             ),
             "get_item" => ok_json(StatusCode::OK, &market.get_item(param(call)?).await?),
-            "display_cart" => ok_json(StatusCode::OK, &market.display_cart(call.token()?).await?),
+            "display_cart" => ok_json(StatusCode::OK, &market.display_cart(call.auth()?).await?),
             "clear_cart" => {
-                market.clear_cart(call.token()?).await?;
+                market.clear_cart(call.auth()?).await?;
                 Ok((StatusCode::NO_CONTENT, None))
             }
             "add_to_cart" => {
-                let token = call.token()?;
+                let auth = call.auth()?;
                 let req: AddToCart = decode_json(&call.body)?;
-                ok_json(StatusCode::OK, &market.add_to_cart(token, &req).await?)
+                ok_json(StatusCode::OK, &market.add_to_cart(auth, &req).await?)
             }
             "remove_cart" => {
-                let token = call.token()?;
+                let auth = call.auth()?;
                 let quantity = call.query_int("quantity")?;
                 ok_json(
                     StatusCode::OK,
-                    &market.remove_cart(token, param(call)?, quantity).await?,
+                    &market.remove_cart(auth, param(call)?, quantity).await?,
                 )
             }
             "save_cart" => {
-                market.save_cart(call.token()?).await?;
+                market.save_cart(call.auth()?).await?;
                 Ok((StatusCode::NO_CONTENT, None))
             }
             "make_purchase" => {
-                let token = call.token()?;
+                let auth = call.auth()?;
                 let req: PurchaseRequest = decode_json(&call.body)?;
                 ok_json(
                     StatusCode::CREATED,
                     &market
-                        .make_purchase(token, &req, call.key.as_deref())
+                        .make_purchase(auth, &req, call.key.as_deref())
                         .await?,
                 )
             }
             "get_purchase_history" => ok_json(
                 StatusCode::OK,
-                &market.get_purchase_history(call.token()?).await?,
+                &market.get_purchase_history(call.auth()?).await?,
             ),
             "provide_feedback" => {
-                let token = call.token()?;
+                let auth = call.auth()?;
                 let req: FeedbackRequest = decode_json(&call.body)?;
-                market.provide_feedback(token, &req).await?;
+                market.provide_feedback(auth, &req).await?;
                 Ok((StatusCode::NO_CONTENT, None))
             }
             "get_seller_rating" => {

@@ -12,10 +12,15 @@
 //!    replica — after a lost response, while the first attempt is still running, or after it
 //!    died mid-way — takes effect once and gets the same outcome from the logs' duplicate
 //!    tables. Every answer except 5xx is also remembered in the customer database for 10
-//!    minutes (written off the response path) and replayed as it was, covering retries that
-//!    come after the duplicate tables have forgotten the request. The scope is the bearer
+//!    minutes (written off the response path, many per write: [`remember`]) and replayed as
+//!    it was, covering retries that come after the duplicate tables have forgotten the
+//!    request. The scope is the bearer
 //!    token's digest for authenticated routes (a user's retries reuse their session) and the
-//!    username's digest for account creation and login.
+//!    username's digest for account creation and login. On a route that needs a session,
+//!    the session check and the lookup of the remembered response are one linearizable read
+//!    ([`Market::authenticate_for_retry`]); a remembered response wins over an ended session,
+//!    so a retry after logout still gets its first answer. A refused token (401) is not
+//!    remembered.
 //! 4. **Call the Market** and render its result: JSON on success, an RFC 9457 problem document
 //!    on error ([`problem`]), with `Retry-After` on 503.
 //!
@@ -23,6 +28,7 @@
 //! `GET /metrics` (Prometheus) and `GET /openapi.json`.
 
 pub mod buyer;
+pub mod remember;
 pub mod seller;
 
 use std::sync::Arc;
@@ -33,7 +39,8 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
-use marketcore::{Market, MarketError};
+use marketcore::ids::{Role, UserId};
+use marketcore::{Auth, Market, MarketError};
 use replication::ReadConsistency;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -41,6 +48,7 @@ use serde::Serialize;
 use crate::http::{self, Body, BodyError, Handler, Limits};
 use crate::metrics::Metrics;
 use crate::router::{self, Matched, Route};
+use remember::{Remember, RememberConfig};
 
 /// Longest accepted `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 64;
@@ -159,12 +167,24 @@ pub struct Call {
     pub key: Option<String>,
     /// The body (empty for GET/DELETE).
     pub body: Bytes,
+    /// The token's user, when the server already checked the session (idempotent requests
+    /// check it in the same read as the remembered-response lookup).
+    pub user: Option<UserId>,
 }
 
 impl Call {
     /// The bearer token or `unauthenticated`.
     pub fn token(&self) -> Result<&str, MarketError> {
         self.token.as_deref().map_err(Clone::clone)
+    }
+
+    /// Who is calling: the user the server already verified, else the bearer token (checked
+    /// by the Market), else `unauthenticated`.
+    pub fn auth(&self) -> Result<Auth<'_>, MarketError> {
+        match self.user {
+            Some(user) => Ok(Auth::Verified(user)),
+            None => self.token().map(Auth::Token),
+        }
     }
 
     /// An optional integer query parameter.
@@ -185,6 +205,10 @@ impl Call {
 pub trait Api: Send + Sync + 'static {
     /// Name for metrics and logs (`"seller"`, `"buyer"`).
     const NAME: &'static str;
+    /// Whose tokens this server accepts.
+    const ROLE: Role;
+    /// Whether the route needs a logged-in user (a live session of [`Api::ROLE`]).
+    fn needs_session(route: &str) -> bool;
     /// The route table.
     fn routes() -> Vec<Route>;
     /// Executes one call.
@@ -205,6 +229,7 @@ pub struct ApiServer<A: Api> {
     extra_metrics: Option<ExtraMetrics>,
     limits: Limits,
     openapi: Bytes,
+    remember: Remember,
     _api: std::marker::PhantomData<fn() -> A>,
 }
 
@@ -216,6 +241,7 @@ impl<A: Api> ApiServer<A> {
         let openapi =
             Bytes::from(serde_json::to_vec(&crate::openapi::document()).unwrap_or_default());
         Self {
+            remember: Remember::new(Arc::clone(&market), RememberConfig::default()),
             market,
             metrics: Metrics::new(A::NAME, &names),
             extra_metrics: None,
@@ -285,6 +311,7 @@ impl<A: Api> ApiServer<A> {
             token,
             key,
             body,
+            user: None,
         };
         let Some(key) = call.key.clone() else {
             return render(&A::dispatch(&self.market, &call).await);
@@ -305,16 +332,31 @@ impl<A: Api> ApiServer<A> {
                 format!("a:{:016x}:{name}", digest(&[username.as_bytes()]))
             }
         };
-        // A stale (local, no quorum round) lookup is enough: on a miss the call runs with
-        // request ids derived from the key, so a retry of a request whose answer is not yet
-        // visible here still takes effect once and gets the same outputs.
-        match self
-            .market
-            .idempotency_lookup_with(&scope, &key, ReadConsistency::Stale)
-            .await
-        {
-            Ok(Some(stored)) => return replay(stored.status, stored.body),
-            Ok(None) => {}
+        // A route that needs a session checks it in the same linearizable read that looks up
+        // the remembered response: one round trip for both. Other routes look up with a stale
+        // (local, no quorum round) read; that is enough: on a miss the call runs with request
+        // ids derived from the key, so a retry of a request whose answer is not yet visible
+        // here still takes effect once and gets the same outputs.
+        let mut call = call;
+        let looked_up = match &call.token {
+            Ok(token) if A::needs_session(name) => self
+                .market
+                .authenticate_for_retry(token, A::ROLE, &scope, &key)
+                .await
+                .map(|(stored, user)| (stored, Some(user))),
+            _ => self
+                .market
+                .idempotency_lookup_with(&scope, &key, ReadConsistency::Stale)
+                .await
+                .map(|stored| (stored, None)),
+        };
+        match looked_up {
+            Ok((Some(stored), _)) => return replay(stored.status, stored.body),
+            Ok((None, Some(Ok(user)))) => call.user = Some(user),
+            // A refused token is answered as the Market would, and not remembered: the same
+            // token can never become valid.
+            Ok((None, Some(Err(e)))) => return problem(&e),
+            Ok((None, None)) => {}
             Err(e) => return problem(&e),
         }
         let outcome =
@@ -331,14 +373,9 @@ impl<A: Api> ApiServer<A> {
         };
         if status < 500 {
             // Remember the answer for retries that come after the logs' duplicate tables have
-            // forgotten the request (10 minutes). Off the response path: until it lands, the
-            // keyed request ids give a retry the same outcome.
-            let market = Arc::clone(&self.market);
-            tokio::spawn(async move {
-                if let Err(e) = market.idempotency_record(&scope, &key, status, body).await {
-                    tracing::warn!(error = %e, "could not remember an idempotent response");
-                }
-            });
+            // forgotten the request (10 minutes). Off the response path and batched: until it
+            // lands, the keyed request ids give a retry the same outcome.
+            self.remember.push(scope, key, status, body);
         }
         render(&outcome)
     }

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use hyper::{Method, StatusCode};
 use marketcore::api::{CreateAccount, Login, NewItem, PriceChange};
+use marketcore::ids::Role;
 use marketcore::{Market, MarketError};
 
 use super::{decode_json, ok_json, Api, Call, Outcome};
@@ -21,6 +22,11 @@ fn param(call: &Call) -> Result<&str, MarketError> {
 #[async_trait]
 impl Api for SellerApi {
     const NAME: &'static str = "seller";
+    const ROLE: Role = Role::Seller;
+
+    fn needs_session(route: &str) -> bool {
+        !matches!(route, "create_seller" | "login_seller")
+    }
 
     fn routes() -> Vec<Route> {
         vec![
@@ -58,31 +64,31 @@ impl Api for SellerApi {
                 Ok((StatusCode::NO_CONTENT, None))
             }
             "get_seller_rating" => {
-                ok_json(StatusCode::OK, &market.get_my_rating(call.token()?).await?)
+                ok_json(StatusCode::OK, &market.get_my_rating(call.auth()?).await?)
             }
             "add_item" => {
-                let token = call.token()?;
+                let auth = call.auth()?;
                 let req: NewItem = decode_json(&call.body)?;
-                ok_json(StatusCode::CREATED, &market.add_item(token, &req).await?)
+                ok_json(StatusCode::CREATED, &market.add_item(auth, &req).await?)
             }
             "all_items_by_seller" => ok_json(
                 StatusCode::OK,
-                &market.all_items_by_seller(call.token()?).await?,
+                &market.all_items_by_seller(call.auth()?).await?,
             ),
             "change_price" => {
-                let token = call.token()?;
+                let auth = call.auth()?;
                 let req: PriceChange = decode_json(&call.body)?;
                 ok_json(
                     StatusCode::OK,
-                    &market.change_price(token, param(call)?, &req).await?,
+                    &market.change_price(auth, param(call)?, &req).await?,
                 )
             }
             "remove_item" => {
-                let token = call.token()?;
+                let auth = call.auth()?;
                 let quantity = call.query_int("quantity")?;
                 ok_json(
                     StatusCode::OK,
-                    &market.remove_item(token, param(call)?, quantity).await?,
+                    &market.remove_item(auth, param(call)?, quantity).await?,
                 )
             }
             other => Err(MarketError::NotFound(format!("route {other}"))),
