@@ -31,7 +31,9 @@
 //! query ([`CustomerQuery::ForSession`]); [`Market::authenticate_for_retry`] gives an HTTP
 //! server the session and the remembered response of an `Idempotency-Key` in one read (it
 //! then passes the user as [`Auth::Verified`]); `add_to_cart` checks the session while it
-//! reads the item.
+//! reads the item; `all_items_by_seller` reads the items of the seller a token belonged to
+//! when this Market last checked it (a token never changes owner) while it checks the
+//! session, and keeps them only if the check names the same seller.
 //!
 //! # The purchase workflow
 //!
@@ -68,8 +70,10 @@
 //! (buyer, item). A retry after a failure between the two steps gets `feedback_exists` but
 //! also completes the product-side step, so the two databases never stay out of step.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::RngCore;
@@ -207,6 +211,18 @@ pub struct Market {
     client: u64,
     seq: AtomicU64,
     dummy_hash: String,
+    /// Which user each recently checked token belongs to (by digest): a token never changes
+    /// owner, so this tells who a token *claims* to be, never whether its session is live.
+    token_users: Mutex<HashMap<u64, UserId>>,
+}
+
+/// Most entries in [`Market`]'s token-to-user memory (it starts over when full).
+const TOKEN_USERS_MAX: usize = 65_536;
+
+fn token_digest(token: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    token.hash(&mut h);
+    h.finish()
 }
 
 impl std::fmt::Debug for Market {
@@ -321,6 +337,7 @@ impl Market {
             client: rand::random(),
             seq: AtomicU64::new(1),
             dummy_hash,
+            token_users: Mutex::new(HashMap::new()),
         }
     }
 
@@ -566,6 +583,7 @@ impl Market {
                     })
                     .await?;
                 }
+                self.remember_token_user(token, s.user);
                 Ok(s.user)
             }
         };
@@ -574,6 +592,24 @@ impl Market {
             about: about.map(|a| *a),
             remembered,
         })
+    }
+
+    fn remember_token_user(&self, token: &str, user: UserId) {
+        let mut users = self.token_users.lock().unwrap_or_else(|p| p.into_inner());
+        if users.len() >= TOKEN_USERS_MAX {
+            users.clear();
+        }
+        users.insert(token_digest(token), user);
+    }
+
+    /// The user `token` belonged to when this Market last checked it, if it did: who the
+    /// token claims to be, to start a read about that user while its session is checked.
+    fn claimed_user(&self, token: &str) -> Option<UserId> {
+        self.token_users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&token_digest(token))
+            .copied()
     }
 
     /// What `about` says of the calling user, checked for `role`: with a token, the session
@@ -863,8 +899,33 @@ impl Market {
         &self,
         auth: impl Into<Auth<'_>>,
     ) -> Result<Items, MarketError> {
-        let seller = self.seller_of(auth.into()).await?;
-        match self.read_product(ProductQuery::BySeller(seller)).await? {
+        let auth = auth.into();
+        // A token this Market has seen names its seller: read the items while the session is
+        // checked (one round trip, not two), and use them only if the check names the same
+        // seller.
+        let claimed = match auth {
+            Auth::Token(token) => match self.claimed_user(token) {
+                Some(UserId::Seller(s)) => Some(s),
+                _ => None,
+            },
+            Auth::Verified(_) => None,
+        };
+        let (seller, early) = match claimed {
+            Some(c) => {
+                let (seller, items) = tokio::join!(
+                    self.seller_of(auth),
+                    self.read_product(ProductQuery::BySeller(c))
+                );
+                let seller = seller?;
+                (seller, (seller == c).then_some(items))
+            }
+            None => (self.seller_of(auth).await?, None),
+        };
+        let answer = match early {
+            Some(items) => items?,
+            None => self.read_product(ProductQuery::BySeller(seller)).await?,
+        };
+        match answer {
             ProductAnswer::Items(items) => Ok(Items { items }),
             _ => Err(unexpected("items")),
         }
