@@ -31,7 +31,8 @@
 //! query ([`CustomerQuery::ForSession`]); [`Market::authenticate_for_retry`] gives an HTTP
 //! server the session and the remembered response of an `Idempotency-Key` in one read (it
 //! then passes the user as [`Auth::Verified`]); `add_to_cart` checks the session while it
-//! reads the item; `all_items_by_seller` reads the items of the seller a token belonged to
+//! reads the item; `remove_cart`, `save_cart` and `clear_cart` check the session inside
+//! their one replicated write ([`CustomerCommand::ForSession`]); `all_items_by_seller` reads the items of the seller a token belonged to
 //! when this Market last checked it (a token never changes owner) while it checks the
 //! session, and keeps them only if the check names the same seller.
 //!
@@ -87,7 +88,7 @@ use crate::api::{
 use crate::clock::Clock;
 use crate::customer::{
     CustomerAnswer, CustomerCommand, CustomerMachine, CustomerOutput, CustomerQuery, RememberEntry,
-    StoredResponse, UserQuery,
+    SessionCommand, StoredResponse, UserQuery,
 };
 use crate::error::MarketError;
 use crate::ids::{BuyerId, ItemId, Role, SellerId, UserId};
@@ -1061,38 +1062,70 @@ impl Market {
         item_id: &str,
         quantity: Option<i64>,
     ) -> Result<Cart, MarketError> {
-        let buyer = self.buyer_of(auth.into()).await?;
-        let item = path_item(item_id)?;
-        let quantity = quantity.map(validate::quantity).transpose()?;
-        self.customer_cart(CustomerCommand::RemoveFromCart {
-            buyer,
-            item,
-            quantity,
-            at_ms: self.now(),
-        })
-        .await
+        let auth = auth.into();
+        let parsed = path_item(item_id).and_then(|item| {
+            let quantity = quantity.map(validate::quantity).transpose()?;
+            Ok((item, quantity))
+        });
+        let (item, quantity) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                // A bad token outranks a bad field, as in every other function.
+                self.buyer_of(auth).await?;
+                return Err(e);
+            }
+        };
+        match self
+            .cart_command(auth, SessionCommand::RemoveFromCart { item, quantity })
+            .await?
+        {
+            CustomerOutput::Cart(c) => Ok(c),
+            _ => Err(unexpected("cart")),
+        }
     }
 
     /// `DELETE /v1/buyers/me/cart` (204): empties the working and the saved cart.
     pub async fn clear_cart(&self, auth: impl Into<Auth<'_>>) -> Result<(), MarketError> {
-        let buyer = self.buyer_of(auth.into()).await?;
-        self.customer(CustomerCommand::ClearCart {
-            buyer,
-            at_ms: self.now(),
-        })
-        .await?;
+        self.cart_command(auth.into(), SessionCommand::ClearCart)
+            .await?;
         Ok(())
     }
 
     /// `POST /v1/buyers/me/cart/save` (204): copies the working cart to the saved cart.
     pub async fn save_cart(&self, auth: impl Into<Auth<'_>>) -> Result<(), MarketError> {
-        let buyer = self.buyer_of(auth.into()).await?;
-        self.customer(CustomerCommand::SaveCart {
-            buyer,
-            at_ms: self.now(),
-        })
-        .await?;
+        self.cart_command(auth.into(), SessionCommand::SaveCart)
+            .await?;
         Ok(())
+    }
+
+    /// Runs a cart command for the calling buyer. With a token, the session check and the
+    /// command are one replicated write ([`CustomerCommand::ForSession`]) instead of a
+    /// session read and a write; with a verified user, the command alone.
+    async fn cart_command(
+        &self,
+        auth: Auth<'_>,
+        command: SessionCommand,
+    ) -> Result<CustomerOutput, MarketError> {
+        match auth {
+            Auth::Token(token) => {
+                if token.is_empty() || token.len() > TOKEN_CHARS_MAX {
+                    return Err(MarketError::Unauthenticated(
+                        "missing or malformed token".into(),
+                    ));
+                }
+                self.customer(CustomerCommand::ForSession {
+                    token: token.to_string(),
+                    role: Role::Buyer,
+                    command,
+                    at_ms: self.now(),
+                })
+                .await
+            }
+            Auth::Verified(_) => {
+                let buyer = self.buyer_of(auth).await?;
+                self.customer(command.for_buyer(buyer, self.now())).await
+            }
+        }
     }
 
     /// `POST /v1/buyers/me/purchases` (201, the purchase). See the module docs for the

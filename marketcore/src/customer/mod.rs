@@ -82,6 +82,59 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
+/// What [`CustomerCommand::ForSession`] runs for the session's buyer: the cart commands of the
+/// same names, without the buyer (the session names it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionCommand {
+    /// As [`CustomerCommand::AddToCart`].
+    AddToCart {
+        /// The item.
+        item: ItemId,
+        /// Units to add.
+        quantity: u64,
+        /// The item's current quantity.
+        available: u64,
+    },
+    /// As [`CustomerCommand::RemoveFromCart`].
+    RemoveFromCart {
+        /// The item.
+        item: ItemId,
+        /// Units to remove.
+        quantity: Option<u64>,
+    },
+    /// As [`CustomerCommand::ClearCart`].
+    ClearCart,
+    /// As [`CustomerCommand::SaveCart`].
+    SaveCart,
+}
+
+impl SessionCommand {
+    /// The cart command for `buyer` at `at_ms`.
+    pub fn for_buyer(self, buyer: BuyerId, at_ms: u64) -> CustomerCommand {
+        match self {
+            Self::AddToCart {
+                item,
+                quantity,
+                available,
+            } => CustomerCommand::AddToCart {
+                buyer,
+                item,
+                quantity,
+                available,
+                at_ms,
+            },
+            Self::RemoveFromCart { item, quantity } => CustomerCommand::RemoveFromCart {
+                buyer,
+                item,
+                quantity,
+                at_ms,
+            },
+            Self::ClearCart => CustomerCommand::ClearCart { buyer, at_ms },
+            Self::SaveCart => CustomerCommand::SaveCart { buyer, at_ms },
+        }
+    }
+}
+
 /// One response to remember, in [`CustomerCommand::RememberResponses`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RememberEntry {
@@ -232,6 +285,21 @@ pub enum CustomerCommand {
         /// Proposer's time.
         at_ms: u64,
     },
+    /// Checks a session and runs `command` for its buyer, in one replicated write instead of
+    /// a session read and a write: the session must be live at the command's time and of
+    /// `role`, else `unauthenticated` and nothing changes. Refreshes the session's activity
+    /// mark. Output: that of the command run ([`CustomerOutput::Cart`] or
+    /// [`CustomerOutput::Done`]).
+    ForSession {
+        /// The session's token.
+        token: String,
+        /// The role the request needs.
+        role: Role,
+        /// What to do for the session's buyer.
+        command: SessionCommand,
+        /// Proposer's time.
+        at_ms: u64,
+    },
     /// Only advances time (expires sessions and remembered responses).
     /// Output: [`CustomerOutput::Done`].
     Tick {
@@ -257,6 +325,7 @@ impl CustomerCommand {
             | Self::GiveFeedback { at_ms, .. }
             | Self::RememberResponse { at_ms, .. }
             | Self::RememberResponses { at_ms, .. }
+            | Self::ForSession { at_ms, .. }
             | Self::Tick { at_ms } => *at_ms,
         }
     }
@@ -278,6 +347,13 @@ impl CustomerCommand {
             Self::SaveCart { .. } => Some(8),
             Self::RecordPurchase { .. } => Some(9),
             Self::GiveFeedback { .. } => Some(10),
+            // The step of the command it runs: a retry proposes the same id either way.
+            Self::ForSession { command, .. } => Some(match command {
+                SessionCommand::AddToCart { .. } => 5,
+                SessionCommand::RemoveFromCart { .. } => 6,
+                SessionCommand::ClearCart => 7,
+                SessionCommand::SaveCart => 8,
+            }),
             Self::Touch { .. }
             | Self::RememberResponse { .. }
             | Self::RememberResponses { .. }
@@ -647,6 +723,21 @@ impl CustomerMachine {
         true
     }
 
+    /// Moves a session's activity mark to the current time; false if there is no session.
+    fn touch(&mut self, token: &str) -> bool {
+        let now = self.clock_ms;
+        let Some(session) = self.sessions.get_mut(token) else {
+            return false;
+        };
+        let old = session.last_active_ms;
+        if now > old {
+            session.last_active_ms = now;
+            self.session_idle.remove(&(old, token.to_string()));
+            self.session_idle.insert((now, token.to_string()));
+        }
+        true
+    }
+
     fn buyer_mut(&mut self, buyer: BuyerId) -> Result<&mut Buyer, MarketError> {
         self.buyers
             .get_mut(&buyer)
@@ -762,19 +853,13 @@ impl CustomerMachine {
                 }
             }
             CustomerCommand::Touch { token, .. } => {
-                let now = self.clock_ms;
-                let Some(session) = self.sessions.get_mut(&token) else {
-                    return Err(MarketError::Unauthenticated(
+                if self.touch(&token) {
+                    Ok(CustomerOutput::Done)
+                } else {
+                    Err(MarketError::Unauthenticated(
                         "unknown or ended session".into(),
-                    ));
-                };
-                let old = session.last_active_ms;
-                if now > old {
-                    session.last_active_ms = now;
-                    self.session_idle.remove(&(old, token.clone()));
-                    self.session_idle.insert((now, token));
+                    ))
                 }
-                Ok(CustomerOutput::Done)
             }
             CustomerCommand::AddToCart {
                 buyer,
@@ -884,6 +969,32 @@ impl CustomerMachine {
                     let _ = self.remember(e.scope, e.key, e.response, at_ms);
                 }
                 Ok(CustomerOutput::Done)
+            }
+            CustomerCommand::ForSession {
+                token,
+                role,
+                command,
+                at_ms,
+            } => {
+                // `advance` above has ended every session idle past its limit.
+                let user = match self.sessions.get(&token) {
+                    Some(s) if s.user.role() == role => s.user,
+                    Some(_) => {
+                        return Err(MarketError::Unauthenticated(
+                            "this token belongs to the other role".into(),
+                        ))
+                    }
+                    None => {
+                        return Err(MarketError::Unauthenticated(
+                            "unknown, ended or expired session".into(),
+                        ))
+                    }
+                };
+                let UserId::Buyer(buyer) = user else {
+                    return Err(MarketError::Unauthenticated("not a buyer".into()));
+                };
+                self.touch(&token);
+                self.apply_command(command.for_buyer(buyer, at_ms))
             }
             CustomerCommand::Tick { .. } => Ok(CustomerOutput::Done),
         }

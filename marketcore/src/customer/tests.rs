@@ -649,3 +649,73 @@ fn responses_are_remembered_in_batches() {
     assert_eq!(lookup(&m, "b").map(|r| r.status), Some(204));
     assert_eq!(lookup(&m, "big"), None);
 }
+
+#[test]
+fn a_cart_command_checks_its_session_in_the_same_write() {
+    let mut m = m();
+    let b = buyer(&mut m, "bea", T0);
+    let s = seller(&mut m, "sam", T0);
+    open(&mut m, UserId::Buyer(b), "tb", T0);
+    open(&mut m, UserId::Seller(s), "ts", T0);
+    let item: ItemId = "1-1".parse().expect("item id");
+    add(&mut m, b, item, 3, 5, T0 + 1).expect("add");
+    let for_session = |token: &str, role: Role, command: SessionCommand, at_ms: u64| {
+        CustomerCommand::ForSession {
+            token: token.into(),
+            role,
+            command,
+            at_ms,
+        }
+    };
+    let remove = SessionCommand::RemoveFromCart {
+        item,
+        quantity: Some(1),
+    };
+    // A live buyer session: the command runs for its buyer and refreshes the session.
+    let later = T0 + 60_000;
+    match m.apply(for_session("tb", Role::Buyer, remove.clone(), later)) {
+        Ok(CustomerOutput::Cart(c)) => assert_eq!(c.items[0].quantity, 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        session(&m, "tb", later).map(|s| s.last_active_ms),
+        Some(later)
+    );
+    assert_eq!(
+        m.apply(for_session(
+            "tb",
+            Role::Buyer,
+            SessionCommand::SaveCart,
+            later
+        )),
+        Ok(CustomerOutput::Done)
+    );
+    // Unknown token, the other role's token, a buyer token on a seller route: refused,
+    // nothing changes.
+    let before = m.clone();
+    for (token, role) in [
+        ("nope", Role::Buyer),
+        ("ts", Role::Buyer),
+        ("tb", Role::Seller),
+    ] {
+        let out = m.apply(for_session(token, role, SessionCommand::ClearCart, later));
+        assert!(
+            matches!(out, Err(MarketError::Unauthenticated(_))),
+            "{token} as {role:?}: {out:?}"
+        );
+    }
+    assert_eq!(cart(&m, b, later), cart(&before, b, later));
+    // Idle past the limit: the session ended (the cart went back to the saved one), refused.
+    let expired = later + m.config().session_idle_ms;
+    let out = m.apply(for_session(
+        "tb",
+        Role::Buyer,
+        SessionCommand::ClearCart,
+        expired,
+    ));
+    assert!(
+        matches!(out, Err(MarketError::Unauthenticated(_))),
+        "{out:?}"
+    );
+    assert_eq!(cart(&m, b, expired).items[0].quantity, 2, "saved cart kept");
+}

@@ -47,6 +47,10 @@ impl Api for BuyerApi {
     const NAME: &'static str = "buyer";
     const ROLE: Role = Role::Buyer;
 
+    fn checks_session_in_write(route: &str) -> bool {
+        matches!(route, "remove_cart" | "save_cart" | "clear_cart")
+    }
+
     fn needs_session(route: &str) -> bool {
         !matches!(
             route,
