@@ -30,11 +30,11 @@
 //! `get_purchase_history` and the seller's own rating read the session and the answer in one
 //! query ([`CustomerQuery::ForSession`]); [`Market::authenticate_for_retry`] gives an HTTP
 //! server the session and the remembered response of an `Idempotency-Key` in one read (it
-//! then passes the user as [`Auth::Verified`]); `add_to_cart` checks the session while it
-//! reads the item; `remove_cart`, `save_cart` and `clear_cart` check the session inside
-//! their one replicated write ([`CustomerCommand::ForSession`]); `all_items_by_seller` reads the items of the seller a token belonged to
-//! when this Market last checked it (a token never changes owner) while it checks the
-//! session, and keeps them only if the check names the same seller.
+//! then passes the user as [`Auth::Verified`]); the cart writes (`add_to_cart`,
+//! `remove_cart`, `save_cart`, `clear_cart`) check the session inside their one replicated
+//! write ([`CustomerCommand::ForSession`]); `all_items_by_seller` reads the items of the
+//! seller a token belonged to when this Market last checked it (a token never changes owner)
+//! while it checks the session, and keeps them only if the check names the same seller.
 //!
 //! # The purchase workflow
 //!
@@ -491,8 +491,13 @@ impl Market {
         }
     }
 
-    async fn customer_cart(&self, command: CustomerCommand) -> Result<Cart, MarketError> {
-        match self.customer(command).await? {
+    /// [`Market::cart_command`] for a command whose output is the cart.
+    async fn cart_after(
+        &self,
+        auth: Auth<'_>,
+        command: SessionCommand,
+    ) -> Result<Cart, MarketError> {
+        match self.cart_command(auth, command).await? {
             CustomerOutput::Cart(c) => Ok(c),
             _ => Err(unexpected("cart")),
         }
@@ -1034,23 +1039,30 @@ impl Market {
         auth: impl Into<Auth<'_>>,
         req: &AddToCart,
     ) -> Result<Cart, MarketError> {
-        // The session check and the item read are independent: one round trip, not two. The
-        // answer still ranks a bad token before a bad field, as in every other function.
+        // Read the item, then check the session inside the cart write (two round trips, not
+        // three). A bad token still outranks a bad field or an unknown item: only when the
+        // item read fails is the session read on its own, to answer the right error.
+        let auth = auth.into();
         let item_read = async {
             let item = validate::item_id("item_id", &req.item_id)?;
             let quantity = validate::quantity(req.quantity)?;
             Ok::<_, MarketError>((item, quantity, self.item(item).await?.quantity))
         };
-        let (buyer, item_read) = tokio::join!(self.buyer_of(auth.into()), item_read);
-        let buyer = buyer?;
-        let (item, quantity, available) = item_read?;
-        self.customer_cart(CustomerCommand::AddToCart {
-            buyer,
-            item,
-            quantity,
-            available,
-            at_ms: self.now(),
-        })
+        let (item, quantity, available) = match item_read.await {
+            Ok(read) => read,
+            Err(e) => {
+                self.buyer_of(auth).await?;
+                return Err(e);
+            }
+        };
+        self.cart_after(
+            auth,
+            SessionCommand::AddToCart {
+                item,
+                quantity,
+                available,
+            },
+        )
         .await
     }
 
@@ -1075,13 +1087,8 @@ impl Market {
                 return Err(e);
             }
         };
-        match self
-            .cart_command(auth, SessionCommand::RemoveFromCart { item, quantity })
-            .await?
-        {
-            CustomerOutput::Cart(c) => Ok(c),
-            _ => Err(unexpected("cart")),
-        }
+        self.cart_after(auth, SessionCommand::RemoveFromCart { item, quantity })
+            .await
     }
 
     /// `DELETE /v1/buyers/me/cart` (204): empties the working and the saved cart.

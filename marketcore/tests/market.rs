@@ -107,6 +107,29 @@ async fn several_sessions_logout_and_wrong_role() {
     assert_eq!(code(m.logout_buyer(&s1).await), "unauthenticated");
     assert_eq!(code(m.display_cart("").await), "unauthenticated");
     assert_eq!(code(m.display_cart("nonsense").await), "unauthenticated");
+    // A bad token outranks a bad field or an unknown item, also where the session is checked
+    // inside the cart write.
+    assert_eq!(
+        code(m.add_to_cart("nonsense", &add("9-999", 1)).await),
+        "unauthenticated"
+    );
+    assert_eq!(
+        code(m.add_to_cart("nonsense", &add("bad", 1)).await),
+        "unauthenticated"
+    );
+    assert_eq!(
+        code(m.remove_cart("nonsense", "bad", None).await),
+        "unauthenticated"
+    );
+    assert_eq!(
+        code(m.add_to_cart(&b1, &add("9-999", 1)).await),
+        "not_found"
+    );
+    assert_eq!(
+        code(m.add_to_cart(&s1, &add("9-999", 1)).await),
+        "unauthenticated"
+    );
+    assert_eq!(code(m.clear_cart(&s1).await), "unauthenticated");
     assert_eq!(
         code(m.display_cart(&"x".repeat(10_000)).await),
         "unauthenticated"

@@ -48,7 +48,10 @@ impl Api for BuyerApi {
     const ROLE: Role = Role::Buyer;
 
     fn checks_session_in_write(route: &str) -> bool {
-        matches!(route, "remove_cart" | "save_cart" | "clear_cart")
+        matches!(
+            route,
+            "add_to_cart" | "remove_cart" | "save_cart" | "clear_cart"
+        )
     }
 
     fn needs_session(route: &str) -> bool {
