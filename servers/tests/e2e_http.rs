@@ -767,27 +767,25 @@ async fn an_idempotent_retry_returns_the_first_response() {
     let e = env().await;
     let (seller, _) = seller_session(&e, "sam").await;
     let body = serde_json::to_vec(&json!({"name": "lamp", "category": 1, "condition": "used", "price_cents": 5, "quantity": 1})).expect("json");
-    let first = e
-        .seller
-        .send(
-            Method::POST,
-            "/v1/sellers/me/items",
-            Some(&seller),
-            Some("key-1"),
-            Some(body.clone()),
-        )
-        .await;
+    // Lists the same item with `token` under `key`.
+    let post_item = |token: String, key: &'static str| {
+        let body = body.clone();
+        let seller_server = &e.seller;
+        async move {
+            seller_server
+                .send(
+                    Method::POST,
+                    "/v1/sellers/me/items",
+                    Some(&token),
+                    Some(key),
+                    Some(body),
+                )
+                .await
+        }
+    };
+    let first = post_item(seller.clone(), "key-1").await;
     assert_eq!(first.status, 201);
-    let again = e
-        .seller
-        .send(
-            Method::POST,
-            "/v1/sellers/me/items",
-            Some(&seller),
-            Some("key-1"),
-            Some(body.clone()),
-        )
-        .await;
+    let again = post_item(seller.clone(), "key-1").await;
     assert_eq!(again.status, 201);
     assert_eq!(
         again.body, first.body,
@@ -803,16 +801,7 @@ async fn an_idempotent_retry_returns_the_first_response() {
         Some(1),
         "executed once"
     );
-    let other = e
-        .seller
-        .send(
-            Method::POST,
-            "/v1/sellers/me/items",
-            Some(&seller),
-            Some("key-2"),
-            Some(body.clone()),
-        )
-        .await;
+    let other = post_item(seller.clone(), "key-2").await;
     assert_ne!(other.json()["id"], first.json()["id"]);
 
     // A purchase retried with its key is charged and recorded once.
@@ -885,16 +874,7 @@ async fn an_idempotent_retry_returns_the_first_response() {
     assert_eq!(logout.status, 204);
     let mut replayed = None;
     for _ in 0..100 {
-        let r = e
-            .seller
-            .send(
-                Method::POST,
-                "/v1/sellers/me/items",
-                Some(&seller),
-                Some("key-1"),
-                Some(body.clone()),
-            )
-            .await;
+        let r = post_item(seller.clone(), "key-1").await;
         if r.status == 201 {
             replayed = Some(r);
             break;
@@ -904,27 +884,9 @@ async fn an_idempotent_retry_returns_the_first_response() {
     }
     let replayed = replayed.expect("the remembered response is replayed after logout");
     assert_eq!(replayed.body, first.body);
-    let fresh = e
-        .seller
-        .send(
-            Method::POST,
-            "/v1/sellers/me/items",
-            Some(&seller),
-            Some("key-3"),
-            Some(body.clone()),
-        )
-        .await;
+    let fresh = post_item(seller.clone(), "key-3").await;
     assert_problem(&fresh, 401, "unauthenticated");
-    let wrong_role = e
-        .seller
-        .send(
-            Method::POST,
-            "/v1/sellers/me/items",
-            Some(&buyer),
-            Some("key-4"),
-            Some(body),
-        )
-        .await;
+    let wrong_role = post_item(buyer.clone(), "key-4").await;
     assert_problem(&wrong_role, 401, "unauthenticated");
     e.running.shutdown().await;
 }

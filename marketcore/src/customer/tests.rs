@@ -542,14 +542,19 @@ fn snapshot_restore_and_determinism() {
     assert!(c.restore(b"garbage").is_err());
 }
 
-#[test]
-fn one_read_answers_for_a_session_and_a_remembered_response() {
+/// A buyer "bea" logged in as "tb", a seller "sam" as "ts", and an item id.
+fn buyer_and_seller_logged_in() -> (CustomerMachine, BuyerId, SellerId, ItemId) {
     let mut m = m();
     let b = buyer(&mut m, "bea", T0);
     let s = seller(&mut m, "sam", T0);
     open(&mut m, UserId::Buyer(b), "tb", T0);
     open(&mut m, UserId::Seller(s), "ts", T0);
-    let item: ItemId = "1-1".parse().expect("item id");
+    (m, b, s, "1-1".parse().expect("item id"))
+}
+
+#[test]
+fn one_read_answers_for_a_session_and_a_remembered_response() {
+    let (mut m, b, s, item) = buyer_and_seller_logged_in();
     add(&mut m, b, item, 2, 5, T0 + 1).expect("add");
     ok(
         &mut m,
@@ -652,12 +657,7 @@ fn responses_are_remembered_in_batches() {
 
 #[test]
 fn a_cart_command_checks_its_session_in_the_same_write() {
-    let mut m = m();
-    let b = buyer(&mut m, "bea", T0);
-    let s = seller(&mut m, "sam", T0);
-    open(&mut m, UserId::Buyer(b), "tb", T0);
-    open(&mut m, UserId::Seller(s), "ts", T0);
-    let item: ItemId = "1-1".parse().expect("item id");
+    let (mut m, b, _, item) = buyer_and_seller_logged_in();
     add(&mut m, b, item, 3, 5, T0 + 1).expect("add");
     let for_session = |token: &str, role: Role, command: SessionCommand, at_ms: u64| {
         CustomerCommand::ForSession {
