@@ -716,7 +716,9 @@ async fn bench_log(
             let plan = [
                 (Op::Write, 1, Via::Member),
                 (Op::Write, 16, Via::Spread),
+                (Op::Write, 16, Via::Member),
                 (Op::Write, 128, Via::Spread),
+                (Op::Write, 128, Via::Member),
                 (Op::Read, 1, Via::Member),
             ];
             for (op, workers, via) in plan {
