@@ -27,8 +27,8 @@
 //!
 //! A session check is a linearizable read of the customer database, so the Market folds it
 //! into the reads a request needs anyway, one round trip instead of two: `display_cart`,
-//! `get_purchase_history` and the seller's own rating read the session and the answer in one
-//! query ([`CustomerQuery::ForSession`]); [`Market::authenticate_for_retry`] gives an HTTP
+//! `get_purchase_history`, the seller's own rating and `make_purchase` (its working cart) read
+//! the session and the answer in one query ([`CustomerQuery::ForSession`]); [`Market::authenticate_for_retry`] gives an HTTP
 //! server the session and the remembered response of an `Idempotency-Key` in one read (it
 //! then passes the user as [`Auth::Verified`]); the cart writes (`add_to_cart`,
 //! `remove_cart`, `save_cart`, `clear_cart`) check the session inside their one replicated
@@ -1143,7 +1143,17 @@ impl Market {
         req: &PurchaseRequest,
         idempotency_key: Option<&str>,
     ) -> Result<Purchase, MarketError> {
-        let buyer = self.buyer_of(auth.into()).await?;
+        // With a token, the session and the working cart come from one read.
+        let (buyer, cart) = match auth.into() {
+            Auth::Token(token) => match self
+                .read_about(Auth::Token(token), Role::Buyer, UserQuery::Cart)
+                .await?
+            {
+                (UserId::Buyer(buyer), CustomerAnswer::Cart(cart)) => (buyer, cart),
+                _ => return Err(unexpected("cart")),
+            },
+            auth => (self.buyer_of(auth).await?, None),
+        };
         let now = self.now();
         validate::card(&req.card, now)?;
         if let Some(key) = idempotency_key {
@@ -1168,7 +1178,10 @@ impl Market {
         let lines: Vec<(ItemId, u64)> = if existing.is_some() {
             Vec::new()
         } else {
-            let cart = self.cart_of(buyer).await?;
+            let cart = match cart {
+                Some(cart) => cart,
+                None => self.cart_of(buyer).await?,
+            };
             if cart.items.is_empty() {
                 return Err(MarketError::CartEmpty);
             }

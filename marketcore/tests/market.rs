@@ -130,6 +130,19 @@ async fn several_sessions_logout_and_wrong_role() {
         "unauthenticated"
     );
     assert_eq!(code(m.clear_cart(&s1).await), "unauthenticated");
+    // make_purchase reads the session with the cart: the same answers.
+    assert_eq!(
+        code(m.make_purchase("nonsense", &purchase(), None).await),
+        "unauthenticated"
+    );
+    assert_eq!(
+        code(m.make_purchase(&s1, &purchase(), None).await),
+        "unauthenticated"
+    );
+    assert_eq!(
+        code(m.make_purchase(&b1, &purchase(), None).await),
+        "cart_empty"
+    );
     assert_eq!(
         code(m.display_cart(&"x".repeat(10_000)).await),
         "unauthenticated"

@@ -47,10 +47,10 @@ impl Api for BuyerApi {
     const NAME: &'static str = "buyer";
     const ROLE: Role = Role::Buyer;
 
-    fn checks_session_in_write(route: &str) -> bool {
+    fn checks_session_itself(route: &str) -> bool {
         matches!(
             route,
-            "add_to_cart" | "remove_cart" | "save_cart" | "clear_cart"
+            "add_to_cart" | "remove_cart" | "save_cart" | "clear_cart" | "make_purchase"
         )
     }
 

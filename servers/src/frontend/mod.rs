@@ -21,7 +21,8 @@
 //!    ([`Market::authenticate_for_retry`]); a remembered response wins over an ended session,
 //!    so a retry after logout still gets its first answer. A refused token (401) is not
 //!    remembered. The cart writes (`add_to_cart`, `remove_cart`, `save_cart`, `clear_cart`)
-//!    check the session inside their one replicated write instead, after a stale lookup.
+//!    check the session inside their one replicated write instead, and `make_purchase` in
+//!    the read of the cart, after a stale lookup.
 //! 4. **Call the Market** and render its result: JSON on success, an RFC 9457 problem document
 //!    on error ([`problem`]), with `Retry-After` on 503.
 //!
@@ -210,8 +211,9 @@ pub trait Api: Send + Sync + 'static {
     const ROLE: Role;
     /// Whether the route needs a logged-in user (a live session of [`Api::ROLE`]).
     fn needs_session(route: &str) -> bool;
-    /// Whether the route's one write checks the session itself (so the server need not).
-    fn checks_session_in_write(_route: &str) -> bool {
+    /// Whether the route's Market call checks the session itself, in a read or a write it
+    /// makes anyway (so the server need not).
+    fn checks_session_itself(_route: &str) -> bool {
         false
     }
     /// The route table.
@@ -338,14 +340,14 @@ impl<A: Api> ApiServer<A> {
             }
         };
         // A route that needs a session checks it in the same linearizable read that looks up
-        // the remembered response: one round trip for both. Other routes, and those whose one
-        // write checks the session itself, look up with a stale (local, no quorum round) read;
+        // the remembered response: one round trip for both. Other routes, and those whose
+        // Market call checks the session itself, look up with a stale (local, no quorum round) read;
         // that is enough: on a miss the call runs with request ids derived from the key, so a
         // retry of a request whose answer is not yet visible here still takes effect once and
         // gets the same outputs.
         let mut call = call;
         let looked_up = match &call.token {
-            Ok(token) if A::needs_session(name) && !A::checks_session_in_write(name) => self
+            Ok(token) if A::needs_session(name) && !A::checks_session_itself(name) => self
                 .market
                 .authenticate_for_retry(token, A::ROLE, &scope, &key)
                 .await
