@@ -16,6 +16,7 @@
 //!
 //! [`RememberResponses`]: marketcore::customer::CustomerCommand::RememberResponses
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -32,8 +33,10 @@ pub struct RememberConfig {
     pub entries_max: usize,
     /// Most body bytes in one write (a single larger response still goes, alone).
     pub bytes_max: usize,
-    /// Responses queued beyond this are written one by one instead (backpressure never blocks
-    /// a request).
+    /// Responses queued beyond this are not remembered (counted and logged): the queue is
+    /// bounded and never blocks a request. It only fills when the customer database has
+    /// been unreachable for a while, and then those requests keep the shorter protection of
+    /// the duplicate tables.
     pub queue_max: usize,
 }
 
@@ -54,6 +57,7 @@ pub struct Remember {
     market: Arc<Market>,
     config: RememberConfig,
     queue: OnceLock<mpsc::Sender<RememberEntry>>,
+    dropped: AtomicU64,
 }
 
 impl Remember {
@@ -63,6 +67,7 @@ impl Remember {
             market,
             config,
             queue: OnceLock::new(),
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -78,15 +83,20 @@ impl Remember {
             tokio::spawn(writer(Arc::clone(&self.market), self.config, rx));
             tx
         });
-        if let Err(mpsc::error::TrySendError::Full(entry)) = queue.try_send(entry) {
-            // The writer is behind: write this one on its own rather than wait or drop it.
-            let market = Arc::clone(&self.market);
-            tokio::spawn(async move {
-                if let Err(e) = market.idempotency_record_many(vec![entry]).await {
-                    tracing::warn!(error = %e, "could not remember an idempotent response");
-                }
-            });
+        if queue.try_send(entry).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "response queue full: idempotent responses not remembered"
+                );
+            }
         }
+    }
+
+    /// Responses not remembered because the queue was full, since the server started.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -113,5 +123,70 @@ async fn writer(
         if let Err(e) = market.idempotency_record_many(batch).await {
             tracing::warn!(error = %e, responses = n, "could not remember idempotent responses");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use marketcore::payment::AlwaysApprove;
+    use marketcore::{EmbeddedMarket, EmbeddedOptions};
+    use replication::ReplicatedLog;
+
+    fn embedded() -> EmbeddedMarket {
+        EmbeddedMarket::in_memory(EmbeddedOptions::for_tests(Arc::new(
+            AlwaysApprove::default(),
+        )))
+    }
+
+    #[tokio::test]
+    async fn many_responses_take_few_writes() {
+        let db = embedded();
+        let remember = Remember::new(Arc::clone(db.market()), RememberConfig::default());
+        let before = db.customer_log().status().applied_index;
+        for i in 0..100 {
+            remember.push("t:1".into(), format!("k{i}"), 201, b"{}".to_vec());
+        }
+        // Bounded wait until the last one is remembered.
+        let mut found = None;
+        for _ in 0..200 {
+            found = db
+                .market()
+                .idempotency_lookup("t:1", "k99")
+                .await
+                .expect("lookup");
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(found.map(|r| r.status), Some(201));
+        for i in 0..100 {
+            let r = db
+                .market()
+                .idempotency_lookup("t:1", &format!("k{i}"))
+                .await
+                .expect("lookup");
+            assert!(r.is_some(), "k{i} remembered");
+        }
+        let writes = db.customer_log().status().applied_index - before;
+        assert!(writes < 10, "100 responses took {writes} writes");
+        assert_eq!(remember.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts() {
+        let db = embedded();
+        let config = RememberConfig {
+            queue_max: 1,
+            ..RememberConfig::default()
+        };
+        let remember = Remember::new(Arc::clone(db.market()), config);
+        // On this single-threaded runtime the writer cannot run before the next await, so
+        // the first response fills the queue and the other nine find it full.
+        for i in 0..10 {
+            remember.push("t:1".into(), format!("k{i}"), 204, Vec::new());
+        }
+        assert_eq!(remember.dropped(), 9);
     }
 }
