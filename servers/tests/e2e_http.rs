@@ -997,6 +997,10 @@ async fn health_metrics_and_openapi_are_served() {
     );
     assert!(text
         .contains("http_request_duration_seconds_bucket{server=\"buyer\",route=\"search_items\""));
+    assert!(
+        text.contains("remembered_responses_dropped_total{server=\"buyer\"} 0"),
+        "{text}"
+    );
     let r = e.seller.get("/openapi.json", None).await;
     assert_eq!(r.status, 200);
     let doc = r.json();

@@ -412,6 +412,13 @@ impl<A: Api> Handler for ApiServer<A> {
             (&Method::GET, "/healthz") => ("healthz", self.healthz().await),
             (&Method::GET, "/metrics") => ("metrics", {
                 let mut text = self.metrics.render();
+                text.push_str(&format!(
+                    "# HELP remembered_responses_dropped_total Idempotent responses not remembered because the queue was full.\n\
+                     # TYPE remembered_responses_dropped_total counter\n\
+                     remembered_responses_dropped_total{{server=\"{}\"}} {}\n",
+                    A::NAME,
+                    self.remember.dropped()
+                ));
                 if let Some(extra) = &self.extra_metrics {
                     text.push_str(&extra().await);
                 }
