@@ -5,7 +5,8 @@
 //! [`Action`]s to perform, in this contract:
 //!
 //! 1. If the list holds an [`Action::Persist`] (always first), write its records durably in one
-//!    synced write (group commit), then call [`Core::persisted`] with its [`PersistAck`].
+//!    synced write (group commit), then call [`Core::persisted_then`] with its [`PersistAck`]
+//!    and the rest of the list (or [`Core::persisted`], which sends the news later).
 //! 2. Only then perform the other actions, in order: sends, broadcasts, deliveries, read
 //!    completions. (A member's own Requests and Sequences are thus on its disk before any peer
 //!    sees them, so a restarted member can never issue a different Request or Sequence under
@@ -515,6 +516,30 @@ impl Core {
         if ack.stable > self.stable {
             self.stable = ack.stable;
             self.progress_due = true;
+        }
+    }
+
+    /// [`Core::persisted`], given the actions that came after the persist in the same drain
+    /// and are not performed yet: their messages are re-stamped with the progress now on
+    /// disk, so the news travels with them at once, and when one of them goes to every
+    /// member no separate progress message is needed.
+    pub fn persisted_then(&mut self, ack: PersistAck, rest: &mut [Action]) {
+        self.persisted(ack);
+        let header = self.header();
+        let mut broadcast = false;
+        for action in rest {
+            match action {
+                Action::Send { message, .. } => message.header = header,
+                Action::Broadcast(message) => {
+                    message.header = header;
+                    broadcast = true;
+                }
+                _ => {}
+            }
+        }
+        if broadcast {
+            self.progress_due = false;
+            self.last_broadcast_ms = self.now_ms;
         }
     }
 

@@ -534,9 +534,16 @@ impl<S: StateMachine> Driver<S> {
     fn run_actions(&mut self) -> Result<(), LogError> {
         // Bounded: each drain after the first only reacts to a persist acknowledgement.
         for _ in 0..8 {
-            let actions = self.core.drain();
+            let mut actions = self.core.drain();
             if actions.is_empty() {
                 break;
+            }
+            // The persist comes first; what follows it is sent stamped with its progress.
+            if matches!(actions.first(), Some(Action::Persist { .. })) {
+                if let Action::Persist { records, ack } = actions.remove(0) {
+                    self.persist(&records)?;
+                    self.core.persisted_then(ack, &mut actions);
+                }
             }
             let mut deliveries = Vec::new();
             for action in actions {

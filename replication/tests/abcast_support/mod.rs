@@ -315,10 +315,16 @@ impl Sim {
             let Some(core) = self.nodes[i].as_mut() else {
                 return;
             };
-            let actions = core.drain();
+            let mut actions = core.drain();
             if actions.is_empty() {
                 self.maybe_snapshot(i);
                 return;
+            }
+            if matches!(actions.first(), Some(Action::Persist { .. })) {
+                if let Action::Persist { records, ack } = actions.remove(0) {
+                    self.disks[i].extend(records);
+                    core.persisted_then(ack, &mut actions);
+                }
             }
             for a in actions {
                 match a {
