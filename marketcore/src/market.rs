@@ -26,15 +26,19 @@
 //! `&String` convert into one), or a [`UserId`] checked earlier in the same request.
 //!
 //! A session check is a linearizable read of the customer database, so the Market folds it
-//! into the reads a request needs anyway, one round trip instead of two: `display_cart`,
-//! `get_purchase_history`, the seller's own rating and `make_purchase` (its working cart) read
-//! the session and the answer in one query ([`CustomerQuery::ForSession`]); [`Market::authenticate_for_retry`] gives an HTTP
-//! server the session and the remembered response of an `Idempotency-Key` in one read (it
-//! then passes the user as [`Auth::Verified`]); the cart writes (`add_to_cart`,
-//! `remove_cart`, `save_cart`, `clear_cart`) check the session inside their one replicated
-//! write ([`CustomerCommand::ForSession`]); `all_items_by_seller` reads the items of the
-//! seller a token belonged to when this Market last checked it (a token never changes owner)
-//! while it checks the session, and keeps them only if the check names the same seller.
+//! into the reads a request needs anyway, one round trip instead of two:
+//!
+//! * `display_cart`, `get_purchase_history`, the seller's own rating and `make_purchase` (its
+//!   working cart) read the session and the answer in one query
+//!   ([`CustomerQuery::ForSession`]);
+//! * [`Market::authenticate_for_retry`] gives an HTTP server the session and the remembered
+//!   response of an `Idempotency-Key` in one read (the server then passes the user as
+//!   [`Auth::Verified`]);
+//! * the cart writes (`add_to_cart`, `remove_cart`, `save_cart`, `clear_cart`) check the
+//!   session inside their one replicated write ([`CustomerCommand::ForSession`]);
+//! * `all_items_by_seller` reads the items of the seller a token belonged to when this Market
+//!   last checked it (a token never changes owner) while it checks the session, and keeps
+//!   them only if the check names the same seller.
 //!
 //! # The purchase workflow
 //!
@@ -107,8 +111,9 @@ pub const SCOPE_CHARS_MAX: usize = 128;
 
 /// Who is calling: a bearer token to check, or a user that [`Market::authenticate`] or
 /// [`Market::authenticate_for_retry`] already checked for this same request (an HTTP server
-/// that looked up a remembered response passes the result, saving a second session read). A `Verified` user of
-/// the wrong role is refused with `unauthenticated`, like a wrong-role token.
+/// that looked up a remembered response passes the result, saving a second session read).
+/// A `Verified` user of the wrong role is refused with `unauthenticated`, like a wrong-role
+/// token.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Auth<'a> {
     /// `Authorization: Bearer <token>`.
