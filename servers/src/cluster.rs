@@ -6,6 +6,7 @@
 //! data_dir = "data"          # relative paths are relative to this file's directory
 //! certs_dir = "data/certs"
 //! session_idle_secs = 300
+//! lease_reads = false        # opt-in: product-db reads from the Raft leader's lease
 //!
 //! [payments]
 //! listen = "127.0.0.1:7400"
@@ -163,6 +164,13 @@ pub struct Cluster {
     /// this long and its units return.
     #[serde(default = "default_reservation_ttl_secs")]
     pub reservation_ttl_secs: u64,
+    /// Opt-in: the product database answers linearizable reads from its Raft leader's lease
+    /// (raft-rs `LeaseBased`: no quorum round per read) instead of a ReadIndex round. Safe
+    /// while the clocks of the product database's hosts run at rates that differ by far less
+    /// than the election timeout over one timeout (NTP-disciplined hosts; always true on one
+    /// host). Default `false`.
+    #[serde(default)]
+    pub lease_reads: bool,
     /// The payment service.
     pub payments: PaymentsSection,
     /// Customer database replicas.
@@ -257,6 +265,7 @@ impl Cluster {
             data_dir,
             session_idle_secs: 300,
             reservation_ttl_secs: 120,
+            lease_reads: false,
             payments: PaymentsSection {
                 listen: at(0),
                 approve_rate: 0.9,
@@ -360,6 +369,11 @@ mod tests {
         assert_eq!(loaded.seller.len(), 4);
         assert_eq!(loaded.data_dir, dir.path().join("data"));
         assert_eq!(loaded.cert_names().len(), 19);
+        assert!(!loaded.lease_reads, "ReadIndex unless opted in");
+        let mut leased = c.clone();
+        leased.lease_reads = true;
+        leased.save(&path).expect("save");
+        assert!(Cluster::load(&path).expect("load").lease_reads);
     }
 
     #[test]

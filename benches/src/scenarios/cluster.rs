@@ -76,8 +76,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts `market up` in a fresh temporary directory and waits until it is healthy.
-    pub fn start(market: &Path) -> Result<Self, String> {
+    /// Starts `market up` in a fresh temporary directory and waits until it is healthy; with
+    /// `lease_reads`, the product database uses its opt-in lease reads.
+    pub fn start(market: &Path, lease_reads: bool) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("market-scenario-")
             .tempdir()
@@ -96,6 +97,7 @@ impl Cluster {
             .arg(base.to_string())
             .arg("--cluster-json")
             .arg(&json)
+            .args(lease_reads.then_some("--lease-reads"))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

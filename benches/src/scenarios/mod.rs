@@ -58,6 +58,10 @@ struct Args {
     /// Mix calls per client (default: by load level, see `calls_for`).
     #[arg(long)]
     calls: Option<u64>,
+    /// Start the cluster with the product database's opt-in lease reads (`market up
+    /// --lease-reads`) instead of the default ReadIndex reads.
+    #[arg(long)]
+    lease_reads: bool,
     /// Scenarios to run, comma-separated (default 1,2,3,4).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<u8>,
@@ -156,7 +160,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         for &id in &scenarios {
             let name = SCENARIOS[id as usize - 1];
             eprint!("{per_side}+{per_side} clients, scenario {id} ({name}): ");
-            let mut cluster = Cluster::start(&market)?;
+            let mut cluster = Cluster::start(&market, args.lease_reads)?;
             let injector = injector(id, cluster.handle());
             let data = runtime.block_on(load::run(
                 spec,

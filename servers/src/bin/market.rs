@@ -108,6 +108,10 @@ struct UpArgs {
     /// Idle seconds after which a session ends.
     #[arg(long, default_value_t = 300)]
     session_idle_secs: u64,
+    /// Opt-in: the product database serves reads from its Raft leader's lease instead of a
+    /// ReadIndex round (`lease_reads` in cluster.toml; applies when cluster.toml is created).
+    #[arg(long)]
+    lease_reads: bool,
 }
 
 #[derive(clap::Args)]
@@ -266,6 +270,7 @@ fn main() -> ExitCode {
                     base_port: args.base_port,
                     cluster_json: args.cluster_json,
                     approve_rate: args.approve_rate,
+                    lease_reads: args.lease_reads,
                     ready_timeout: Duration::from_secs(90),
                 })
                 .await

@@ -105,7 +105,11 @@ pub async fn run(cluster: Cluster, db: RoleKind, id: u64) -> Result<(), String> 
             let ids: Vec<u64> = cluster.product_db.iter().map(|r| r.id).collect();
             let machine = ProductMachine::new(ProductConfig::default());
             let log = RaftLog::start(
-                RaftConfig::new(id, ids, &dir),
+                {
+                    let mut config = RaftConfig::new(id, ids, &dir);
+                    config.lease_reads = cluster.lease_reads;
+                    config
+                },
                 peer_net.clone() as Arc<dyn Network>,
                 machine,
             )

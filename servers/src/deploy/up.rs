@@ -38,6 +38,9 @@ pub struct UpOptions {
     pub cluster_json: PathBuf,
     /// Payment approval rate (used only when creating cluster.toml).
     pub approve_rate: f64,
+    /// Product database reads from the Raft leader's lease ([`Cluster::lease_reads`]; used
+    /// only when creating cluster.toml).
+    pub lease_reads: bool,
     /// How long to wait for the cluster to become healthy.
     pub ready_timeout: Duration,
 }
@@ -68,6 +71,7 @@ pub fn prepare(
     data_dir: &Path,
     base_port: u16,
     approve_rate: f64,
+    lease_reads: bool,
 ) -> Result<(Cluster, PathBuf), String> {
     std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let path = data_dir.join("cluster.toml");
@@ -75,6 +79,7 @@ pub fn prepare(
         let mut reference = Cluster::reference(PathBuf::from("."), base_port);
         reference.certs_dir = PathBuf::from("certs");
         reference.payments.approve_rate = approve_rate;
+        reference.lease_reads = lease_reads;
         reference.save(&path).map_err(|e| e.to_string())?;
     }
     let cluster = Cluster::load(&path).map_err(|e| e.to_string())?;
@@ -251,7 +256,12 @@ pub fn cluster_file(cluster: &Cluster, procs: &[Proc]) -> ClusterFile {
 
 /// Runs `market up` until Ctrl-C.
 pub async fn run(options: UpOptions) -> Result<(), String> {
-    let (cluster, config) = prepare(&options.data_dir, options.base_port, options.approve_rate)?;
+    let (cluster, config) = prepare(
+        &options.data_dir,
+        options.base_port,
+        options.approve_rate,
+        options.lease_reads,
+    )?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the market binary: {e}"))?;
     let mut procs = Vec::new();
     for (name, role, addr, args) in plan(&cluster, &config) {
