@@ -579,7 +579,7 @@ impl Core {
             }
             Body::ReadProbeReply { probe } => {
                 if let Some(p) = self.probes.get_mut(&probe) {
-                    p.replies.entry(from).or_insert(h.known);
+                    p.replies.entry(from).or_insert(h.stable);
                 }
             }
         }
@@ -1029,7 +1029,7 @@ impl Core {
         let probe = self.next_probe;
         self.next_probe += 1;
         let mut replies = BTreeMap::new();
-        replies.insert(self.cfg.id, self.known);
+        replies.insert(self.cfg.id, self.stable);
         self.probes.insert(
             probe,
             Probe {

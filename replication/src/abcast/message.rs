@@ -83,7 +83,7 @@ pub enum Body {
     /// Nothing but the header (heartbeat, or news that `stable` advanced).
     Progress,
     /// A read barrier asks for the receiver's progress; the answer is the reply's header
-    /// (`known`), taken after the probe arrived.
+    /// (`stable`), taken after the probe arrived.
     ReadProbe {
         /// Probe id, local to the asking member.
         probe: u64,

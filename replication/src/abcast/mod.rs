@@ -54,9 +54,9 @@
 //! | field | meaning |
 //! |---|---|
 //! | `epoch` | view number; fixed at [`CoreConfig::epoch`] until a view change exists; other epochs are dropped |
-//! | `stable` | the sender has Sequences `0..stable` and every Request they name on disk |
+//! | `stable` | the sender has Sequences `0..stable` and every Request they name on disk: drives delivery and read barriers |
 //! | `delivered` | the sender has delivered `0..delivered` (capped at `stable`): garbage when everyone reports it |
-//! | `known` | the sender knows Sequences `0..known` exist: drives retransmission and read barriers |
+//! | `known` | the sender knows Sequences `0..known` exist: drives retransmission and catch-up |
 //! | `issued` | the sender issued its Requests `0..issued`: drives retransmission and turn passing |
 //!
 //! Wire bodies ([`Body`]): `Data { requests, sequences }` (originals and retransmissions),
@@ -68,10 +68,13 @@
 //!
 //! A linearizable read runs a barrier: the member asks every peer for its progress
 //! (`ReadProbe`); once a majority (itself included) has answered, the target is the largest
-//! `known` among the answers; the member waits until it has delivered up to the target, then
+//! `stable` among the answers; the member waits until it has delivered up to the target, then
 //! reads its local state. Why it is enough: a write acknowledged before the read began was
 //! delivered at its proposer, so a majority had it on disk (`stable > k`); that majority meets
-//! the answering majority, and `known >= stable`. Reads arriving together share one probe.
+//! the answering majority, and `stable` only grows, so some answer has `stable > k`. (Taking
+//! `stable` rather than `known` spares the read from waiting for Sequences that are still in
+//! flight and that no acknowledged write can depend on.) Reads arriving together share one
+//! probe.
 //! Stale reads read the local state directly.
 //!
 //! # Failure model (honest)
