@@ -8,6 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of the system allocator: every process here is allocation-heavy (QUIC
+/// packets, JSON, postcard frames), and glibc's malloc showed up in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use servers::cluster::{Cluster, RoleKind};
 use servers::deploy::{self, up::UpOptions};
 use servers::http::{self, Limits};
