@@ -646,17 +646,9 @@ impl Market {
                         "this token belongs to the other role".into(),
                     ));
                 }
-                let query = match (user, about) {
-                    (UserId::Buyer(buyer), UserQuery::Cart) => CustomerQuery::Cart {
-                        buyer,
-                        now_ms: self.now(),
-                    },
-                    (UserId::Buyer(buyer), UserQuery::Purchases) => {
-                        CustomerQuery::Purchases { buyer }
-                    }
-                    (UserId::Seller(seller), UserQuery::Rating) => CustomerQuery::Rating { seller },
-                    _ => return Err(unexpected("query for this role")),
-                };
+                let query = about
+                    .for_user(user, self.now())
+                    .ok_or_else(|| unexpected("query for this role"))?;
                 Ok((user, self.read_customer(query).await?))
             }
         }

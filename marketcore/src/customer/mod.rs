@@ -470,6 +470,19 @@ pub enum UserQuery {
     Rating,
 }
 
+impl UserQuery {
+    /// The query this asks about `user` at `now_ms`; `None` when it does not fit the user's
+    /// role (a cart or purchases of a seller, a rating of a buyer).
+    pub fn for_user(self, user: UserId, now_ms: u64) -> Option<CustomerQuery> {
+        match (user, self) {
+            (UserId::Buyer(buyer), Self::Cart) => Some(CustomerQuery::Cart { buyer, now_ms }),
+            (UserId::Buyer(buyer), Self::Purchases) => Some(CustomerQuery::Purchases { buyer }),
+            (UserId::Seller(seller), Self::Rating) => Some(CustomerQuery::Rating { seller }),
+            _ => None,
+        }
+    }
+}
+
 /// A live session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
@@ -1203,22 +1216,10 @@ impl CustomerMachine {
                         user: s.user,
                         last_active_ms: s.last_active_ms,
                     });
-                let inner = match (session.as_ref().map(|s| s.user), about) {
-                    (Some(UserId::Buyer(buyer)), Some(UserQuery::Cart)) if *role == Role::Buyer => {
-                        Some(CustomerQuery::Cart { buyer, now_ms: now })
-                    }
-                    (Some(UserId::Buyer(buyer)), Some(UserQuery::Purchases))
-                        if *role == Role::Buyer =>
-                    {
-                        Some(CustomerQuery::Purchases { buyer })
-                    }
-                    (Some(UserId::Seller(seller)), Some(UserQuery::Rating))
-                        if *role == Role::Seller =>
-                    {
-                        Some(CustomerQuery::Rating { seller })
-                    }
-                    _ => None,
-                };
+                let inner = session
+                    .as_ref()
+                    .filter(|s| s.user.role() == *role)
+                    .and_then(|s| about.and_then(|a| a.for_user(s.user, now)));
                 CustomerAnswer::ForSession {
                     session,
                     about: inner.map(|q| Box::new(self.answer(&q))),
