@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clients::api::{CreateAccount, Login, NewItem};
 use clients::{BuyerClient, SellerClient};
-use cluster::{create_accounts, run_load, verify, Ledger, TestCluster, SERIAL};
+use cluster::{create_accounts, run_load, verify, wait_for_calls, Ledger, TestCluster, SERIAL};
 
 async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -32,21 +32,23 @@ async fn replicas_die_under_load_and_no_call_fails() {
         let (sellers, buyers) = (c.seller_urls(), c.buyer_urls());
         tokio::spawn(async move { run_load(sellers, buyers, &accounts, 0, stop, ledger).await })
     };
-    sleep_ms(2000).await;
+    // Each fault comes once the load has made another PHASE_CALLS calls (about 1.5 s here).
+    const PHASE_CALLS: u64 = 1000;
+    wait_for_calls(&ledger, PHASE_CALLS).await;
     c.kill9("seller-0");
     c.kill9("buyer-0");
-    sleep_ms(2000).await;
+    wait_for_calls(&ledger, PHASE_CALLS).await;
     let leader = c.product_leader().await;
     let follower = (leader + 1) % 5;
     c.kill9(&format!("product-db-{follower}"));
-    sleep_ms(2000).await;
+    wait_for_calls(&ledger, PHASE_CALLS).await;
     c.kill9(&format!("product-db-{leader}"));
-    sleep_ms(3000).await;
+    wait_for_calls(&ledger, PHASE_CALLS).await;
     let new_leader = c.product_leader().await;
     assert_ne!(new_leader, leader, "a new leader was elected");
     c.restart_product_db(follower);
     c.restart_product_db(leader);
-    sleep_ms(2000).await;
+    wait_for_calls(&ledger, PHASE_CALLS).await;
     stop.store(true, Ordering::Relaxed);
     load.await.expect("load");
 
@@ -116,7 +118,7 @@ async fn everything_killed_then_restarted_keeps_every_acknowledged_effect() {
         let (sellers, buyers) = (c.seller_urls(), c.buyer_urls());
         tokio::spawn(async move { run_load(sellers, buyers, &accounts, 1, stop, ledger).await })
     };
-    sleep_ms(3000).await;
+    wait_for_calls(&ledger, 1000).await;
     // Snapshot what was acknowledged before the crash; calls in flight may fail now.
     let before = {
         let l = ledger.lock().expect("lock");
@@ -200,7 +202,16 @@ async fn a_purchase_whose_frontend_dies_midway_is_complete_or_undone() {
         .expect("login");
     doomed.add_to_cart(&item.id, 1).await.expect("cart");
     let purchase = tokio::spawn(async move { doomed.make_purchase(&cluster::card()).await });
-    sleep_ms(700).await; // reserved, waiting on the (slow) payment service
+    // Kill buyer-0 once the unit is reserved, while the (slow) payment service decides.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let items = seller.all_items_by_seller().await.expect("items").items;
+        if items.iter().any(|i| i.id == item.id && i.quantity == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the purchase never reserved");
+        sleep_ms(20).await;
+    }
     c.kill9("buyer-0");
     assert!(
         purchase.await.expect("task").is_err(),

@@ -269,6 +269,23 @@ pub fn expected(e: &ClientError) -> bool {
     )
 }
 
+/// Waits until the load has made `more` calls beyond those it had made so far: the failure
+/// tests inject each fault once the cluster has demonstrably served, not after a fixed time.
+/// Bounded: panics after 60 s without that progress.
+pub async fn wait_for_calls(ledger: &Mutex<Ledger>, more: u64) {
+    let calls = || ledger.lock().expect("ledger").calls;
+    let target = calls() + more;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while calls() < target {
+        assert!(
+            Instant::now() < deadline,
+            "the load made {} of {more} calls in 60 s",
+            more + calls() - target
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What the clients saw acknowledged.
 #[derive(Default, Debug)]
 pub struct Ledger {
