@@ -8,13 +8,16 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use replication::abcast::{AbcastConfig, AbcastLog};
 use replication::conformance::{TestCommand, TestMachine, TestQuery};
 use replication::{ReadConsistency, ReplicatedLog, RequestId};
 use transport::sim::{LinkConfig, SimHub};
 use transport::Network;
+
+use crate::sim_bench::run_in_scratch;
+pub use crate::sim_bench::Percentiles;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -46,15 +49,6 @@ impl Default for AbcastBenchOpts {
     }
 }
 
-/// Latency percentiles, microseconds.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Percentiles {
-    /// Median.
-    pub p50_us: u64,
-    /// 99th percentile.
-    pub p99_us: u64,
-}
-
 /// The results.
 #[derive(Debug, Clone, Default)]
 pub struct AbcastBenchReport {
@@ -74,16 +68,10 @@ pub struct AbcastBenchReport {
 
 impl std::fmt::Display for AbcastBenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let row = |f: &mut std::fmt::Formatter<'_>, name: &str, p: Percentiles| {
-            writeln!(
-                f,
-                "{name:<28} p50 {:>7} us   p99 {:>7} us",
-                p.p50_us, p.p99_us
-            )
-        };
-        row(f, "abcast propose", self.propose)?;
-        row(f, "abcast linearizable read", self.read)?;
-        row(f, "abcast propose under load", self.throughput_latency)?;
+        self.propose.row(f, "abcast propose")?;
+        self.read.row(f, "abcast linearizable read")?;
+        self.throughput_latency
+            .row(f, "abcast propose under load")?;
         writeln!(
             f,
             "abcast throughput            {:.0} proposals/s ({} fsyncs per member, {} retransmits)",
@@ -92,44 +80,15 @@ impl std::fmt::Display for AbcastBenchReport {
     }
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
-    if samples.is_empty() {
-        return Percentiles::default();
-    }
-    samples.sort_unstable();
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        u64::try_from(samples[i].as_micros()).unwrap_or(u64::MAX)
-    };
-    Percentiles {
-        p50_us: at(0.50),
-        p99_us: at(0.99),
-    }
-}
-
 /// Runs the benchmark on its own tokio runtime and returns the figures.
 pub fn run(opts: AbcastBenchOpts) -> Result<AbcastBenchReport, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let base = opts
-        .data_dir
-        .join(format!("abcast-bench-{}-{nanos}", std::process::id()));
-    let result = runtime.block_on(bench(&opts, &base));
-    let _ = std::fs::remove_dir_all(&base);
-    result
+    let data_dir = opts.data_dir.clone();
+    run_in_scratch(&data_dir, "abcast-bench", |base| async move {
+        bench(opts, &base).await
+    })
 }
 
-async fn bench(
-    opts: &AbcastBenchOpts,
-    base: &std::path::Path,
-) -> Result<AbcastBenchReport, String> {
+async fn bench(opts: AbcastBenchOpts, base: &std::path::Path) -> Result<AbcastBenchReport, String> {
     let n = opts.members.max(1);
     let hub = SimHub::start(1, LinkConfig::fixed(opts.link_delay_us)).ok_or("no runtime")?;
     let mut logs = Vec::new();
@@ -154,7 +113,7 @@ async fn bench(
             .map_err(|e| e.to_string())?;
         samples.push(t.elapsed());
     }
-    report.propose = percentiles(samples);
+    report.propose = Percentiles::of(samples);
 
     let mut samples = Vec::with_capacity(opts.latency_ops);
     for _ in 0..opts.latency_ops {
@@ -165,7 +124,7 @@ async fn bench(
             .map_err(|e| e.to_string())?;
         samples.push(t.elapsed());
     }
-    report.read = percentiles(samples);
+    report.read = Percentiles::of(samples);
 
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -196,7 +155,7 @@ async fn bench(
     }
     let elapsed = started.elapsed().as_secs_f64();
     report.throughput_ops_per_s = all.len() as f64 / elapsed.max(1e-9);
-    report.throughput_latency = percentiles(all);
+    report.throughput_latency = Percentiles::of(all);
     let stats: Vec<_> = logs.iter().map(|l| l.stats()).collect();
     report.fsyncs_per_member = stats.iter().map(|s| s.fsyncs).sum::<u64>() / n as u64;
     report.retransmits = stats.iter().map(|s| s.core.retransmits_requested).sum();

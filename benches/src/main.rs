@@ -6,6 +6,7 @@ mod logbench;
 mod raft_bench;
 mod rpc;
 mod scenarios;
+mod sim_bench;
 
 fn main() {
     // The RPC benchmark re-executes this binary as its server process.

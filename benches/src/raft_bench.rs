@@ -16,6 +16,9 @@ use replication::{ReadConsistency, ReplicatedLog, RequestId, Role};
 use transport::sim::{LinkConfig, SimHub};
 use transport::Network;
 
+use crate::sim_bench::run_in_scratch;
+pub use crate::sim_bench::Percentiles;
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct RaftBenchOpts {
@@ -46,15 +49,6 @@ impl Default for RaftBenchOpts {
     }
 }
 
-/// Latency percentiles, microseconds.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Percentiles {
-    /// Median.
-    pub p50_us: u64,
-    /// 99th percentile.
-    pub p99_us: u64,
-}
-
 /// The results.
 #[derive(Debug, Clone, Default)]
 pub struct RaftBenchReport {
@@ -74,18 +68,11 @@ pub struct RaftBenchReport {
 
 impl std::fmt::Display for RaftBenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let row = |f: &mut std::fmt::Formatter<'_>, name: &str, p: Percentiles| {
-            writeln!(
-                f,
-                "{name:<28} p50 {:>7} us   p99 {:>7} us",
-                p.p50_us, p.p99_us
-            )
-        };
-        row(f, "propose via leader", self.propose_leader)?;
-        row(f, "propose via follower", self.propose_follower)?;
-        row(f, "linearizable read, leader", self.read_leader)?;
-        row(f, "linearizable read, follower", self.read_follower)?;
-        row(f, "propose under load", self.throughput_latency)?;
+        self.propose_leader.row(f, "propose via leader")?;
+        self.propose_follower.row(f, "propose via follower")?;
+        self.read_leader.row(f, "linearizable read, leader")?;
+        self.read_follower.row(f, "linearizable read, follower")?;
+        self.throughput_latency.row(f, "propose under load")?;
         writeln!(
             f,
             "throughput                   {:.0} proposals/s",
@@ -94,41 +81,15 @@ impl std::fmt::Display for RaftBenchReport {
     }
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
-    if samples.is_empty() {
-        return Percentiles::default();
-    }
-    samples.sort_unstable();
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        u64::try_from(samples[i].as_micros()).unwrap_or(u64::MAX)
-    };
-    Percentiles {
-        p50_us: at(0.50),
-        p99_us: at(0.99),
-    }
-}
-
 /// Runs the benchmark on its own tokio runtime and returns the figures.
 pub fn run(opts: RaftBenchOpts) -> Result<RaftBenchReport, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let base = opts
-        .data_dir
-        .join(format!("raft-bench-{}-{nanos}", std::process::id()));
-    let result = runtime.block_on(bench(&opts, &base));
-    let _ = std::fs::remove_dir_all(&base);
-    result
+    let data_dir = opts.data_dir.clone();
+    run_in_scratch(&data_dir, "raft-bench", |base| async move {
+        bench(opts, &base).await
+    })
 }
 
-async fn bench(opts: &RaftBenchOpts, base: &std::path::Path) -> Result<RaftBenchReport, String> {
+async fn bench(opts: RaftBenchOpts, base: &std::path::Path) -> Result<RaftBenchReport, String> {
     let n = opts.replicas.max(1);
     let hub = SimHub::start(1, LinkConfig::fixed(opts.link_delay_us)).ok_or("no runtime")?;
     let mut logs = Vec::new();
@@ -161,7 +122,7 @@ async fn bench(opts: &RaftBenchOpts, base: &std::path::Path) -> Result<RaftBench
                 .map_err(|e| e.to_string())?;
             samples.push(t.elapsed());
         }
-        let p = percentiles(samples);
+        let p = Percentiles::of(samples);
         if slot == 0 {
             report.propose_leader = p;
         } else {
@@ -178,7 +139,7 @@ async fn bench(opts: &RaftBenchOpts, base: &std::path::Path) -> Result<RaftBench
                 .map_err(|e| e.to_string())?;
             samples.push(t.elapsed());
         }
-        let p = percentiles(samples);
+        let p = Percentiles::of(samples);
         if slot == 0 {
             report.read_leader = p;
         } else {
@@ -215,7 +176,7 @@ async fn bench(opts: &RaftBenchOpts, base: &std::path::Path) -> Result<RaftBench
     }
     let elapsed = started.elapsed().as_secs_f64();
     report.throughput_ops_per_s = all.len() as f64 / elapsed.max(1e-9);
-    report.throughput_latency = percentiles(all);
+    report.throughput_latency = Percentiles::of(all);
     for log in &logs {
         log.shutdown();
     }

@@ -2,6 +2,9 @@
 //! binary is where it really runs). `ABCAST_BENCH=1` runs the default (full) workload and
 //! prints it.
 
+#[path = "../../benches/src/sim_bench.rs"]
+mod sim_bench;
+
 #[path = "../../benches/src/abcast_bench.rs"]
 #[allow(dead_code)]
 mod abcast_bench;

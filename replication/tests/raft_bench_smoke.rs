@@ -1,6 +1,9 @@
 //! Compiles and runs `benches/src/raft_bench.rs` on a tiny workload (the bench crate's binary
 //! is where it really runs). `RAFT_BENCH=1` runs the default (full) workload and prints it.
 
+#[path = "../../benches/src/sim_bench.rs"]
+mod sim_bench;
+
 #[path = "../../benches/src/raft_bench.rs"]
 #[allow(dead_code)]
 mod raft_bench;
