@@ -286,6 +286,52 @@ fn client_config(i: usize) -> ClientConfig {
     }
 }
 
+/// Creates the account (an earlier attempt that timed out may already have) and logs in, at
+/// most `SETUP_ATTEMPTS` times, while at most `SETUP_CONCURRENCY` clients do this at once.
+/// True once logged in.
+async fn sign_up<CF, LF, A, B>(
+    rec: &mut Recorder,
+    shared: &Shared,
+    name: &str,
+    username: &str,
+    (create_func, create): (Func, impl Fn(CreateAccount) -> CF),
+    (login_func, login): (Func, impl Fn(Login) -> LF),
+) -> bool
+where
+    CF: Future<Output = Result<A, ClientError>>,
+    LF: Future<Output = Result<B, ClientError>>,
+{
+    let _permit = shared.setup_gate.acquire().await;
+    let account = CreateAccount {
+        name: name.to_string(),
+        username: username.to_string(),
+        password: PASSWORD.into(),
+    };
+    let credentials = Login {
+        username: username.to_string(),
+        password: PASSWORD.into(),
+    };
+    let mut created = false;
+    for _ in 0..SETUP_ATTEMPTS {
+        if !created {
+            match rec.call(create_func, create(account.clone())).await {
+                Ok(_) => created = true,
+                // An earlier attempt that timed out did create it.
+                Err(code) if code == "username_taken" => created = true,
+                Err(_) => continue,
+            }
+        }
+        if rec
+            .call(login_func, login(credentials.clone()))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+    }
+    false
+}
+
 async fn seller(
     i: usize,
     urls: Vec<String>,
@@ -302,41 +348,22 @@ async fn seller(
     };
     let mut rng = StdRng::seed_from_u64(1000 + i as u64);
     let username = format!("seller{i}");
-    let mut logged_in = false;
-    {
-        let _permit = shared.setup_gate.acquire().await;
-        let mut created = false;
-        for _ in 0..SETUP_ATTEMPTS {
-            if !created {
-                let account = CreateAccount {
-                    name: format!("Seller {i}"),
-                    username: username.clone(),
-                    password: PASSWORD.into(),
-                };
-                match rec
-                    .call(Func::CreateSeller, client.create_seller(&account))
-                    .await
-                {
-                    Ok(_) => created = true,
-                    // An earlier attempt that timed out did create it.
-                    Err(code) if code == "username_taken" => created = true,
-                    Err(_) => continue,
-                }
-            }
-            let login = Login {
-                username: username.clone(),
-                password: PASSWORD.into(),
-            };
-            if rec
-                .call(Func::LoginSeller, client.login_seller(&login))
-                .await
-                .is_ok()
-            {
-                logged_in = true;
-                break;
-            }
-        }
-    }
+    let c = &client;
+    let logged_in = sign_up(
+        &mut rec,
+        &shared,
+        &format!("Seller {i}"),
+        &username,
+        (
+            Func::CreateSeller,
+            |a| async move { c.create_seller(&a).await },
+        ),
+        (
+            Func::LoginSeller,
+            |l| async move { c.login_seller(&l).await },
+        ),
+    )
+    .await;
     rec.start_mix().await;
     let calls = if logged_in { spec.calls_per_client } else { 0 };
     let deadline = Instant::now() + spec.mix_time_max;
@@ -419,41 +446,19 @@ async fn buyer(
     };
     let mut rng = StdRng::seed_from_u64(2000 + i as u64);
     let username = format!("buyer{i}");
-    let mut logged_in = false;
-    {
-        let _permit = shared.setup_gate.acquire().await;
-        let mut created = false;
-        for _ in 0..SETUP_ATTEMPTS {
-            if !created {
-                let account = CreateAccount {
-                    name: format!("Buyer {i}"),
-                    username: username.clone(),
-                    password: PASSWORD.into(),
-                };
-                match rec
-                    .call(Func::CreateBuyer, client.create_buyer(&account))
-                    .await
-                {
-                    Ok(_) => created = true,
-                    // An earlier attempt that timed out did create it.
-                    Err(code) if code == "username_taken" => created = true,
-                    Err(_) => continue,
-                }
-            }
-            let login = Login {
-                username: username.clone(),
-                password: PASSWORD.into(),
-            };
-            if rec
-                .call(Func::LoginBuyer, client.login_buyer(&login))
-                .await
-                .is_ok()
-            {
-                logged_in = true;
-                break;
-            }
-        }
-    }
+    let c = &client;
+    let logged_in = sign_up(
+        &mut rec,
+        &shared,
+        &format!("Buyer {i}"),
+        &username,
+        (
+            Func::CreateBuyer,
+            |a| async move { c.create_buyer(&a).await },
+        ),
+        (Func::LoginBuyer, |l| async move { c.login_buyer(&l).await }),
+    )
+    .await;
     rec.start_mix().await;
     let card = Card {
         name: format!("Buyer {i}"),
