@@ -3,16 +3,16 @@
 //! disk), and client histories through the stateright linearizability tester.
 
 mod abcast_support;
+mod counter_history;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use abcast_support::Hub;
 use async_trait::async_trait;
-use rand::{Rng, SeedableRng};
 use replication::abcast::{AbcastConfig, AbcastLog};
 use replication::conformance::{Harness, TestAnswer, TestCommand, TestMachine, TestQuery};
 use replication::{ReadConsistency, ReplicatedLog, RequestId, Role};
-use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
+use stateright::semantics::ConsistencyTester;
 
 const MEMBERS: u64 = 5;
 
@@ -96,91 +96,11 @@ mod abcast_group {
     replication::conformance_suite!(make);
 }
 
-#[derive(Clone, Debug, Default)]
-struct CounterSpec(u64);
-
-#[derive(Clone, Debug)]
-enum CounterOp {
-    Incr,
-    Read,
-}
-
-impl SequentialSpec for CounterSpec {
-    type Op = CounterOp;
-    type Ret = u64;
-    fn invoke(&mut self, op: &CounterOp) -> u64 {
-        match op {
-            CounterOp::Incr => {
-                self.0 += 1;
-                self.0
-            }
-            CounterOp::Read => self.0,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_histories_are_linearizable() {
     let group = Group::start();
-    let tester: Arc<Mutex<LinearizabilityTester<u64, CounterSpec>>> = Arc::new(Mutex::new(
-        LinearizabilityTester::new(CounterSpec::default()),
-    ));
-    let mut tasks = Vec::new();
-    for client in 0..5u64 {
-        let logs: Vec<_> = (0..MEMBERS as usize).map(|i| group.log(i)).collect();
-        let tester = Arc::clone(&tester);
-        tasks.push(tokio::spawn(async move {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(client);
-            for op in 0..16u64 {
-                let log = &logs[rng.gen_range(0..logs.len())];
-                if rng.gen_bool(0.5) {
-                    tester
-                        .lock()
-                        .expect("lock")
-                        .on_invoke(client, CounterOp::Incr)
-                        .expect("invoke");
-                    let v = log
-                        .propose(
-                            RequestId {
-                                client: 500 + client,
-                                seq: op + 1,
-                            },
-                            TestCommand::Incr,
-                        )
-                        .await
-                        .expect("propose");
-                    tester
-                        .lock()
-                        .expect("lock")
-                        .on_return(client, v)
-                        .expect("return");
-                } else {
-                    tester
-                        .lock()
-                        .expect("lock")
-                        .on_invoke(client, CounterOp::Read)
-                        .expect("invoke");
-                    let v = match log
-                        .read(TestQuery::Counter, ReadConsistency::Linearizable)
-                        .await
-                        .expect("read")
-                    {
-                        TestAnswer::Counter(c) => c,
-                        other => panic!("wrong answer {other:?}"),
-                    };
-                    tester
-                        .lock()
-                        .expect("lock")
-                        .on_return(client, v)
-                        .expect("return");
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("client task");
-    }
-    let tester = tester.lock().expect("lock");
+    let logs: Vec<_> = (0..MEMBERS as usize).map(|i| group.log(i)).collect();
+    let tester = counter_history::run_clients(logs, 5, 16, 0, 500).await;
     assert!(
         tester.is_consistent(),
         "history is not linearizable: {:?}",

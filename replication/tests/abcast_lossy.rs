@@ -2,48 +2,20 @@
 //! adapter with hostile links (loss, duplication, reordering delays), in real time: client
 //! histories stay linearizable (stateright) and every member applies the same history.
 
-use std::sync::{Arc, Mutex};
+mod counter_history;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
+use counter_history::counter;
 use replication::abcast::{AbcastConfig, AbcastLog};
-use replication::conformance::{TestAnswer, TestCommand, TestMachine, TestQuery};
-use replication::{ReadConsistency, ReplicatedLog, RequestId};
-use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
+use replication::conformance::TestMachine;
+use replication::ReadConsistency;
+use stateright::semantics::ConsistencyTester;
 use transport::sim::{LinkConfig, SimHub};
 use transport::Network;
 
 const MEMBERS: u64 = 5;
-
-#[derive(Clone, Debug, Default)]
-struct CounterSpec(u64);
-
-#[derive(Clone, Debug)]
-enum CounterOp {
-    Incr,
-    Read,
-}
-
-impl SequentialSpec for CounterSpec {
-    type Op = CounterOp;
-    type Ret = u64;
-    fn invoke(&mut self, op: &CounterOp) -> u64 {
-        match op {
-            CounterOp::Incr => {
-                self.0 += 1;
-                self.0
-            }
-            CounterOp::Read => self.0,
-        }
-    }
-}
-
-async fn counter(log: &AbcastLog<TestMachine>, c: ReadConsistency) -> u64 {
-    match log.read(TestQuery::Counter, c).await.expect("read") {
-        TestAnswer::Counter(v) => v,
-        other => panic!("wrong answer {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_links_keep_histories_linearizable() {
@@ -66,65 +38,17 @@ async fn lossy_links_keep_histories_linearizable() {
             )
         })
         .collect();
-    let tester: Arc<Mutex<LinearizabilityTester<u64, CounterSpec>>> = Arc::new(Mutex::new(
-        LinearizabilityTester::new(CounterSpec::default()),
-    ));
-    let mut tasks = Vec::new();
-    for client in 0..6u64 {
-        let logs = logs.clone();
-        let tester = Arc::clone(&tester);
-        tasks.push(tokio::spawn(async move {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + client);
-            for op in 0..20u64 {
-                let log = &logs[rng.gen_range(0..logs.len())];
-                if rng.gen_bool(0.5) {
-                    tester
-                        .lock()
-                        .expect("lock")
-                        .on_invoke(client, CounterOp::Incr)
-                        .expect("invoke");
-                    let id = RequestId {
-                        client: 700 + client,
-                        seq: op + 1,
-                    };
-                    let v = log.propose(id, TestCommand::Incr).await.expect("propose");
-                    tester
-                        .lock()
-                        .expect("lock")
-                        .on_return(client, v)
-                        .expect("return");
-                } else {
-                    tester
-                        .lock()
-                        .expect("lock")
-                        .on_invoke(client, CounterOp::Read)
-                        .expect("invoke");
-                    let v = counter(log, ReadConsistency::Linearizable).await;
-                    tester
-                        .lock()
-                        .expect("lock")
-                        .on_return(client, v)
-                        .expect("return");
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("client");
-    }
-    {
-        let tester = tester.lock().expect("lock");
-        assert!(
-            tester.is_consistent(),
-            "seed {seed}: not linearizable: {tester:?}"
-        );
-    }
+    let tester = counter_history::run_clients(logs.clone(), 6, 20, seed, 700).await;
+    assert!(
+        tester.is_consistent(),
+        "seed {seed}: not linearizable: {tester:?}"
+    );
     // Every member converges on the same state.
-    let reference = counter(&logs[0], ReadConsistency::Linearizable).await;
+    let reference = counter(logs[0].as_ref(), ReadConsistency::Linearizable).await;
     for (i, log) in logs.iter().enumerate() {
         let mut v = 0;
         for _ in 0..500 {
-            v = counter(log, ReadConsistency::Stale).await;
+            v = counter(log.as_ref(), ReadConsistency::Stale).await;
             if v >= reference {
                 break;
             }
