@@ -401,13 +401,17 @@ impl Market {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
-    /// Proposes one step to the customer database, retrying `Unavailable` with the same id.
-    async fn customer(&self, command: CustomerCommand) -> Result<CustomerOutput, MarketError> {
-        let id = self.step_id(command.step());
+    /// Runs one database call, again while the log answers `Unavailable`, up to
+    /// [`MarketConfig::propose_attempts`] times with a doubling pause. A proposal is retried
+    /// with the same request id, so it takes effect once.
+    async fn with_retries<T, Fut>(&self, mut call: impl FnMut() -> Fut) -> Result<T, MarketError>
+    where
+        Fut: std::future::Future<Output = Result<T, LogError>>,
+    {
         let mut attempt = 0;
         loop {
-            match self.customers.propose(id, command.clone()).await {
-                Ok(out) => return out,
+            match call().await {
+                Ok(v) => return Ok(v),
                 Err(LogError::Unavailable(_)) if attempt + 1 < self.config.propose_attempts => {
                     self.backoff(attempt).await;
                     attempt += 1;
@@ -417,20 +421,18 @@ impl Market {
         }
     }
 
+    /// Proposes one step to the customer database, retrying `Unavailable` with the same id.
+    async fn customer(&self, command: CustomerCommand) -> Result<CustomerOutput, MarketError> {
+        let id = self.step_id(command.step());
+        self.with_retries(|| self.customers.propose(id, command.clone()))
+            .await?
+    }
+
     /// Proposes one step to the product database, retrying `Unavailable` with the same id.
     async fn product(&self, command: ProductCommand) -> Result<ProductOutput, MarketError> {
         let id = self.step_id(command.step());
-        let mut attempt = 0;
-        loop {
-            match self.products.propose(id, command.clone()).await {
-                Ok(out) => return out,
-                Err(LogError::Unavailable(_)) if attempt + 1 < self.config.propose_attempts => {
-                    self.backoff(attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.with_retries(|| self.products.propose(id, command.clone()))
+            .await?
     }
 
     async fn read_customer(&self, query: CustomerQuery) -> Result<CustomerAnswer, MarketError> {
@@ -443,17 +445,8 @@ impl Market {
         query: CustomerQuery,
         consistency: ReadConsistency,
     ) -> Result<CustomerAnswer, MarketError> {
-        let mut attempt = 0;
-        loop {
-            match self.customers.read(query.clone(), consistency).await {
-                Ok(a) => return Ok(a),
-                Err(LogError::Unavailable(_)) if attempt + 1 < self.config.propose_attempts => {
-                    self.backoff(attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.with_retries(|| self.customers.read(query.clone(), consistency))
+            .await
     }
 
     async fn read_product(&self, query: ProductQuery) -> Result<ProductAnswer, MarketError> {
@@ -466,17 +459,8 @@ impl Market {
         query: ProductQuery,
         consistency: ReadConsistency,
     ) -> Result<ProductAnswer, MarketError> {
-        let mut attempt = 0;
-        loop {
-            match self.products.read(query.clone(), consistency).await {
-                Ok(a) => return Ok(a),
-                Err(LogError::Unavailable(_)) if attempt + 1 < self.config.propose_attempts => {
-                    self.backoff(attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.with_retries(|| self.products.read(query.clone(), consistency))
+            .await
     }
 
     async fn product_item(&self, command: ProductCommand) -> Result<Item, MarketError> {
