@@ -16,8 +16,8 @@ use replication::{ReadConsistency, ReplicatedLog, RequestId};
 use transport::sim::{LinkConfig, SimHub};
 use transport::Network;
 
-use crate::sim_bench::run_in_scratch;
 pub use crate::sim_bench::Percentiles;
+use crate::sim_bench::{run_in_scratch, throughput};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -126,36 +126,8 @@ async fn bench(opts: AbcastBenchOpts, base: &std::path::Path) -> Result<AbcastBe
     }
     report.read = Percentiles::of(samples);
 
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..opts.clients {
-        let log = Arc::clone(&logs[c % n]);
-        let ops = opts.ops_per_client;
-        tasks.push(tokio::spawn(async move {
-            let mut samples = Vec::with_capacity(ops);
-            for k in 0..ops {
-                let t = Instant::now();
-                log.propose(
-                    RequestId {
-                        client: 1000 + c as u64,
-                        seq: k as u64 + 1,
-                    },
-                    TestCommand::Incr,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                samples.push(t.elapsed());
-            }
-            Ok::<_, String>(samples)
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.map_err(|e| e.to_string())??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    report.throughput_ops_per_s = all.len() as f64 / elapsed.max(1e-9);
-    report.throughput_latency = Percentiles::of(all);
+    (report.throughput_ops_per_s, report.throughput_latency) =
+        throughput(&logs, opts.clients, opts.ops_per_client).await?;
     let stats: Vec<_> = logs.iter().map(|l| l.stats()).collect();
     report.fsyncs_per_member = stats.iter().map(|s| s.fsyncs).sum::<u64>() / n as u64;
     report.retransmits = stats.iter().map(|s| s.core.retransmits_requested).sum();

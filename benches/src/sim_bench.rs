@@ -1,11 +1,15 @@
 //! What the two simulated-network log benchmarks (`raft_bench`, `abcast_bench`) share: latency
 //! percentiles, their report rows, and running a benchmark on its own runtime in a scratch
-//! directory. Each includes this file with `#[path]` (as the replication crate's smoke tests
-//! include those benchmarks), so it uses nothing but std and tokio.
+//! directory, and the closed-loop throughput run. The benches crate and the replication crate's
+//! smoke tests (which include the benchmarks by `#[path]`) each include it once.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use replication::conformance::{TestCommand, TestMachine};
+use replication::{ReplicatedLog, RequestId};
 
 /// Latency percentiles, microseconds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,4 +67,42 @@ where
     let result = runtime.block_on(bench(base.clone()));
     let _ = std::fs::remove_dir_all(&base);
     result
+}
+
+/// `clients` closed-loop proposers, client `c` on `logs[c % logs.len()]`, each proposing
+/// `ops_per_client` increments back to back: proposals per second and their latencies.
+pub async fn throughput<L>(
+    logs: &[Arc<L>],
+    clients: usize,
+    ops_per_client: usize,
+) -> Result<(f64, Percentiles), String>
+where
+    L: ReplicatedLog<TestMachine> + 'static,
+{
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let log = Arc::clone(&logs[c % logs.len()]);
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(ops_per_client);
+            for k in 0..ops_per_client {
+                let t = Instant::now();
+                let id = RequestId {
+                    client: 1000 + c as u64,
+                    seq: k as u64 + 1,
+                };
+                log.propose(id, TestCommand::Incr)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                samples.push(t.elapsed());
+            }
+            Ok::<_, String>(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok((all.len() as f64 / elapsed.max(1e-9), Percentiles::of(all)))
 }
