@@ -305,6 +305,23 @@ async fn nemesis(c: Arc<Cluster>, seed: u64, steps: usize) {
     }
 }
 
+/// Integrity and durability of a converged history: no value applied twice, and every value
+/// whose write was acknowledged is there.
+fn assert_once_and_none_lost(seed: u64, history: &[u64], acked: &[u64]) {
+    let unique: BTreeSet<u64> = history.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        history.len(),
+        "seed {seed}: a value was applied twice"
+    );
+    for v in acked {
+        assert!(
+            unique.contains(v),
+            "seed {seed}: acknowledged value {v} lost"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linearizable_under_faults() {
     for seed in seeds() {
@@ -352,18 +369,7 @@ async fn linearizable_under_faults() {
         }
         let acked: Vec<u64> = acked.lock().unwrap().clone();
         let history = converge(&c, acked.len() + c.n, 500).await;
-        let unique: BTreeSet<u64> = history.iter().copied().collect();
-        assert_eq!(
-            unique.len(),
-            history.len(),
-            "seed {seed}: a value was applied twice"
-        );
-        for v in &acked {
-            assert!(
-                unique.contains(v),
-                "seed {seed}: acknowledged value {v} lost"
-            );
-        }
+        assert_once_and_none_lost(seed, &history, &acked);
         for v in &history {
             let (client, k) = (v / 1_000_000, v % 1_000_000);
             assert!(
@@ -639,18 +645,7 @@ async fn every_node_killed_with_writes_in_flight() {
             .await
             .expect("write after restart");
         let history = converge(&c, acked.len() + 1, 500).await;
-        let unique: BTreeSet<u64> = history.iter().copied().collect();
-        assert_eq!(
-            unique.len(),
-            history.len(),
-            "seed {seed}: a value was applied twice"
-        );
-        for v in &acked {
-            assert!(
-                unique.contains(v),
-                "seed {seed}: acknowledged value {v} lost"
-            );
-        }
+        assert_once_and_none_lost(seed, &history, &acked);
         for v in &history {
             assert!(
                 *v == 77_777 || (v / 1000 < 5 && v % 1000 < 40),
