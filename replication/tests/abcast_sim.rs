@@ -154,6 +154,46 @@ fn crashed_member_stalls_the_ring_and_catches_up_after_restart() {
 }
 
 #[test]
+fn crash_after_sending_unpersisted_requests_reuses_no_seq() {
+    let mut voided = 0;
+    for seed in seeds(8) {
+        let mut sim = Sim::new(9000 + seed, 5, Faults::lossy());
+        let victim = (seed % 5) as usize;
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 400);
+        sim.crash_in_next_persist(victim);
+        for _ in 0..100 {
+            if !sim.armed(victim) {
+                break;
+            }
+            random_load(&mut sim, &[victim], 1, 10);
+        }
+        assert_eq!(
+            sim.torn_crashes, 1,
+            "seed {seed}: the torn crash never happened"
+        );
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 20, 200);
+        sim.run_for(300);
+        sim.restart(victim);
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 400);
+        assert!(
+            sim.run_until_all_delivered(30_000),
+            "seed {seed}: did not recover: {:?}{}",
+            sim.check_all_delivered(),
+            sim.summary()
+        );
+        sim.check_safety().unwrap_or_else(|e| fail("torn", seed, e));
+        sim.check_all_delivered()
+            .unwrap_or_else(|e| fail("torn", seed, e));
+        voided += (0..5)
+            .filter_map(|i| sim.core(i))
+            .map(|c| c.stats().requests_voided)
+            .max()
+            .unwrap_or(0);
+    }
+    assert!(voided > 0, "no restart Request ever voided a gap");
+}
+
+#[test]
 fn whole_group_restart_loses_nothing() {
     for seed in seeds(4) {
         let mut sim = Sim::new(5000 + seed, 5, Faults::lossy());

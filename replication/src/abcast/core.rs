@@ -4,14 +4,18 @@
 //! [`Core::read_barrier`] and [`Core::persisted`]. Outputs: [`Core::drain`] returns the
 //! [`Action`]s to perform, in this contract:
 //!
-//! 1. If the list holds an [`Action::Persist`] (always first), write its records durably in one
-//!    synced write (group commit), then call [`Core::persisted_then`] with its [`PersistAck`]
-//!    and the rest of the list (or [`Core::persisted`], which sends the news later).
-//! 2. Only then perform the other actions, in order: sends, broadcasts, deliveries, read
-//!    completions. (A member's own Requests and Sequences are thus on its disk before any peer
-//!    sees them, so a restarted member can never issue a different Request or Sequence under
-//!    an id it used before.)
-//! 3. Call [`Core::drain`] again until it returns nothing (a persist acknowledgement may make
+//! 1. Perform the actions that come before the [`Action::Persist`] (if the list holds one):
+//!    they are broadcasts of this member's own Requests whose seqs are under its stored seq
+//!    lease, and they may reach peers before their own persist.
+//! 2. Write the persist's records (and its lease, [`PersistAck::lease`], when it grew) durably
+//!    in one synced write (group commit), then call [`Core::persisted_then`] with its
+//!    [`PersistAck`] and the rest of the list (or [`Core::persisted`], which sends the news
+//!    later).
+//! 3. Only then perform the other actions, in order: sends, broadcasts, deliveries, read
+//!    completions. (A member's Sequences are thus on its disk before any peer sees them, so a
+//!    restarted member can never issue a different Sequence for a number it used before; its
+//!    Requests never reuse a seq because a restart starts at the stored lease.)
+//! 4. Call [`Core::drain`] again until it returns nothing (a persist acknowledgement may make
 //!    more progress possible: a progress broadcast, deliveries).
 //!
 //! See the [module docs](super) for the protocol itself.
@@ -51,6 +55,10 @@ pub struct CoreConfig {
     pub retransmit_after_ms: u64,
     /// A member that sent nothing for this long broadcasts its progress.
     pub heartbeat_ms: u64,
+    /// When `stable` advances, the proposers of the newly stable Requests are told at once
+    /// (they are the ones waiting to deliver); everyone else learns it from this member's next
+    /// broadcast, or from a Progress broadcast once the news is this old.
+    pub progress_spread_ms: u64,
     /// An owner with nothing to sequence passes at once after progress; a further pass waits
     /// this long (no busy spin around an idle ring).
     pub pass_retry_ms: u64,
@@ -80,6 +88,7 @@ impl CoreConfig {
             outbox_max: 65_536,
             retransmit_after_ms: 20,
             heartbeat_ms: 50,
+            progress_spread_ms: 2,
             pass_retry_ms: 10,
             retransmit_items_max: 64,
             probes_max: 1024,
@@ -98,6 +107,10 @@ impl CoreConfig {
 pub struct PersistAck {
     /// Sequences `0..stable` and their Requests are durable once this batch is.
     pub stable: u64,
+    /// This member's seq lease: the runtime stores it durably in the same write (when it grew)
+    /// and hands the largest stored value to [`Core::recover_from`] after a restart. The member
+    /// sends its own Requests with seqs below the stored lease before they are on its disk.
+    pub lease: u64,
 }
 
 /// Approximate encoded size of a Request.
@@ -205,6 +218,9 @@ pub struct CoreStats {
     pub dropped: u64,
     /// Protocol invariant violations seen (should stay 0).
     pub anomalies: u64,
+    /// Seqs skipped by restart Requests: Requests of crashed incarnations that never got a
+    /// global number (see [`RequestMsg::restart`]).
+    pub requests_voided: u64,
 }
 
 #[derive(Debug, Default)]
@@ -219,6 +235,9 @@ struct SenderState {
     gc: u64,
     /// The sender says it issued `0..issued` (metadata).
     issued: u64,
+    /// Held Requests not written yet: a Request is written with the first persist that
+    /// claims a Sequence naming it (see `Core::drain`).
+    unwritten: BTreeSet<u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -277,6 +296,16 @@ pub struct Core {
     actions: Vec<Action>,
     progress_due: bool,
     last_broadcast_ms: u64,
+    /// Own Requests may use seqs below this once the persist carrying it is durable.
+    lease_issued: u64,
+    /// The lease on disk: own Requests below it are sent before their own persist.
+    lease_durable: u64,
+    /// The lease last handed to a persist.
+    lease_handed: u64,
+    /// Since when `stable` is ahead of what this member last broadcast.
+    unspread_since_ms: Option<u64>,
+    /// Peers to tell at once that `stable` advanced: proposers of newly stable Requests.
+    news_for: BTreeSet<MemberId>,
     missing_sequences: BTreeMap<u64, Missing>,
     missing_requests: BTreeMap<RequestKey, Missing>,
     pending_reads: Vec<u64>,
@@ -320,6 +349,11 @@ impl Core {
             actions: Vec::new(),
             progress_due: false,
             last_broadcast_ms: 0,
+            unspread_since_ms: None,
+            lease_issued: 0,
+            lease_durable: 0,
+            lease_handed: 0,
+            news_for: BTreeSet::new(),
             missing_sequences: BTreeMap::new(),
             missing_requests: BTreeMap::new(),
             pending_reads: Vec::new(),
@@ -334,11 +368,17 @@ impl Core {
         }
     }
 
-    /// A member restarted from the records it had persisted. Everything recovered is stable
-    /// (it came from disk). The member is [`Core::recovering`] until it has heard from a
-    /// majority and delivered everything they knew of; until then it does not sequence.
-    pub fn recover(cfg: CoreConfig, records: impl IntoIterator<Item = Record>) -> Self {
-        Self::recover_from(cfg, None, records)
+    /// A member restarted from the records it had persisted and the largest seq lease it had
+    /// stored ([`PersistAck::lease`]). Everything recovered is stable (it came from disk). The
+    /// member is [`Core::recovering`] until it has heard from a majority and delivered
+    /// everything they knew of; until then it does not sequence.
+    ///
+    /// If the lease is beyond its recovered Requests, the crashed incarnation may have sent
+    /// Requests that never reached its disk: the member issues a restart Request at the lease
+    /// ([`RequestMsg::restart`]), never reusing a seq it may have sent, and its proposal
+    /// numbers skip every number those Requests could have carried.
+    pub fn recover(cfg: CoreConfig, lease: u64, records: impl IntoIterator<Item = Record>) -> Self {
+        Self::recover_from(cfg, None, lease, records)
     }
 
     /// Like [`Core::recover`], from a state snapshot taken when Sequences `0..base.delivered`
@@ -348,10 +388,11 @@ impl Core {
     pub fn recover_from(
         cfg: CoreConfig,
         base: Option<SnapshotBase>,
+        lease: u64,
         records: impl IntoIterator<Item = Record>,
     ) -> Self {
         let mut core = Self::new(cfg);
-        let mut any = false;
+        let mut any = lease > 0;
         if let Some(b) = &base {
             if b.prefixes.len() == core.senders.len() {
                 any = true;
@@ -404,7 +445,48 @@ impl Core {
         core.stable = core.complete;
         core.persist_mark = core.complete;
         core.recovering = any && core.cfg.members > 1;
+        core.lease_issued = lease;
+        core.lease_durable = lease;
+        core.lease_handed = lease;
+        if lease > core.next_local_seq {
+            let recovered = core.next_local_seq;
+            let unknown = lease - recovered;
+            core.next_proposal += unknown * core.cfg.request_payloads_max.max(1) as u64;
+            core.next_local_seq = lease;
+            core.issue_request(Vec::new(), Some(recovered));
+        }
         core
+    }
+
+    /// Seqs granted per lease extension (half the receive window, so a restart Request at the
+    /// lease stays within its receivers' window).
+    fn lease_step(&self) -> u64 {
+        (self.cfg.request_window / 2).max(1)
+    }
+
+    /// Issues the next own Request: into the persist batch, the outgoing Requests and the
+    /// held set. Extends the seq lease when it runs low.
+    fn issue_request(&mut self, payloads: Vec<Vec<u8>>, restart: Option<u64>) {
+        let step = self.lease_step();
+        if self.next_local_seq + step / 2 >= self.lease_issued {
+            self.lease_issued = self.next_local_seq + step;
+        }
+        let base = self.next_proposal - self.outbox.len() as u64 - payloads.len() as u64;
+        let req = RequestMsg {
+            key: RequestKey {
+                sender: self.cfg.id,
+                seq: self.next_local_seq,
+            },
+            base,
+            payloads,
+            restart,
+        };
+        self.next_local_seq += 1;
+        self.stats.requests_issued += 1;
+        self.out_requests.push(req.clone());
+        let st = &mut self.senders[self.cfg.id as usize];
+        st.unwritten.insert(req.key.seq);
+        st.received.insert(req.key.seq, req);
     }
 
     /// What a state snapshot taken now must record to resume delivery after it.
@@ -502,7 +584,11 @@ impl Core {
     /// retries, garbage collection, deferred turn passes.
     pub fn tick(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
-        if self.now_ms.saturating_sub(self.last_broadcast_ms) >= self.cfg.heartbeat_ms {
+        if self.now_ms.saturating_sub(self.last_broadcast_ms) >= self.cfg.heartbeat_ms
+            || self
+                .unspread_since_ms
+                .is_some_and(|t| self.now_ms.saturating_sub(t) >= self.cfg.progress_spread_ms)
+        {
             self.progress_due = true;
         }
         self.scan_missing();
@@ -513,10 +599,22 @@ impl Core {
 
     /// The records of an [`Action::Persist`] are durable.
     pub fn persisted(&mut self, ack: PersistAck) {
-        if ack.stable > self.stable {
-            self.stable = ack.stable;
-            self.progress_due = true;
+        self.lease_durable = self.lease_durable.max(ack.lease);
+        if ack.stable <= self.stable {
+            return;
         }
+        let id = self.cfg.id;
+        for seq in self
+            .sequences
+            .range(self.stable..ack.stable)
+            .map(|(_, s)| s)
+        {
+            self.news_for
+                .extend(seq.assigned.iter().map(|k| k.sender).filter(|&s| s != id));
+        }
+        self.stable = ack.stable;
+        self.known = self.known.max(self.stable);
+        self.unspread_since_ms.get_or_insert(self.now_ms);
     }
 
     /// [`Core::persisted`], given the actions that came after the persist in the same drain
@@ -529,7 +627,10 @@ impl Core {
         let mut broadcast = false;
         for action in rest {
             match action {
-                Action::Send { message, .. } => message.header = header,
+                Action::Send { to, message } => {
+                    message.header = header;
+                    self.news_for.remove(to);
+                }
                 Action::Broadcast(message) => {
                     message.header = header;
                     broadcast = true;
@@ -538,9 +639,16 @@ impl Core {
             }
         }
         if broadcast {
-            self.progress_due = false;
-            self.last_broadcast_ms = self.now_ms;
+            self.broadcasted();
         }
+    }
+
+    /// A broadcast carrying the current header goes out: every peer hears the progress.
+    fn broadcasted(&mut self) {
+        self.progress_due = false;
+        self.last_broadcast_ms = self.now_ms;
+        self.unspread_since_ms = None;
+        self.news_for.clear();
     }
 
     /// Handles one message from member `from`.
@@ -592,13 +700,36 @@ impl Core {
         self.try_deliver();
         self.start_probes();
         self.check_probes();
-        let mut out = Vec::with_capacity(self.actions.len() + 2);
-        if !self.to_persist.is_empty() || self.complete > self.persist_mark {
+        let mut out = Vec::with_capacity(self.actions.len() + 3);
+        // Own Requests under the stored lease go out before their persist: their seqs can
+        // never be reused (a restart starts at the lease), so only their peers' copies count.
+        let early = self
+            .out_requests
+            .iter()
+            .take_while(|r| r.key.sender == self.cfg.id && r.key.seq < self.lease_durable)
+            .count();
+        if early > 0 && self.cfg.members > 1 {
+            let requests: Vec<RequestMsg> = self.out_requests.drain(..early).collect();
+            for requests in split_by_size(requests, self.cfg.message_bytes_max) {
+                let body = Body::Data {
+                    requests,
+                    sequences: Vec::new(),
+                };
+                out.push(Action::Broadcast(self.message(body)));
+            }
+        }
+        self.write_named_requests();
+        if !self.to_persist.is_empty()
+            || self.complete > self.persist_mark
+            || self.lease_issued > self.lease_handed
+        {
             self.persist_mark = self.complete;
+            self.lease_handed = self.lease_issued;
             out.push(Action::Persist {
                 records: std::mem::take(&mut self.to_persist),
                 ack: PersistAck {
                     stable: self.complete,
+                    lease: self.lease_issued,
                 },
             });
         }
@@ -617,13 +748,36 @@ impl Core {
             }
         } else if self.progress_due && self.cfg.members > 1 {
             out.push(Action::Broadcast(self.message(Body::Progress)));
+        } else {
+            for to in std::mem::take(&mut self.news_for) {
+                out.push(Action::Send {
+                    to,
+                    message: self.message(Body::Progress),
+                });
+            }
         }
         if out.iter().any(|a| matches!(a, Action::Broadcast(_))) {
-            self.progress_due = false;
-            self.last_broadcast_ms = self.now_ms;
+            self.broadcasted();
         }
         out.append(&mut self.actions);
         out
+    }
+
+    /// Adds to the next persist the unwritten Requests named by the Sequences it will claim
+    /// (`persist_mark..complete`). Requests wait in memory until then: one that is never
+    /// sequenced needs no disk (its sender's restart may void it), and a member writes each
+    /// Request together with the Sequence that names it instead of in a write of its own.
+    fn write_named_requests(&mut self) {
+        for (_, seq) in self.sequences.range(self.persist_mark..self.complete) {
+            for key in &seq.assigned {
+                let st = &mut self.senders[key.sender as usize];
+                if st.unwritten.remove(&key.seq) {
+                    if let Some(r) = st.received.get(&key.seq) {
+                        self.to_persist.push(Record::Request(r.clone()));
+                    }
+                }
+            }
+        }
     }
 
     fn header(&self) -> Header {
@@ -671,12 +825,12 @@ impl Core {
             self.stats.duplicates += 1;
             return;
         }
-        if r.key.seq >= st.sequenced + self.cfg.request_window {
+        if r.key.seq >= st.sequenced + self.cfg.request_window && r.restart.is_none() {
             self.stats.dropped += 1;
             return;
         }
         self.missing_requests.remove(&r.key);
-        self.to_persist.push(Record::Request(r.clone()));
+        st.unwritten.insert(r.key.seq);
         st.received.insert(r.key.seq, r);
     }
 
@@ -705,8 +859,10 @@ impl Core {
         while let Some(seq) = self.sequences.get(&self.contiguous) {
             for key in &seq.assigned {
                 let st = &mut self.senders[key.sender as usize];
-                if key.seq == st.sequenced {
-                    st.sequenced += 1;
+                if key.seq >= st.sequenced {
+                    // Past a gap only for a restart Request (see `try_sequence`).
+                    self.stats.requests_voided += key.seq - st.sequenced;
+                    st.sequenced = key.seq + 1;
                 } else {
                     self.stats.anomalies += 1;
                     tracing::error!(number = seq.number, ?key, "sequence breaks per-sender FIFO");
@@ -738,7 +894,6 @@ impl Core {
             && self.next_local_seq - self.senders[id as usize].sequenced
                 < self.cfg.requests_in_flight_max.max(1)
         {
-            let base = self.next_proposal - self.outbox.len() as u64;
             let mut payloads = Vec::new();
             let mut bytes = 0usize;
             while let Some(p) = self.outbox.front() {
@@ -752,19 +907,7 @@ impl Core {
                     payloads.push(p);
                 }
             }
-            let req = RequestMsg {
-                key: RequestKey {
-                    sender: id,
-                    seq: self.next_local_seq,
-                },
-                base,
-                payloads,
-            };
-            self.next_local_seq += 1;
-            self.stats.requests_issued += 1;
-            self.to_persist.push(Record::Request(req.clone()));
-            self.out_requests.push(req.clone());
-            self.senders[id as usize].received.insert(req.key.seq, req);
+            self.issue_request(payloads, None);
         }
     }
 
@@ -796,12 +939,23 @@ impl Core {
             for i in 0..n {
                 let s = (start + i) % n;
                 let st = &self.senders[s as usize];
+                let max = self.cfg.sequence_requests_max.max(1);
                 let mut q = st.sequenced;
-                while assigned.len() < self.cfg.sequence_requests_max.max(1)
-                    && st.received.contains_key(&q)
-                {
-                    assigned.push(RequestKey { sender: s, seq: q });
-                    q += 1;
+                while assigned.len() < max {
+                    if st.received.contains_key(&q) {
+                        assigned.push(RequestKey { sender: s, seq: q });
+                        q += 1;
+                        continue;
+                    }
+                    // A restart Request voids the gap below it down to what its sender
+                    // recovered (FIFO holds: seqs only grow).
+                    match st.received.range(q..).find(|(_, r)| r.restart.is_some()) {
+                        Some((&r, req)) if req.restart.is_some_and(|from| from <= q) => {
+                            assigned.push(RequestKey { sender: s, seq: r });
+                            q = r + 1;
+                        }
+                        _ => break,
+                    }
                 }
             }
             if assigned.is_empty() {
@@ -820,7 +974,8 @@ impl Core {
                 assigned,
             };
             self.stats.sequences_issued += 1;
-            self.known = self.known.max(k + 1);
+            // `known` (advertised in headers) covers an own Sequence only once it is on disk
+            // (see `persisted`): a header sent before the persist must not announce it.
             self.to_persist.push(Record::Sequence(seq.clone()));
             self.out_sequences.push(seq.clone());
             self.sequences.insert(k, seq);
@@ -854,13 +1009,17 @@ impl Core {
             };
             for key in &seq.assigned {
                 let st = &mut self.senders[key.sender as usize];
-                if key.seq != st.delivered {
+                let restart = st
+                    .received
+                    .get(&key.seq)
+                    .is_some_and(|r| r.restart.is_some());
+                if key.seq < st.delivered || (key.seq > st.delivered && !restart) {
                     // Never happens with a correct sequencer; skipping keeps every member
                     // identical (they all see the same Sequence) and integrity intact.
                     self.stats.anomalies += 1;
                     continue;
                 }
-                st.delivered += 1;
+                st.delivered = key.seq + 1;
                 let Some(req) = st.received.get(&key.seq) else {
                     self.stats.anomalies += 1;
                     continue;
@@ -937,16 +1096,18 @@ impl Core {
             }
         }
         self.missing_sequences.retain(|k, _| live.contains(k));
-        // Missing Requests: named by a held Sequence, or announced by their sender.
+        // Missing Requests: named by a held Sequence (asked first: delivery waits for them),
+        // or announced by their sender.
         let mut wanted = BTreeSet::new();
+        let mut order = Vec::new();
         'named: for seq in self.sequences.range(self.complete..).map(|(_, s)| s) {
             for key in &seq.assigned {
                 if wanted.len() >= limit {
                     break 'named;
                 }
                 let st = &self.senders[key.sender as usize];
-                if key.seq >= st.gc && !st.received.contains_key(&key.seq) {
-                    wanted.insert(*key);
+                if key.seq >= st.gc && !st.received.contains_key(&key.seq) && wanted.insert(*key) {
+                    order.push(*key);
                 }
             }
         }
@@ -954,20 +1115,31 @@ impl Core {
             if s as u64 == self.cfg.id {
                 continue;
             }
+            // Between what a restarted sender recovered and its restart Request, Requests may
+            // not exist: only a Sequence naming one makes it wanted.
+            let void = st
+                .received
+                .range(st.sequenced..)
+                .rev()
+                .find_map(|(&q, r)| r.restart.map(|from| from..q));
             let hi = st.issued.min(st.sequenced + self.cfg.request_window);
             for q in st.sequenced.max(st.gc)..hi {
                 if wanted.len() >= 2 * limit {
                     break;
                 }
-                if !st.received.contains_key(&q) {
-                    wanted.insert(RequestKey {
-                        sender: s as u64,
-                        seq: q,
-                    });
+                if void.as_ref().is_some_and(|v| v.contains(&q)) {
+                    continue;
+                }
+                let key = RequestKey {
+                    sender: s as u64,
+                    seq: q,
+                };
+                if !st.received.contains_key(&q) && wanted.insert(key) {
+                    order.push(key);
                 }
             }
         }
-        for key in &wanted {
+        for key in &order {
             let m = *self.missing_requests.entry(*key).or_insert(Missing {
                 first_seen_ms: now,
                 last_nack_ms: None,
@@ -975,7 +1147,12 @@ impl Core {
             });
             if self.nack_due(&m) {
                 let to = self.nack_target(key.sender, m.attempts);
-                asks.entry(to).or_default().1.push(*key);
+                let ask = &mut asks.entry(to).or_default().1;
+                if ask.len() >= limit {
+                    // Answers carry at most `limit` items: ask in a later round.
+                    continue;
+                }
+                ask.push(*key);
                 if let Some(m) = self.missing_requests.get_mut(key) {
                     m.last_nack_ms = Some(now);
                     m.attempts += 1;
@@ -1099,8 +1276,17 @@ impl Core {
             if let Some(seq) = self.sequences.remove(&self.gc) {
                 for key in seq.assigned {
                     let st = &mut self.senders[key.sender as usize];
-                    st.received.remove(&key.seq);
                     st.gc = st.gc.max(key.seq + 1);
+                    // Below a restart Request also the voided Requests go.
+                    while let Some((&q, _)) = st.received.first_key_value() {
+                        if q >= st.gc {
+                            break;
+                        }
+                        st.received.remove(&q);
+                    }
+                    while st.unwritten.first().is_some_and(|&q| q < st.gc) {
+                        st.unwritten.pop_first();
+                    }
                 }
             }
             self.gc += 1;

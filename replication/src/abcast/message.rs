@@ -31,6 +31,12 @@ pub struct RequestMsg {
     pub base: u64,
     /// The client payloads, delivered in this order.
     pub payloads: Vec<Vec<u8>>,
+    /// `Some(from)` marks the first Request of a restarted member (it carries no payloads):
+    /// its sender recovered its Requests `..from` from disk, while `from..seq` may have been
+    /// sent by the crashed incarnation before they reached its disk, and nobody may hold them.
+    /// Once every Request below `from` has a global number, this one may get the next even if
+    /// some of `from..seq` have none: those never will (see [`Core`](super::Core)).
+    pub restart: Option<u64>,
 }
 
 /// A Sequence: global sequence number `number` is assigned to the listed Requests, in order

@@ -23,10 +23,28 @@
 //!   pending anywhere nobody passes: an idle group sends only heartbeats. A member passes
 //!   again without intervening progress only after [`CoreConfig::pass_retry_ms`] (no busy
 //!   spin while, say, a Request is being retransmitted).
-//! * **Durability before report.** Every member persists each Request and Sequence it receives
-//!   or issues (one fsync per batch of work: group commit) *before* it reports it in its
-//!   metadata, and its own Requests and Sequences before it sends them. So a member restarted
-//!   from its disk can never issue a different Request or Sequence under an id it used before.
+//! * **Durability before report.** Every member persists each Sequence it receives or issues,
+//!   and every Request such a Sequence names, (one fsync per batch of work: group commit)
+//!   *before* it reports them in its metadata (`stable`), and its own Sequences before it
+//!   sends them, so a member restarted from its disk can never issue a different Sequence for
+//!   a number it used before. A Request waits in memory until the first persist that claims
+//!   a Sequence naming it, and is written together with that Sequence: a Request that is never
+//!   sequenced needs no disk, and a member does one write per Sequence batch instead of one
+//!   for the Requests and one for the Sequence. (A sequenced Request is always on the disk of
+//!   its sequencer, which writes it with its Sequence.)
+//! * **Requests go out before any fsync (seq lease).** A member's own Request is broadcast
+//!   at once; what makes a write durable is that a majority has it on disk, and the origin's
+//!   copy is not needed for that. What the origin's disk used to guard is the id: a restarted
+//!   member must never reuse a seq it may have sent. So each member stores a *lease*, a seq
+//!   bound it may use, granted ahead in steps of half the receive window (written every few
+//!   hundred Requests, in a write that happens anyway). A restarted member starts at its lease
+//!   with an empty *restart Request* that names the seqs it recovered
+//!   (`RequestMsg::restart`). Its Requests between those and the lease may exist at some
+//!   peers or nowhere: a sequencer assigns the restart Request once every recovered Request
+//!   has a number, voiding whatever of the gap has none (never acknowledged: not delivered
+//!   anywhere). Every member sees the same Sequence, so all void the same ones. Its proposal
+//!   numbers skip every number the gap could hold. Headers never announce an own Sequence
+//!   before it is on disk (`known` advances on the persist acknowledgement).
 //! * **Delivery rule.** A member delivers `k` once it has delivered everything below `k`, holds
 //!   Sequence `k` and its Requests, and knows that a majority of members have Sequences `0..=k`
 //!   and every Request they name *on disk*: the `(n/2+1)`-th largest `stable` value it has
@@ -34,6 +52,11 @@
 //!   order and each Request's payloads in order. Every member thus delivers the same sequence
 //!   (total order, agreement); a per-sender delivered prefix makes delivery at most once
 //!   (integrity) and FIFO even if a faulty Sequence named a Request twice.
+//! * **Progress news.** When a member's `stable` advances it tells the proposers of the newly
+//!   stable Requests at once (they wait to deliver and answer their clients); the others hear
+//!   it with its next broadcast, or from a Progress broadcast after
+//!   [`CoreConfig::progress_spread_ms`]. A read barrier does not depend on it: probe answers
+//!   carry the answerers' `stable`.
 //! * **Retransmission (negative acknowledgement).** A member that learns that something exists
 //!   which it lacks — a Sequence below `known`, a Request named by a held Sequence, a Request
 //!   below a sender's `issued` — asks for it with a Retransmit message after
@@ -60,8 +83,8 @@
 //! | `issued` | the sender issued its Requests `0..issued`: drives retransmission and turn passing |
 //!
 //! Wire bodies ([`Body`]): `Data { requests, sequences }` (originals and retransmissions),
-//! `Retransmit { sequences, requests }`, `Progress` (heartbeat; also sent at once when `stable`
-//! advances, so delivery never waits for a heartbeat), `ReadProbe { probe }` and
+//! `Retransmit { sequences, requests }`, `Progress` (heartbeat; also sent at once to the
+//! proposers of newly stable Requests, so delivery never waits for a heartbeat), `ReadProbe { probe }` and
 //! `ReadProbeReply { probe }`.
 //!
 //! # Reads
@@ -85,7 +108,9 @@
 //!   recovers the Requests and Sequences of its journal, replays delivery from the snapshot on,
 //!   catches up from its peers by retransmission, and stays [`Role::Recovering`](crate::Role) (not sequencing)
 //!   until it has heard from a majority and delivered everything they knew of; then it rejoins
-//!   the ring.
+//!   the ring. Its Requests that were sent but not yet on its disk when it crashed are
+//!   delivered if a peer holds them in time, or voided by its restart Request; either way they
+//!   were never acknowledged, so their proposers saw an error and retry.
 //! * **While a member is down the group stalls.** Its turns (every `k` with `k mod n == id`)
 //!   cannot be taken by anyone else, so sequencing stops at its next turn until it comes back
 //!   (there is no view change yet; the epoch in every header leaves room for Chang and
@@ -108,7 +133,7 @@
 //!
 //! * `tests/abcast_sim.rs`: the core in a deterministic simulator (five members, virtual time,
 //!   seeded loss, duplication, delay, reordering, partitions, crashes with and without
-//!   snapshots); every run asserts validity, uniform agreement, integrity, total order,
+//!   snapshots, crashes in the middle of a persist whose Requests were already sent); every run asserts validity, uniform agreement, integrity, total order,
 //!   per-sender FIFO and read-barrier freshness. `ABCAST_SEEDS=n` runs seeds `0..n`,
 //!   `ABCAST_SEED=s` one seed; a failure names its seed.
 //! * `tests/abcast_conformance.rs`: the replicated-log conformance suite on five

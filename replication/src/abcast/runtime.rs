@@ -33,7 +33,7 @@ use raft_engine::{Engine, LogBatch};
 use tokio::sync::{mpsc, oneshot};
 use transport::{Incoming, Network};
 
-use super::core::{Action, Core, CoreConfig, CoreStats, Delivery, SnapshotBase};
+use super::core::{Action, Core, CoreConfig, CoreStats, Delivery, PersistAck, SnapshotBase};
 use super::message::{Message, Record, RequestKey};
 use crate::dedup::{Applied, Deduped};
 use crate::log::{
@@ -49,6 +49,9 @@ pub const JOURNAL_GROUP: u64 = 1;
 pub const SNAPSHOT_GROUP: u64 = 2;
 /// Key of the state snapshot: postcard `(SnapshotBase, Vec<u8>)`.
 pub const SNAPSHOT_KEY: &[u8] = b"snapshot";
+/// Key of the member's seq lease ([`PersistAck::lease`], a postcard `u64`) in
+/// [`SNAPSHOT_GROUP`]: written in the same synced write as the records whenever it grows.
+pub const LEASE_KEY: &[u8] = b"lease";
 /// Ticks between journal compaction attempts (besides one after every snapshot).
 const COMPACT_EVERY_TICKS: u64 = 200;
 /// Events taken per loop turn before the actions are drained (bounds a turn's batch).
@@ -201,7 +204,12 @@ impl<S: StateMachine> AbcastLog<S> {
             }
             journal_next = last + 1;
         }
-        let core = Core::recover_from(cfg.core.clone(), base.clone(), records);
+        let lease = match engine.get(SNAPSHOT_GROUP, LEASE_KEY) {
+            Some(raw) => postcard::from_bytes::<u64>(&raw)
+                .map_err(|e| LogError::Storage(format!("lease: {e}")))?,
+            None => 0,
+        };
+        let core = Core::recover_from(cfg.core.clone(), base.clone(), lease, records);
         let stats = AbcastStats {
             resumed_at: base.as_ref().map_or(0, |b| b.delivered),
             ..AbcastStats::default()
@@ -218,6 +226,7 @@ impl<S: StateMachine> AbcastLog<S> {
             engine,
             journal_next,
             journal,
+            lease,
             resumed_at: base.as_ref().map_or(0, |b| b.delivered),
             snapshot: base,
             since_snapshot: 0,
@@ -401,6 +410,8 @@ struct Driver<S: StateMachine> {
     core: Core,
     engine: Engine,
     journal_next: u64,
+    /// The seq lease on disk.
+    lease: u64,
     /// What each journal entry still held holds, oldest first (for compaction).
     journal: VecDeque<(u64, Desc)>,
     snapshot: Option<SnapshotBase>,
@@ -538,48 +549,61 @@ impl<S: StateMachine> Driver<S> {
             if actions.is_empty() {
                 break;
             }
-            // The persist comes first; what follows it is sent stamped with its progress.
-            if matches!(actions.first(), Some(Action::Persist { .. })) {
-                if let Action::Persist { records, ack } = actions.remove(0) {
-                    self.persist(&records)?;
-                    self.core.persisted_then(ack, &mut actions);
+            // What comes before the persist (own Requests under the lease) goes out at once;
+            // what follows it waits for it and is sent stamped with its progress.
+            if let Some(at) = actions
+                .iter()
+                .position(|a| matches!(a, Action::Persist { .. }))
+            {
+                let mut rest = actions.split_off(at);
+                self.perform(actions)?;
+                if let Action::Persist { records, ack } = rest.remove(0) {
+                    self.persist(&records, ack)?;
+                    self.core.persisted_then(ack, &mut rest);
                 }
+                actions = rest;
             }
-            let mut deliveries = Vec::new();
-            for action in actions {
-                match action {
-                    Action::Persist { records, ack } => {
-                        self.persist(&records)?;
-                        self.core.persisted(ack);
+            self.perform(actions)?;
+        }
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    /// Performs actions in order (a persist among them is acknowledged without re-stamping).
+    fn perform(&mut self, actions: Vec<Action>) -> Result<(), LogError> {
+        let mut deliveries = Vec::new();
+        for action in actions {
+            match action {
+                Action::Persist { records, ack } => {
+                    self.persist(&records, ack)?;
+                    self.core.persisted(ack);
+                }
+                Action::Send { to, message } => {
+                    if let Ok(bytes) = message.encode() {
+                        self.send(to, Bytes::from(bytes));
                     }
-                    Action::Send { to, message } => {
-                        if let Ok(bytes) = message.encode() {
-                            self.send(to, Bytes::from(bytes));
-                        }
-                    }
-                    Action::Broadcast(message) => {
-                        if let Ok(bytes) = message.encode() {
-                            let bytes = Bytes::from(bytes);
-                            for to in 0..self.cfg.core.members {
-                                if to != self.cfg.core.id {
-                                    self.send(to, bytes.clone());
-                                }
+                }
+                Action::Broadcast(message) => {
+                    if let Ok(bytes) = message.encode() {
+                        let bytes = Bytes::from(bytes);
+                        for to in 0..self.cfg.core.members {
+                            if to != self.cfg.core.id {
+                                self.send(to, bytes.clone());
                             }
                         }
                     }
-                    Action::Deliver(d) => deliveries.push(d),
-                    Action::ReadReady { token } => {
-                        // Deliveries drained before this barrier are applied first.
-                        self.apply(std::mem::take(&mut deliveries));
-                        if let Some(reply) = self.readers.remove(&token) {
-                            let _ = reply.send(());
-                        }
+                }
+                Action::Deliver(d) => deliveries.push(d),
+                Action::ReadReady { token } => {
+                    // Deliveries drained before this barrier are applied first.
+                    self.apply(std::mem::take(&mut deliveries));
+                    if let Some(reply) = self.readers.remove(&token) {
+                        let _ = reply.send(());
                     }
                 }
             }
-            self.apply(deliveries);
         }
-        self.maybe_snapshot()?;
+        self.apply(deliveries);
         Ok(())
     }
 
@@ -660,8 +684,10 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
-    fn persist(&mut self, records: &[Record]) -> Result<(), LogError> {
-        if records.is_empty() {
+    /// Writes the records and, when it grew, the seq lease in one synced write.
+    fn persist(&mut self, records: &[Record], ack: PersistAck) -> Result<(), LogError> {
+        let lease = (ack.lease > self.lease).then_some(ack.lease);
+        if records.is_empty() && lease.is_none() {
             return Ok(());
         }
         let mut entries = Vec::with_capacity(records.len());
@@ -671,7 +697,25 @@ impl<S: StateMachine> Driver<S> {
             entries.push(storage::entry(self.journal_next, self.cfg.core.epoch, data));
             self.journal_next += 1;
         }
-        storage::append(&self.engine, JOURNAL_GROUP, &entries, true)?;
+        let mut batch = LogBatch::with_capacity(entries.len());
+        if !entries.is_empty() {
+            batch
+                .add_entries::<storage::EntryExt>(JOURNAL_GROUP, &entries)
+                .map_err(storage::storage_err)?;
+        }
+        if let Some(lease) = lease {
+            let value =
+                postcard::to_stdvec(&lease).map_err(|e| LogError::Storage(e.to_string()))?;
+            batch
+                .put(SNAPSHOT_GROUP, LEASE_KEY.to_vec(), value)
+                .map_err(storage::storage_err)?;
+        }
+        self.engine
+            .write(&mut batch, true)
+            .map_err(storage::storage_err)?;
+        if let Some(lease) = lease {
+            self.lease = lease;
+        }
         self.fsyncs += 1;
         self.records_persisted += records.len() as u64;
         Ok(())
