@@ -194,6 +194,40 @@ fn crash_after_sending_unpersisted_requests_reuses_no_seq() {
 }
 
 #[test]
+fn crash_after_sending_an_unwritten_sequence_reclaims_its_number() {
+    for seed in seeds(8) {
+        let mut sim = Sim::new(9500 + seed, 5, Faults::lossy());
+        let victim = (seed % 5) as usize;
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 400);
+        sim.crash_in_next_persist_after_sequence(victim);
+        for _ in 0..200 {
+            if !sim.armed(victim) {
+                break;
+            }
+            random_load(&mut sim, &[0, 1, 2, 3, 4], 1, 10);
+        }
+        assert_eq!(
+            sim.torn_crashes, 1,
+            "seed {seed}: the torn crash never happened"
+        );
+        // Back before its last broadcast (up to 400 ms late) has reached its one peer.
+        sim.run_for(seed % 40);
+        sim.restart(victim);
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 400);
+        assert!(
+            sim.run_until_all_delivered(30_000),
+            "seed {seed}: did not recover: {:?}{}",
+            sim.check_all_delivered(),
+            sim.summary()
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("torn-sequence", seed, e));
+        sim.check_all_delivered()
+            .unwrap_or_else(|e| fail("torn-sequence", seed, e));
+    }
+}
+
+#[test]
 fn whole_group_restart_loses_nothing() {
     for seed in seeds(4) {
         let mut sim = Sim::new(5000 + seed, 5, Faults::lossy());
@@ -288,10 +322,12 @@ fn hostile_messages_are_dropped() {
     let far = SequenceMsg {
         number: 1 << 40,
         assigned: vec![],
+        reissued: false,
     };
     let bad = SequenceMsg {
         number: 1,
         assigned: vec![RequestKey { sender: 99, seq: 0 }],
+        reissued: false,
     };
     core.handle_message(
         1,

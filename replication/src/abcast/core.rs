@@ -5,16 +5,17 @@
 //! [`Action`]s to perform, in this contract:
 //!
 //! 1. Perform the actions that come before the [`Action::Persist`] (if the list holds one):
-//!    they are broadcasts of this member's own Requests whose seqs are under its stored seq
-//!    lease, and they may reach peers before their own persist.
+//!    broadcasts of this member's own Requests whose seqs are under its stored seq lease, and
+//!    of at most one own Sequence, which may reach peers before their own persist.
 //! 2. Write the persist's records (and its lease, [`PersistAck::lease`], when it grew) durably
 //!    in one synced write (group commit), then call [`Core::persisted_then`] with its
 //!    [`PersistAck`] and the rest of the list (or [`Core::persisted`], which sends the news
-//!    later).
+//!    later), before the next [`Core::drain`].
 //! 3. Only then perform the other actions, in order: sends, broadcasts, deliveries, read
-//!    completions. (A member's Sequences are thus on its disk before any peer sees them, so a
-//!    restarted member can never issue a different Sequence for a number it used before; its
-//!    Requests never reuse a seq because a restart starts at the stored lease.)
+//!    completions. (Nothing is delivered or reported stable before it is on disk. A restarted
+//!    member never reuses a Request seq, because it starts at the stored lease, and never
+//!    issues a different Sequence for a number it sent, because it reclaims that number from
+//!    every peer first; see the [module docs](super).)
 //! 4. Call [`Core::drain`] again until it returns nothing (a persist acknowledgement may make
 //!    more progress possible: a progress broadcast, deliveries).
 //!
@@ -254,6 +255,15 @@ struct Missing {
     attempts: u64,
 }
 
+/// A restarted member's question to every peer about the one Sequence its crashed
+/// incarnation may have sent before writing it.
+#[derive(Debug)]
+struct Reclaim {
+    number: u64,
+    answered: BTreeSet<MemberId>,
+    last_ask_ms: Option<u64>,
+}
+
 #[derive(Debug)]
 struct Probe {
     tokens: Vec<u64>,
@@ -302,6 +312,16 @@ pub struct Core {
     lease_durable: u64,
     /// The lease last handed to a persist.
     lease_handed: u64,
+    /// An own Sequence went out before its persist, which is not acknowledged yet (at most
+    /// one at a time, so a restart has one number to reclaim).
+    sequence_unacked: bool,
+    /// Restarted: the own Sequence number being reclaimed from every peer.
+    reclaim: Option<Reclaim>,
+    /// Every peer said it holds no Sequence at this own number: issue it, marked reissued,
+    /// even while recovering.
+    reissue: Option<u64>,
+    /// Numbers this member promised a restarted owner to refuse unless reissued.
+    refused: BTreeSet<u64>,
     /// Since when `stable` is ahead of what this member last broadcast.
     unspread_since_ms: Option<u64>,
     /// Peers to tell at once that `stable` advanced: proposers of newly stable Requests.
@@ -353,6 +373,10 @@ impl Core {
             lease_issued: 0,
             lease_durable: 0,
             lease_handed: 0,
+            sequence_unacked: false,
+            reclaim: None,
+            reissue: None,
+            refused: BTreeSet::new(),
             news_for: BTreeSet::new(),
             missing_sequences: BTreeMap::new(),
             missing_requests: BTreeMap::new(),
@@ -448,6 +472,25 @@ impl Core {
         core.lease_issued = lease;
         core.lease_durable = lease;
         core.lease_handed = lease;
+        if core.recovering {
+            // Own Sequences are written in order and at most one goes out unwritten, so the
+            // only number the crashed incarnation may have sent without writing is its first
+            // own number above everything it wrote (and above its snapshot).
+            let (n, id) = (core.cfg.members, core.cfg.id);
+            let floor = core
+                .sequences
+                .keys()
+                .rev()
+                .find(|k| *k % n == id)
+                .map_or(0, |h| h + 1)
+                .max(base.as_ref().map_or(0, |b| b.delivered));
+            let number = floor + (id + n - floor % n) % n;
+            core.reclaim = Some(Reclaim {
+                number,
+                answered: BTreeSet::new(),
+                last_ask_ms: None,
+            });
+        }
         if lease > core.next_local_seq {
             let recovered = core.next_local_seq;
             let unknown = lease - recovered;
@@ -592,6 +635,7 @@ impl Core {
             self.progress_due = true;
         }
         self.scan_missing();
+        self.ask_reclaim();
         self.retry_probes();
         self.collect_garbage();
         self.try_sequence();
@@ -600,6 +644,7 @@ impl Core {
     /// The records of an [`Action::Persist`] are durable.
     pub fn persisted(&mut self, ack: PersistAck) {
         self.lease_durable = self.lease_durable.max(ack.lease);
+        self.sequence_unacked = false;
         if ack.stable <= self.stable {
             return;
         }
@@ -681,6 +726,11 @@ impl Core {
                 requests,
             } => self.answer_retransmit(from, &sequences, &requests),
             Body::Progress => {}
+            Body::Reclaim { number } => self.answer_reclaim(from, number),
+            Body::ReclaimReply { number, sequence } => {
+                self.reclaim_answered(from, number, sequence);
+                self.advance();
+            }
             Body::ReadProbe { probe } => {
                 let message = self.message(Body::ReadProbeReply { probe });
                 self.actions.push(Action::Send { to: from, message });
@@ -708,12 +758,38 @@ impl Core {
             .iter()
             .take_while(|r| r.key.sender == self.cfg.id && r.key.seq < self.lease_durable)
             .count();
-        if early > 0 && self.cfg.members > 1 {
-            let requests: Vec<RequestMsg> = self.out_requests.drain(..early).collect();
+        // One own Sequence may also go before its persist when no other is unwritten (a
+        // restart then reclaims that one number from every peer, see `recover_from`) and the
+        // own Requests it names are under the lease. It carries every Request it names that
+        // this member holds, so whoever gets it gets them too: if this member and their
+        // origins crash before writing them, the Sequence never names a Request nobody holds.
+        let id = self.cfg.id;
+        let lease = self.lease_durable;
+        let early_sequence = !self.sequence_unacked
+            && self.out_sequences.len() == 1
+            && self.out_sequences[0]
+                .assigned
+                .iter()
+                .all(|k| k.sender != id || k.seq < lease);
+        if (early > 0 || early_sequence) && self.cfg.members > 1 {
+            let mut requests: Vec<RequestMsg> = self.out_requests.drain(..early).collect();
+            let mut sequences = Vec::new();
+            if early_sequence {
+                sequences = std::mem::take(&mut self.out_sequences);
+                self.sequence_unacked = true;
+                let sent: BTreeSet<RequestKey> = requests.iter().map(|r| r.key).collect();
+                for key in sequences.iter().flat_map(|s| &s.assigned) {
+                    if !sent.contains(key) {
+                        if let Some(r) = self.senders[key.sender as usize].received.get(&key.seq) {
+                            requests.push(r.clone());
+                        }
+                    }
+                }
+            }
             for requests in split_by_size(requests, self.cfg.message_bytes_max) {
                 let body = Body::Data {
                     requests,
-                    sequences: Vec::new(),
+                    sequences: std::mem::take(&mut sequences),
                 };
                 out.push(Action::Broadcast(self.message(body)));
             }
@@ -847,10 +923,81 @@ impl Core {
             self.stats.dropped += 1;
             return;
         }
+        if !s.reissued && self.refused.contains(&k) {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.refused.remove(&k);
+        let mut s = s;
+        if self.reclaim.as_ref().is_some_and(|r| r.number == k) {
+            // Our crashed incarnation's Sequence survived at a peer: adopt it, and send it
+            // again marked reissued, so peers that promised to refuse it take it.
+            self.reclaim = None;
+            s.reissued = true;
+            self.out_sequences.push(s.clone());
+        }
         self.known = self.known.max(k + 1);
         self.missing_sequences.remove(&k);
         self.to_persist.push(Record::Sequence(s.clone()));
         self.sequences.insert(k, s);
+    }
+
+    /// Asks every peer that has not answered yet about the reclaimed number.
+    fn ask_reclaim(&mut self) {
+        let now = self.now_ms;
+        let every = self.cfg.retransmit_after_ms;
+        let Some(r) = self.reclaim.as_mut() else {
+            return;
+        };
+        if r.last_ask_ms.is_some_and(|t| now.saturating_sub(t) < every) {
+            return;
+        }
+        r.last_ask_ms = Some(now);
+        let number = r.number;
+        let ask: Vec<MemberId> = (0..self.cfg.members)
+            .filter(|p| *p != self.cfg.id && !r.answered.contains(p))
+            .collect();
+        for to in ask {
+            let message = self.message(Body::Reclaim { number });
+            self.actions.push(Action::Send { to, message });
+        }
+    }
+
+    /// A restarted owner asks about its Sequence `number`: hand it over, or promise to refuse
+    /// any copy of it that is not reissued.
+    fn answer_reclaim(&mut self, from: MemberId, number: u64) {
+        if number % self.cfg.members != from || number < self.gc {
+            self.stats.dropped += 1;
+            return;
+        }
+        let sequence = self.sequences.get(&number).cloned();
+        if sequence.is_none() {
+            self.refused.insert(number);
+        }
+        let message = self.message(Body::ReclaimReply { number, sequence });
+        self.actions.push(Action::Send { to: from, message });
+    }
+
+    fn reclaim_answered(&mut self, from: MemberId, number: u64, sequence: Option<SequenceMsg>) {
+        if self.reclaim.as_ref().is_none_or(|r| r.number != number) {
+            return;
+        }
+        match sequence {
+            Some(s) if s.number == number => self.receive_sequence(s),
+            Some(_) => self.stats.dropped += 1,
+            None => {
+                let peers = self.cfg.members as usize - 1;
+                if let Some(r) = self.reclaim.as_mut() {
+                    r.answered.insert(from);
+                    if r.answered.len() >= peers {
+                        self.reclaim = None;
+                        if !self.sequences.contains_key(&number) {
+                            self.reissue = Some(number);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Folds newly contiguous Sequences into the per-sender sequenced prefixes and advances
@@ -927,8 +1074,10 @@ impl Core {
         let n = self.cfg.members;
         loop {
             let k = self.contiguous;
+            let reissue = self.reissue == Some(k);
             if k % n != self.cfg.id
-                || self.recovering
+                || (self.recovering && !reissue)
+                || self.reclaim.is_some()
                 || self.complete < self.contiguous
                 || k >= self.delivered + self.cfg.sequence_window
             {
@@ -969,9 +1118,13 @@ impl Core {
                 self.progress_since_pass = false;
                 self.stats.passes += 1;
             }
+            if reissue {
+                self.reissue = None;
+            }
             let seq = SequenceMsg {
                 number: k,
                 assigned,
+                reissued: reissue,
             };
             self.stats.sequences_issued += 1;
             // `known` (advertised in headers) covers an own Sequence only once it is on disk
@@ -1266,6 +1419,9 @@ impl Core {
 
     /// Drops what every member has delivered (and has on disk).
     fn collect_garbage(&mut self) {
+        while self.refused.first().is_some_and(|&k| k < self.gc) {
+            self.refused.pop_first();
+        }
         let mut g = self.delivered.min(self.stable);
         for (j, p) in self.peers.iter().enumerate() {
             if j as u64 != self.cfg.id {

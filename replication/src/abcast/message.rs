@@ -48,6 +48,10 @@ pub struct SequenceMsg {
     pub number: u64,
     /// The Requests it orders, in delivery order (per-sender FIFO holds within and across).
     pub assigned: Vec<RequestKey>,
+    /// Issued by a restarted owner for the number its crashed incarnation may have sent before
+    /// writing it, after every peer answered a [`Body::Reclaim`] that it held no Sequence
+    /// there. A peer that answered so refuses a Sequence with this number that is not marked.
+    pub reissued: bool,
 }
 
 /// Progress metadata piggybacked on every message.
@@ -65,7 +69,7 @@ pub struct Header {
     pub delivered: u64,
     /// The sender knows that Sequences `0..known` exist (it has seen them or heard of them).
     pub known: u64,
-    /// The sender has issued (and persisted) its own Requests with local seq `0..issued`.
+    /// The sender has issued (and sent) its own Requests with local seq `0..issued`.
     pub issued: u64,
 }
 
@@ -88,6 +92,20 @@ pub enum Body {
     },
     /// Nothing but the header (heartbeat, or news that `stable` advanced).
     Progress,
+    /// A restarted member asks whether the receiver holds Sequence `number` (the one its
+    /// crashed incarnation may have sent before writing it).
+    Reclaim {
+        /// The Sequence number (owned by the asking member).
+        number: u64,
+    },
+    /// Answer to [`Body::Reclaim`]: the Sequence if held. `None` also promises that the
+    /// receiver will refuse that number unless it comes [`SequenceMsg::reissued`].
+    ReclaimReply {
+        /// The Sequence number asked about.
+        number: u64,
+        /// The Sequence, if the answering member holds it.
+        sequence: Option<SequenceMsg>,
+    },
     /// A read barrier asks for the receiver's progress; the answer is the reply's header
     /// (`stable`), taken after the probe arrived.
     ReadProbe {

@@ -25,9 +25,7 @@
 //!   spin while, say, a Request is being retransmitted).
 //! * **Durability before report.** Every member persists each Sequence it receives or issues,
 //!   and every Request such a Sequence names, (one fsync per batch of work: group commit)
-//!   *before* it reports them in its metadata (`stable`), and its own Sequences before it
-//!   sends them, so a member restarted from its disk can never issue a different Sequence for
-//!   a number it used before. A Request waits in memory until the first persist that claims
+//!   *before* it reports them in its metadata (`stable`). A Request waits in memory until the first persist that claims
 //!   a Sequence naming it, and is written together with that Sequence: a Request that is never
 //!   sequenced needs no disk, and a member does one write per Sequence batch instead of one
 //!   for the Requests and one for the Sequence. (A sequenced Request is always on the disk of
@@ -43,8 +41,23 @@
 //!   peers or nowhere: a sequencer assigns the restart Request once every recovered Request
 //!   has a number, voiding whatever of the gap has none (never acknowledged: not delivered
 //!   anywhere). Every member sees the same Sequence, so all void the same ones. Its proposal
-//!   numbers skip every number the gap could hold. Headers never announce an own Sequence
-//!   before it is on disk (`known` advances on the persist acknowledgement).
+//!   numbers skip every number the gap could hold.
+//! * **One own Sequence may go out before its fsync (reclaim).** A sequencer sends its
+//!   Sequence at once and writes it in parallel, as long as no other own Sequence of it is
+//!   unwritten and the own Requests it names are under the lease; the message also carries
+//!   every Request the Sequence names that the sequencer holds, so whoever holds the Sequence
+//!   holds its Requests. The hazard is a restarted owner issuing a *different* Sequence for a
+//!   number its crashed incarnation sent. Since own Sequences are written in order with at
+//!   most one unwritten, that number can only be its first own number above everything it
+//!   wrote. A restarted member asks **every** peer about it (`Reclaim`) before it sequences
+//!   anything: a peer that holds it hands it over (the owner adopts it and sends it again
+//!   marked `reissued`); a peer that does not promises to refuse any unmarked copy that still
+//!   arrives (a packet the dead process sent). Only when every peer said no does the owner
+//!   issue that number afresh, marked `reissued`, even before it has caught up. Waiting for
+//!   every peer costs no availability: the ring stalls anyway while a member is down. (A peer
+//!   that restarts loses its promise but also the connections the old packets travelled on.)
+//!   Headers never announce an own Sequence before it is on disk (`known` advances on the
+//!   persist acknowledgement).
 //! * **Delivery rule.** A member delivers `k` once it has delivered everything below `k`, holds
 //!   Sequence `k` and its Requests, and knows that a majority of members have Sequences `0..=k`
 //!   and every Request they name *on disk*: the `(n/2+1)`-th largest `stable` value it has
@@ -84,7 +97,8 @@
 //!
 //! Wire bodies ([`Body`]): `Data { requests, sequences }` (originals and retransmissions),
 //! `Retransmit { sequences, requests }`, `Progress` (heartbeat; also sent at once to the
-//! proposers of newly stable Requests, so delivery never waits for a heartbeat), `ReadProbe { probe }` and
+//! proposers of newly stable Requests, so delivery never waits for a heartbeat), `Reclaim {
+//! number }` and `ReclaimReply { number, sequence }` (a restart, see above), `ReadProbe { probe }` and
 //! `ReadProbeReply { probe }`.
 //!
 //! # Reads

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use replication::abcast::{Action, Core, CoreConfig, Message, Record, SnapshotBase};
+use replication::abcast::{Action, Body, Core, CoreConfig, Message, Record, SnapshotBase};
 use tokio::sync::mpsc;
 use transport::{Incoming, Network, NodeId, Responder, TransportError};
 
@@ -87,6 +87,8 @@ pub struct Sim {
     leases: Vec<u64>,
     /// Nodes armed to crash in their next persist, after sending what goes before it.
     tear_next_persist: Vec<bool>,
+    /// The armed crash waits for a persist with an own Sequence sent before it.
+    tear_needs_sequence: bool,
     /// Crashes that lost a persist whose own Requests had already been sent.
     pub torn_crashes: u64,
     /// Payloads in flight at a member when it crashed (issued in a Request, not acknowledged):
@@ -150,6 +152,7 @@ impl Sim {
             disks: vec![Vec::new(); members],
             leases: vec![0; members],
             tear_next_persist: vec![false; members],
+            tear_needs_sequence: false,
             torn_crashes: 0,
             maybe_lost: BTreeSet::new(),
             connected: vec![vec![true; members]; members],
@@ -227,6 +230,10 @@ impl Sim {
             }
         }
         self.nodes[i] = None;
+        // Messages on their way to it die with its connections (a restarted process has new
+        // QUIC connections; packets of the old ones are dropped).
+        self.events
+            .retain(|_, e| !matches!(e, Event::Msg { to, .. } if *to == i));
         let d = std::mem::take(&mut self.delivered[i]);
         self.past.push((i, d));
     }
@@ -235,6 +242,14 @@ impl Sim {
     /// own Requests under the lease go out, the persist never reaches the disk.
     pub fn crash_in_next_persist(&mut self, i: usize) {
         self.tear_next_persist[i] = true;
+        self.tear_needs_sequence = false;
+    }
+
+    /// Like [`Sim::crash_in_next_persist`], in the next persist whose own Sequence already
+    /// went out before it.
+    pub fn crash_in_next_persist_after_sequence(&mut self, i: usize) {
+        self.tear_next_persist[i] = true;
+        self.tear_needs_sequence = true;
     }
 
     /// Whether node `i` is still armed to crash in its next persist.
@@ -356,15 +371,21 @@ impl Sim {
                 .position(|a| matches!(a, Action::Persist { .. }))
             {
                 let mut rest = actions.split_off(at);
-                let sent_early = !actions.is_empty();
+                let sent_early = if self.tear_needs_sequence {
+                    actions.iter().any(|a| {
+                        matches!(a, Action::Broadcast(Message { body: Body::Data { sequences, .. }, .. }) if !sequences.is_empty())
+                    })
+                } else {
+                    !actions.is_empty()
+                };
+                if self.tear_next_persist[i] && sent_early {
+                    self.tear(i, actions);
+                    return;
+                }
                 self.perform(i, actions);
                 let Action::Persist { records, ack } = rest.remove(0) else {
                     return;
                 };
-                if self.tear_next_persist[i] && sent_early {
-                    self.tear(i);
-                    return;
-                }
                 self.disks[i].extend(records);
                 self.leases[i] = self.leases[i].max(ack.lease);
                 let Some(core) = self.nodes[i].as_mut() else {
@@ -378,9 +399,26 @@ impl Sim {
     }
 
     /// Node `i` crashes in the middle of persisting `records`: they never reach its disk.
-    fn tear(&mut self, i: usize) {
+    /// Node `i` dies while sending `early` (what goes before its persist, which never
+    /// happens): its broadcasts reach one peer only, late (up to 400 ms: packets already on the
+    /// wire still arrive after the sender died, maybe after it restarted).
+    fn tear(&mut self, i: usize, early: Vec<Action>) {
         self.tear_next_persist[i] = false;
         self.torn_crashes += 1;
+        let peer = (i + self.rng.gen_range(1..self.members())) % self.members();
+        for a in early {
+            if let Action::Broadcast(msg) = a {
+                let delay = self.rng.gen_range(1..=400);
+                self.push(
+                    self.now_ms + delay,
+                    Event::Msg {
+                        from: i,
+                        to: peer,
+                        msg,
+                    },
+                );
+            }
+        }
         self.crash(i);
     }
 
