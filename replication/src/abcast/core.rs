@@ -44,6 +44,7 @@ pub struct CoreConfig {
     /// Own Requests issued but not yet sequenced (pipelining bound, then backpressure).
     pub requests_in_flight_max: u64,
     /// Requests of one sender accepted beyond its sequenced prefix (receive buffer bound).
+    /// Half of it is the seq lease step (see [`PersistAck::lease`]).
     pub request_window: u64,
     /// Requests assigned by one Sequence.
     pub sequence_requests_max: usize,
@@ -246,6 +247,8 @@ struct Peer {
     stable: u64,
     delivered: u64,
     known: u64,
+    /// When this member last heard from the peer.
+    heard_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -876,6 +879,7 @@ impl Core {
 
     fn observe_header(&mut self, h: &Header) {
         let p = &mut self.peers[h.from as usize];
+        p.heard_ms = Some(self.now_ms);
         p.stable = p.stable.max(h.stable);
         p.delivered = p.delivered.max(h.delivered);
         p.known = p.known.max(h.known);
@@ -1373,8 +1377,31 @@ impl Core {
             self.probes.pop_first();
         }
         if self.cfg.members > 1 {
-            let message = self.message(Body::ReadProbe { probe });
-            self.actions.push(Action::Broadcast(message));
+            // A majority's worth of peers heard from lately, in turn; everyone if too few.
+            // (Unanswered probes go to every peer after `retransmit_after_ms`.)
+            let n = self.cfg.members;
+            let want = self.cfg.majority() - 1;
+            let recent = 2 * self.cfg.heartbeat_ms;
+            let now = self.now_ms;
+            let to: Vec<MemberId> = (0..n)
+                .map(|i| (probe + i) % n)
+                .filter(|&j| {
+                    j != self.cfg.id
+                        && self.peers[j as usize]
+                            .heard_ms
+                            .is_some_and(|t| now.saturating_sub(t) <= recent)
+                })
+                .take(want)
+                .collect();
+            if to.len() < want {
+                let message = self.message(Body::ReadProbe { probe });
+                self.actions.push(Action::Broadcast(message));
+            } else {
+                for to in to {
+                    let message = self.message(Body::ReadProbe { probe });
+                    self.actions.push(Action::Send { to, message });
+                }
+            }
         }
     }
 

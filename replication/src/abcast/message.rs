@@ -2,7 +2,8 @@
 //!
 //! Every [`Message`] starts with a [`Header`] that carries the epoch and the sender's progress
 //! metadata; the [`Body`] carries data (Requests and Sequences, originals and retransmissions
-//! alike), a retransmit request, a read probe or its reply, or nothing (a progress heartbeat).
+//! alike), a retransmit request, a read probe or its reply, a restarted owner's reclaim or its
+//! reply, or nothing (a progress heartbeat).
 //! Messages are encoded with postcard ([`Message::encode`], [`Message::decode`]); decoding
 //! malformed bytes is an error, never a panic.
 

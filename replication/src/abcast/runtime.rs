@@ -384,6 +384,8 @@ impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
                 ("retransmits_requested".into(), s.core.retransmits_requested),
                 ("retransmits_served".into(), s.core.retransmits_served),
                 ("duplicates".into(), s.core.duplicates),
+                ("requests_voided".into(), s.core.requests_voided),
+                ("anomalies".into(), s.core.anomalies),
             ],
         }
     }
