@@ -7,7 +7,10 @@
 //! 3. Starts every process from this same binary (`market node …`, `market serve …`,
 //!    `market payments …`), each logging to `<data>/logs/<name>.log`.
 //! 4. Waits until every frontend's `/healthz` answers 200 (which needs a quorum of both
-//!    databases), then writes `cluster.json` (endpoints, names, pids) and prints the servers.
+//!    databases) and every database replica answers a status query without recovering (the
+//!    customer database's ring needs every member to take its turns, so a write could
+//!    otherwise wait for the slowest member to start), then writes `cluster.json` (endpoints,
+//!    names, pids) and prints the servers.
 //! 5. Restarts nothing silently: a process that exits is reported on the terminal and left
 //!    down (tests and operators restart replicas on purpose). Ctrl-C sends SIGTERM to every
 //!    process, then SIGKILL to any still running after a grace period.
@@ -18,6 +21,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clients::cluster::{ClusterFile, ClusterProcess};
@@ -25,6 +29,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
+use super::frontend::{client_network, remote_logs};
 use crate::cluster::{Cluster, RoleKind};
 
 /// Settings of `market up`.
@@ -212,6 +217,26 @@ pub async fn healthy(addr: SocketAddr) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether every database replica answers a status query and none is still recovering.
+async fn replicas_ready(cluster: &Cluster, network: &Arc<transport::QuicNetwork>) -> bool {
+    let (customers, products) =
+        remote_logs(cluster, network.clone() as Arc<dyn transport::Network>);
+    for r in &cluster.customer_db {
+        let node = Cluster::client_node_id(RoleKind::CustomerDb, r.id);
+        match customers.status_of(node).await {
+            Ok(s) if s.role != replication::Role::Recovering => {}
+            _ => return false,
+        }
+    }
+    for r in &cluster.product_db {
+        let node = Cluster::client_node_id(RoleKind::ProductDb, r.id);
+        if products.status_of(node).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Sends SIGTERM to every process, waits up to `grace`, then SIGKILLs the rest.
 pub async fn stop_all(procs: &mut [Proc], grace: Duration) {
     for p in procs.iter() {
@@ -290,6 +315,7 @@ pub async fn run(options: UpOptions) -> Result<(), String> {
         .chain(&cluster.buyer)
         .map(|f| f.listen)
         .collect();
+    let admin = client_network(&cluster, RoleKind::Admin, 0)?;
     loop {
         let mut all = true;
         for addr in &frontends {
@@ -298,7 +324,7 @@ pub async fn run(options: UpOptions) -> Result<(), String> {
                 break;
             }
         }
-        if all {
+        if all && replicas_ready(&cluster, &admin).await {
             break;
         }
         if let Some(p) = procs.iter_mut().find_map(|p| match p.child.try_wait() {
@@ -324,6 +350,7 @@ pub async fn run(options: UpOptions) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    admin.shutdown();
     let file = cluster_file(&cluster, &procs);
     file.save(&options.cluster_json)
         .map_err(|e| e.to_string())?;
