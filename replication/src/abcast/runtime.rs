@@ -391,6 +391,18 @@ impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
     }
 }
 
+/// Adds `value` (postcard) under `key` of [`SNAPSHOT_GROUP`] to `batch`.
+fn put_value<T: serde::Serialize>(
+    batch: &mut LogBatch,
+    key: &[u8],
+    value: &T,
+) -> Result<(), LogError> {
+    let bytes = postcard::to_stdvec(value).map_err(|e| LogError::Storage(e.to_string()))?;
+    batch
+        .put(SNAPSHOT_GROUP, key.to_vec(), bytes)
+        .map_err(storage::storage_err)
+}
+
 /// What a journal entry holds, for compaction.
 #[derive(Debug, Clone, Copy)]
 enum Desc {
@@ -623,16 +635,9 @@ impl<S: StateMachine> Driver<S> {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .snapshot();
-        let value =
-            postcard::to_stdvec(&(&base, bytes)).map_err(|e| LogError::Storage(e.to_string()))?;
         let mut batch = LogBatch::default();
-        batch
-            .put(SNAPSHOT_GROUP, SNAPSHOT_KEY.to_vec(), value)
-            .map_err(storage::storage_err)?;
-        self.engine
-            .write(&mut batch, true)
-            .map_err(storage::storage_err)?;
-        self.fsyncs += 1;
+        put_value(&mut batch, SNAPSHOT_KEY, &(&base, bytes))?;
+        self.write_synced(&mut batch)?;
         self.snapshots += 1;
         self.snapshot = Some(base);
         self.compact(true);
@@ -706,20 +711,22 @@ impl<S: StateMachine> Driver<S> {
                 .map_err(storage::storage_err)?;
         }
         if let Some(lease) = lease {
-            let value =
-                postcard::to_stdvec(&lease).map_err(|e| LogError::Storage(e.to_string()))?;
-            batch
-                .put(SNAPSHOT_GROUP, LEASE_KEY.to_vec(), value)
-                .map_err(storage::storage_err)?;
+            put_value(&mut batch, LEASE_KEY, &lease)?;
         }
-        self.engine
-            .write(&mut batch, true)
-            .map_err(storage::storage_err)?;
+        self.write_synced(&mut batch)?;
         if let Some(lease) = lease {
             self.lease = lease;
         }
-        self.fsyncs += 1;
         self.records_persisted += records.len() as u64;
+        Ok(())
+    }
+
+    /// Writes `batch` with one fsync.
+    fn write_synced(&mut self, batch: &mut LogBatch) -> Result<(), LogError> {
+        self.engine
+            .write(batch, true)
+            .map_err(storage::storage_err)?;
+        self.fsyncs += 1;
         Ok(())
     }
 
