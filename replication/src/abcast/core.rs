@@ -510,8 +510,9 @@ impl Core {
         (self.cfg.request_window / 2).max(1)
     }
 
-    /// Issues the next own Request: into the persist batch, the outgoing Requests and the
-    /// held set. Extends the seq lease when it runs low.
+    /// Issues the next own Request: into the outgoing Requests and the held set (it is
+    /// written with the first persist that claims a Sequence naming it). Extends the seq lease
+    /// when it runs low.
     fn issue_request(&mut self, payloads: Vec<Vec<u8>>, restart: Option<u64>) {
         let step = self.lease_step();
         if self.next_local_seq + step / 2 >= self.lease_issued {
