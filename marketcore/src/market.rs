@@ -638,6 +638,26 @@ impl Market {
         }
     }
 
+    /// [`Market::read_about`] for the calling user's own record: `pick` takes the record out of
+    /// the answer (`None`: an answer of another kind), and a missing record is `NotFound`.
+    async fn read_own<T>(
+        &self,
+        auth: Auth<'_>,
+        role: Role,
+        about: UserQuery,
+        pick: impl FnOnce(CustomerAnswer) -> Option<Option<T>>,
+    ) -> Result<T, MarketError> {
+        let (user, answer) = self.read_about(auth, role, about).await?;
+        match pick(answer) {
+            Some(Some(record)) => Ok(record),
+            Some(None) => Err(MarketError::NotFound(match role {
+                Role::Seller => format!("seller {}", user.number()),
+                Role::Buyer => format!("buyer {}", user.number()),
+            })),
+            None => Err(unexpected("answer about the user")),
+        }
+    }
+
     /// [`Market::authenticate`] for a seller token.
     pub async fn authenticate_seller(&self, token: &str) -> Result<SellerId, MarketError> {
         match self.authenticate(token, Role::Seller).await? {
@@ -808,16 +828,11 @@ impl Market {
 
     /// `GET /v1/sellers/me/rating`: the calling seller's rating (200).
     pub async fn get_my_rating(&self, auth: impl Into<Auth<'_>>) -> Result<Rating, MarketError> {
-        match self
-            .read_about(auth.into(), Role::Seller, UserQuery::Rating)
-            .await?
-        {
-            (_, CustomerAnswer::Rating(Some(r))) => Ok(r),
-            (user, CustomerAnswer::Rating(None)) => {
-                Err(MarketError::NotFound(format!("seller {}", user.number())))
-            }
-            _ => Err(unexpected("rating")),
-        }
+        self.read_own(auth.into(), Role::Seller, UserQuery::Rating, |a| match a {
+            CustomerAnswer::Rating(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     /// `POST /v1/sellers/me/items`: lists an item (201).
@@ -1001,16 +1016,11 @@ impl Market {
 
     /// `GET /v1/buyers/me/cart` (200).
     pub async fn display_cart(&self, auth: impl Into<Auth<'_>>) -> Result<Cart, MarketError> {
-        match self
-            .read_about(auth.into(), Role::Buyer, UserQuery::Cart)
-            .await?
-        {
-            (_, CustomerAnswer::Cart(Some(c))) => Ok(c),
-            (user, CustomerAnswer::Cart(None)) => {
-                Err(MarketError::NotFound(format!("buyer {}", user.number())))
-            }
-            _ => Err(unexpected("cart")),
-        }
+        self.read_own(auth.into(), Role::Buyer, UserQuery::Cart, |a| match a {
+            CustomerAnswer::Cart(c) => Some(c),
+            _ => None,
+        })
+        .await
     }
 
     /// `POST /v1/buyers/me/cart/items` (200, the cart). The cart's quantity of the item after
@@ -1282,16 +1292,18 @@ impl Market {
         &self,
         auth: impl Into<Auth<'_>>,
     ) -> Result<Purchases, MarketError> {
-        match self
-            .read_about(auth.into(), Role::Buyer, UserQuery::Purchases)
-            .await?
-        {
-            (_, CustomerAnswer::Purchases(Some(purchases))) => Ok(Purchases { purchases }),
-            (user, CustomerAnswer::Purchases(None)) => {
-                Err(MarketError::NotFound(format!("buyer {}", user.number())))
-            }
-            _ => Err(unexpected("purchases")),
-        }
+        let purchases = self
+            .read_own(
+                auth.into(),
+                Role::Buyer,
+                UserQuery::Purchases,
+                |a| match a {
+                    CustomerAnswer::Purchases(p) => Some(p),
+                    _ => None,
+                },
+            )
+            .await?;
+        Ok(Purchases { purchases })
     }
 
     /// `POST /v1/buyers/me/feedback` (204). Never bought: `not_purchased`; second time:
