@@ -638,13 +638,14 @@ impl Market {
         }
     }
 
-    /// [`Market::read_about`] for the calling user's own record: `pick` takes the record out of
-    /// the answer (`None`: an answer of another kind), and a missing record is `NotFound`.
+    /// [`Market::read_about`] for the calling user's own record (`what`, for errors): `pick`
+    /// takes the record out of the answer (`None`: an answer of another kind), and a missing
+    /// record is `NotFound`.
     async fn read_own<T>(
         &self,
         auth: Auth<'_>,
         role: Role,
-        about: UserQuery,
+        (about, what): (UserQuery, &str),
         pick: impl FnOnce(CustomerAnswer) -> Option<Option<T>>,
     ) -> Result<T, MarketError> {
         let (user, answer) = self.read_about(auth, role, about).await?;
@@ -654,7 +655,7 @@ impl Market {
                 Role::Seller => format!("seller {}", user.number()),
                 Role::Buyer => format!("buyer {}", user.number()),
             })),
-            None => Err(unexpected("answer about the user")),
+            None => Err(unexpected(what)),
         }
     }
 
@@ -828,10 +829,15 @@ impl Market {
 
     /// `GET /v1/sellers/me/rating`: the calling seller's rating (200).
     pub async fn get_my_rating(&self, auth: impl Into<Auth<'_>>) -> Result<Rating, MarketError> {
-        self.read_own(auth.into(), Role::Seller, UserQuery::Rating, |a| match a {
-            CustomerAnswer::Rating(r) => Some(r),
-            _ => None,
-        })
+        self.read_own(
+            auth.into(),
+            Role::Seller,
+            (UserQuery::Rating, "rating"),
+            |a| match a {
+                CustomerAnswer::Rating(r) => Some(r),
+                _ => None,
+            },
+        )
         .await
     }
 
@@ -1016,10 +1022,15 @@ impl Market {
 
     /// `GET /v1/buyers/me/cart` (200).
     pub async fn display_cart(&self, auth: impl Into<Auth<'_>>) -> Result<Cart, MarketError> {
-        self.read_own(auth.into(), Role::Buyer, UserQuery::Cart, |a| match a {
-            CustomerAnswer::Cart(c) => Some(c),
-            _ => None,
-        })
+        self.read_own(
+            auth.into(),
+            Role::Buyer,
+            (UserQuery::Cart, "cart"),
+            |a| match a {
+                CustomerAnswer::Cart(c) => Some(c),
+                _ => None,
+            },
+        )
         .await
     }
 
@@ -1296,7 +1307,7 @@ impl Market {
             .read_own(
                 auth.into(),
                 Role::Buyer,
-                UserQuery::Purchases,
+                (UserQuery::Purchases, "purchases"),
                 |a| match a {
                     CustomerAnswer::Purchases(p) => Some(p),
                     _ => None,
