@@ -13,6 +13,19 @@ use clap::{Parser, Subcommand};
 /// packets, JSON, postcard frames), and glibc's malloc showed up in profiles.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Turns transparent huge pages off for this process (and the processes it starts).
+///
+/// mimalloc advises the kernel to back its arenas with 2 MiB pages, and returns freed pages
+/// after a second. The next allocation there faults a whole huge page back in, which the
+/// kernel zeroes: under load that zeroing (`clear_page_erms`) took about 8% of the cluster's
+/// CPU, all of it on the replicas' consensus threads. With 4 KiB pages a fault zeroes only
+/// what is touched; the 100+100 scenario gained 2-10% calls/s (interleaved runs).
+fn disable_transparent_huge_pages() {
+    // Best effort: a kernel without it leaves the default, which is only slower.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
+}
 use servers::cluster::{Cluster, RoleKind};
 use servers::deploy::{self, up::UpOptions};
 use servers::http::{self, Limits};
@@ -240,6 +253,7 @@ fn certs(config: &Path, force: bool) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_tracing();
     // Replicas, frontends and the payment service run on a current-thread runtime: on small
