@@ -63,6 +63,21 @@ pub fn append(engine: &Engine, group: u64, entries: &[Entry], sync: bool) -> Res
     Ok(())
 }
 
+/// Runs `f` on a thread of its own and returns its result.
+///
+/// raft-engine keeps the last entry block it decoded in a *thread-local* cache keyed by file
+/// position, not by engine: two engines read from one thread (several replicas on one tokio
+/// worker, as in the tests or `market up --single`) can be served each other's block, and
+/// raft-engine then asserts. Every read of entry bodies from an engine whose thread may be
+/// shared (recovery, catch-up reads that miss the Raft entry cache, file purges that rewrite
+/// entries) goes through here: a fresh thread starts with an empty cache.
+pub fn isolated<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 /// Reads entries `[begin, end)` of `group`.
 pub fn read_entries(
     engine: &Engine,
@@ -72,8 +87,7 @@ pub fn read_entries(
 ) -> Result<Vec<Entry>, LogError> {
     let mut out = Vec::new();
     if begin < end {
-        engine
-            .fetch_entries_to::<EntryExt>(group, begin, end, None, &mut out)
+        isolated(|| engine.fetch_entries_to::<EntryExt>(group, begin, end, None, &mut out))
             .map_err(storage_err)?;
     }
     Ok(out)

@@ -4,7 +4,7 @@
 //! # Shape
 //!
 //! ```text
-//!  propose/read (any task)        network recv task               Ready loop (one thread)
+//!  propose/read (any task)        network recv task               Ready loop (one task)
 //!  ───────────────────────        ─────────────────               ───────────────────────
 //!  RaftLog::propose ──Input──────────────────────────────────────▶ RawNode::propose
 //!     │ NotLeader(l)                                               (batched per Ready)
@@ -13,9 +13,12 @@
 //!  peers ── Wire::Raft ───────────▶ parse, check ──Input::Raft──▶ RawNode::step
 //! ```
 //!
-//! * **Ready loop** (module `node`): one OS thread per node owns the `RawNode` and its
-//!   `EngineStorage` (module `storage`: `::raft::Storage` over raft-engine); it ticks, steps, proposes, persists each Ready with one fsync,
-//!   sends, applies committed entries through [`Deduped`] and answers proposers and readers.
+//! * **Ready loop** (module `node`): one task per node, on the runtime that serves the node's
+//!   network (so a peer message or a read costs no thread hop), owns the `RawNode` and its
+//!   `EngineStorage` (module `storage`: `::raft::Storage` over raft-engine, with the recent
+//!   entries in memory); it ticks, steps, proposes, persists each Ready with one fsync (the
+//!   only time it blocks the runtime), sends, applies committed entries through [`Deduped`]
+//!   and answers proposers and readers.
 //! * **Proposals** from any replica: the local Ready loop takes them if this node leads;
 //!   otherwise the handle forwards the proposal to the leader by RPC
 //!   (`Wire::ForwardPropose`, module `message`) and the leader answers with the output. On any doubt
@@ -59,8 +62,8 @@
 //! * Membership is static: no configuration changes (a replaced machine keeps its id and
 //!   catches up from its log or a snapshot).
 //! * A snapshot travels as one message: it must fit the transport's frame limit (QUIC: 16 MiB
-//!   by default). It is taken on the Ready loop thread, which pauses while the state machine
-//!   serializes.
+//!   by default). It is taken on the Ready loop task, which pauses (and with it every other
+//!   task of its runtime, the node's network included) while the state machine serializes.
 //! * Peer messages are checked for addressing (sender and receiver are peers, the claimed
 //!   sender is the transport sender) and dropped if they do not parse; a well-formed but
 //!   malicious message from an authenticated peer can still trip an assertion inside raft-rs.
@@ -72,9 +75,7 @@ mod storage;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use ::raft::eraftpb::{Message as RaftMessage, MessageType};
@@ -216,11 +217,11 @@ pub(crate) struct Shared<S: StateMachine> {
     stopped: AtomicBool,
 }
 
-/// Everything the handle and the receive task need (not the thread handles).
+/// Everything the handle and the receive task need (not the task handles).
 struct Inner<S: StateMachine> {
     config: RaftConfig,
     shared: Arc<Shared<S>>,
-    input: Mutex<std_mpsc::Sender<Input<S>>>,
+    input: tokio::sync::mpsc::UnboundedSender<Input<S>>,
     network: Arc<dyn Network>,
     pending: AtomicUsize,
 }
@@ -228,8 +229,8 @@ struct Inner<S: StateMachine> {
 /// A replica of a Raft-replicated log driving `S`. See the module docs.
 pub struct RaftLog<S: StateMachine> {
     inner: Arc<Inner<S>>,
-    driver: Mutex<Option<thread::JoinHandle<()>>>,
-    receiver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    driver: node::DriverCell<S>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 pub(crate) fn to_node(raft_id: u64) -> NodeId {
@@ -261,7 +262,7 @@ impl Drop for PendingGuard<'_> {
 impl<S: StateMachine> RaftLog<S> {
     /// Opens (or creates) the replica's storage in `config.data_dir`, recovers its state
     /// (`initial_state` is the empty state machine recovery starts from), starts the Ready
-    /// loop thread and the network receive task, and returns the handle. Must be called
+    /// loop task and the network receive task, and returns the handle. Must be called
     /// inside a tokio runtime. Every replica of the cluster is started the same way; a
     /// leader is elected within a few election timeouts.
     pub fn start(
@@ -328,12 +329,12 @@ impl<S: StateMachine> RaftLog<S> {
             stats: Stats::default(),
             stopped: AtomicBool::new(false),
         });
-        let (tx, rx) = std_mpsc::channel();
-        let driver = Driver {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let tick = config.tick_interval;
+        let driver: node::DriverCell<S> = Arc::new(Mutex::new(Some(Driver {
             node,
             shared: Arc::clone(&shared),
             network: Arc::clone(&network),
-            rx,
             config: config.clone(),
             applied,
             next_read_ctx: rand::random(),
@@ -343,23 +344,20 @@ impl<S: StateMachine> RaftLog<S> {
             deferred_reads: Vec::new(),
             deferred_since: 0,
             ticks: 0,
-        };
-        let driver_thread = thread::Builder::new()
-            .name(format!("raft-{}", config.id))
-            .spawn(move || driver.run())
-            .map_err(|e| LogError::Storage(format!("spawn raft thread: {e}")))?;
+        })));
+        let ready_loop = runtime.spawn(node::drive(Arc::clone(&driver), rx, tick));
         let inner = Arc::new(Inner {
             config,
             shared,
-            input: Mutex::new(tx),
+            input: tx,
             network,
             pending: AtomicUsize::new(0),
         });
         let receiver = runtime.spawn(receive_loop(Arc::clone(&inner)));
         Ok(Arc::new(Self {
             inner,
-            driver: Mutex::new(Some(driver_thread)),
-            receiver: Mutex::new(Some(receiver)),
+            driver,
+            tasks: Mutex::new(vec![ready_loop, receiver]),
         }))
     }
 
@@ -420,22 +418,23 @@ impl<S: StateMachine> RaftLog<S> {
         }
     }
 
-    /// Stops the replica: the Ready loop finishes its turn and exits (every durable write it
+    /// Stops the replica: the Ready loop finishes its turn and stops (every durable write it
     /// acknowledged is already fsync'd), the receive task ends, the engine is closed so the
     /// directory can be reopened. Waiting proposers get [`LogError::Shutdown`]. Idempotent.
     /// Blocks for at most one loop turn.
     pub fn shutdown(&self) {
         let _ = self.inner.submit(Input::Shutdown);
-        if let Some(handle) = self
-            .receiver
+        for task in self
+            .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
+            .drain(..)
         {
-            handle.abort();
+            task.abort();
         }
-        if let Some(handle) = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = handle.join();
+        let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(driver) = driver {
+            driver.finish(Ok(()));
         }
     }
 }
@@ -451,11 +450,7 @@ impl<S: StateMachine> Inner<S> {
         if self.shared.stopped.load(Ordering::SeqCst) {
             return Err(LogError::Shutdown);
         }
-        self.input
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(input)
-            .map_err(|_| LogError::Shutdown)
+        self.input.send(input).map_err(|_| LogError::Shutdown)
     }
 
     fn admit(&self) -> Result<PendingGuard<'_>, LogError> {

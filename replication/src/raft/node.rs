@@ -1,4 +1,12 @@
-//! The Ready loop: one OS thread per node owns the `RawNode` and its storage.
+//! The Ready loop: one task per node, on the runtime that serves the node's network, owns the
+//! `RawNode` and its storage.
+//!
+//! It runs on the network's runtime rather than on a thread of its own because wake-ups are
+//! what a small message costs most on a small machine: with a separate thread every peer
+//! message and every read crossed two threads (network task -> loop -> network task), and
+//! profiles of idle followers answering heartbeats showed most of their CPU in context
+//! switches. Only the fsync of a Ready blocks the runtime (a multi-thread runtime hands its
+//! other tasks to another worker for the duration: `block_in_place`).
 //!
 //! Each turn of the loop:
 //!
@@ -27,14 +35,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ::raft::eraftpb::{Entry, EntryType, Message, MessageType, Snapshot};
 use ::raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use protobuf::Message as _;
-use tokio::sync::oneshot;
+use tokio::runtime::RuntimeFlavor;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use transport::Network;
 
 use super::message::{Wire, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MAX};
@@ -85,7 +94,6 @@ pub(crate) struct Driver<S: StateMachine> {
     pub(crate) node: RawNode<EngineStorage>,
     pub(crate) shared: Arc<Shared<S>>,
     pub(crate) network: Arc<dyn Network>,
-    pub(crate) rx: Receiver<Input<S>>,
     pub(crate) config: RaftConfig,
     pub(crate) applied: u64,
     pub(crate) next_read_ctx: u64,
@@ -104,47 +112,101 @@ struct AfterReady {
     snapshots: Vec<(u64, SnapshotStatus)>,
 }
 
-impl<S: StateMachine> Driver<S> {
-    /// Runs until shutdown or a storage error.
-    pub(crate) fn run(mut self) {
-        let tick = self.config.tick_interval;
-        let mut next_tick = Instant::now() + tick;
-        let result = loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            let mut reads = Vec::new();
-            let mut stop = false;
-            match self.rx.recv_timeout(wait) {
-                Ok(input) => stop |= self.handle(input, &mut reads),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => stop = true,
-            }
-            for _ in 0..INPUT_BATCH_MAX {
-                if stop {
-                    break;
-                }
-                match self.rx.try_recv() {
-                    Ok(input) => stop |= self.handle(input, &mut reads),
-                    Err(_) => break,
-                }
-            }
-            if stop {
-                break Ok(());
-            }
-            self.issue_reads(reads);
-            let now = Instant::now();
-            if now >= next_tick {
-                self.node.tick();
-                self.ticks += 1;
-                next_tick += tick;
-                if next_tick < now {
-                    next_tick = now + tick;
-                }
-                self.on_tick();
-            }
-            if let Err(e) = self.on_ready() {
-                break Err(e);
-            }
+/// The driver of a running node; `None` once it stopped (on shutdown, the handle takes it out
+/// and drops it, which closes the engine).
+pub(crate) type DriverCell<S> = Arc<Mutex<Option<Driver<S>>>>;
+
+/// The Ready loop task: runs until shutdown, a storage error, or every input sender is gone.
+pub(crate) async fn drive<S: StateMachine>(
+    cell: DriverCell<S>,
+    mut rx: mpsc::UnboundedReceiver<Input<S>>,
+    tick: Duration,
+) {
+    let mut next_tick = Instant::now() + tick;
+    let sleep = tokio::time::sleep_until(next_tick);
+    tokio::pin!(sleep);
+    loop {
+        let first = tokio::select! {
+            biased;
+            input = rx.recv() => match input {
+                Some(input) => Some(input),
+                None => Some(Input::Shutdown),
+            },
+            _ = &mut sleep => None,
         };
+        let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(driver) = guard.as_mut() else {
+            return;
+        };
+        let stop = driver.turn(first, &mut rx, tick, &mut next_tick);
+        if let Some(result) = stop {
+            if let Some(driver) = guard.take() {
+                driver.finish(result);
+            }
+            return;
+        }
+        drop(guard);
+        if sleep.deadline() != next_tick {
+            sleep.as_mut().reset(next_tick);
+        }
+    }
+}
+
+/// Runs blocking storage work: in place on a current-thread runtime (nothing else could run
+/// meanwhile anyway), through `block_in_place` on a multi-thread one so the worker's other
+/// tasks move to another thread.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+impl<S: StateMachine> Driver<S> {
+    /// One turn: `first` (if the wait ended on an input), whatever else is queued, the tick if
+    /// due, the Ready. `Some(result)` when the loop must stop.
+    fn turn(
+        &mut self,
+        first: Option<Input<S>>,
+        rx: &mut mpsc::UnboundedReceiver<Input<S>>,
+        tick: Duration,
+        next_tick: &mut Instant,
+    ) -> Option<Result<(), LogError>> {
+        let mut reads = Vec::new();
+        let mut stop = match first {
+            Some(input) => self.handle(input, &mut reads),
+            None => false,
+        };
+        for _ in 0..INPUT_BATCH_MAX {
+            if stop {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(input) => stop |= self.handle(input, &mut reads),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => stop = true,
+            }
+        }
+        if stop {
+            return Some(Ok(()));
+        }
+        self.issue_reads(reads);
+        let now = Instant::now();
+        if now >= *next_tick {
+            self.node.tick();
+            self.ticks += 1;
+            *next_tick += tick;
+            if *next_tick < now {
+                *next_tick = now + tick;
+            }
+            self.on_tick();
+        }
+        self.on_ready().err().map(Err)
+    }
+
+    /// Ends the node: waiting proposers learn why, handles see it stopped. Dropping `self`
+    /// closes the engine.
+    pub(crate) fn finish(mut self, result: Result<(), LogError>) {
         let err = match result {
             Ok(()) => LogError::Shutdown,
             Err(e) => {
@@ -282,9 +344,8 @@ impl<S: StateMachine> Driver<S> {
         };
         let entries = rd.take_entries();
         let must_sync = rd.must_sync();
-        self.node
-            .mut_store()
-            .persist(snapshot.as_ref(), &entries, rd.hs(), must_sync)?;
+        let store = self.node.mut_store();
+        blocking(|| store.persist(snapshot.as_ref(), &entries, rd.hs(), must_sync))?;
         if let Some(snap) = &snapshot {
             self.install_snapshot(snap)?;
         }
@@ -481,9 +542,8 @@ impl<S: StateMachine> Driver<S> {
             .snapshot();
         let applied = self.applied;
         let margin = self.config.compact_margin;
-        self.node
-            .mut_store()
-            .snapshot_and_compact(applied, data, margin)?;
+        let store = self.node.mut_store();
+        blocking(|| store.snapshot_and_compact(applied, data, margin))?;
         self.shared
             .stats
             .snapshots_taken

@@ -21,7 +21,12 @@
 //! loses entries that no snapshot covers.
 //!
 //! The terms of all live entries are cached in memory (`terms`, 8 bytes per entry, bounded by
-//! compaction): raft-rs asks for terms far more often than for entries.
+//! compaction): raft-rs asks for terms far more often than for entries. The most recently
+//! written entries are kept in memory too (`recent`, at most [`RECENT_ENTRIES_MAX`] entries
+//! and [`RECENT_BYTES_MAX`] bytes): raft-rs reads every committed entry back to apply it and
+//! every entry it sends a follower that is not far behind, and those reads never touch the
+//! engine. Older entries come from raft-engine on a thread of their own
+//! ([`crate::storage::isolated`]).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -31,7 +36,7 @@ use ::raft::{Error as RaftError, GetEntriesContext, RaftState, Storage, StorageE
 use raft_engine::{Command as EngineCommand, Engine, LogBatch};
 
 use crate::log::LogError;
-use crate::storage::{open_engine, storage_err, EntryExt};
+use crate::storage::{isolated, open_engine, read_entries, storage_err, EntryExt};
 
 const GROUP: u64 = 1;
 const KEY_HARD_STATE: &[u8] = b"raft_hard_state";
@@ -39,6 +44,11 @@ const KEY_CONF_STATE: &[u8] = b"raft_conf_state";
 const KEY_SNAPSHOT: &[u8] = b"raft_snapshot";
 const KEY_TRUNCATED: &[u8] = b"raft_truncated";
 const KEY_APPLIED: &[u8] = b"raft_applied";
+
+/// Most entries kept in the recent-entry cache.
+pub(crate) const RECENT_ENTRIES_MAX: usize = 8192;
+/// Most payload bytes kept in the recent-entry cache (at least one entry is kept).
+pub(crate) const RECENT_BYTES_MAX: usize = 32 << 20;
 
 /// Raft's durable state in raft-engine, with an in-memory cache of what raft-rs reads often.
 pub(crate) struct EngineStorage {
@@ -53,6 +63,10 @@ pub(crate) struct EngineStorage {
     terms: VecDeque<u64>,
     /// The latest state-machine snapshot (empty before the first).
     snapshot: Snapshot,
+    /// The most recently written entries, contiguous, ending at the last index.
+    recent: VecDeque<Entry>,
+    /// Payload bytes in `recent`.
+    recent_bytes: usize,
 }
 
 fn pb_err(what: &str, e: impl std::fmt::Display) -> LogError {
@@ -98,10 +112,7 @@ impl EngineStorage {
             }
             let begin = trunc_index + 1;
             if last >= begin {
-                let mut entries = Vec::new();
-                engine
-                    .fetch_entries_to::<EntryExt>(GROUP, begin, last + 1, None, &mut entries)
-                    .map_err(storage_err)?;
+                let entries = read_entries(&engine, GROUP, begin, last + 1)?;
                 for (k, e) in entries.iter().enumerate() {
                     if e.index != begin + k as u64 {
                         return Err(LogError::Storage(format!(
@@ -123,6 +134,8 @@ impl EngineStorage {
             trunc_term,
             terms,
             snapshot,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
         };
         if fresh {
             let mut batch = LogBatch::default();
@@ -163,6 +176,58 @@ impl EngineStorage {
 
     fn last(&self) -> u64 {
         self.trunc_index + self.terms.len() as u64
+    }
+
+    /// Index of the first entry in `recent` (meaningless while it is empty).
+    fn recent_first(&self) -> u64 {
+        self.recent.front().map_or(0, |e| e.index)
+    }
+
+    /// Adds freshly written entries (already checked to follow `trunc_index` without a gap)
+    /// to the recent-entry cache, dropping a conflicting tail they replace and the oldest
+    /// entries beyond the bounds.
+    fn remember(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let first_cached = self.recent_first();
+        if self.recent.is_empty() || first.index < first_cached {
+            self.recent.clear();
+            self.recent_bytes = 0;
+        } else {
+            let keep = (first.index - first_cached) as usize;
+            if keep > self.recent.len() {
+                // Not adjacent to what is cached: start over from these.
+                self.recent.clear();
+                self.recent_bytes = 0;
+            } else {
+                for e in self.recent.drain(keep..) {
+                    self.recent_bytes -= e.data.len();
+                }
+            }
+        }
+        for e in entries {
+            self.recent_bytes += e.data.len();
+            self.recent.push_back(e.clone());
+        }
+        while self.recent.len() > 1
+            && (self.recent.len() > RECENT_ENTRIES_MAX || self.recent_bytes > RECENT_BYTES_MAX)
+        {
+            if let Some(e) = self.recent.pop_front() {
+                self.recent_bytes -= e.data.len();
+            }
+        }
+    }
+
+    /// Entries `[low, high)` from the recent-entry cache, if it holds all of them.
+    fn cached(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
+        let first = self.recent_first();
+        if self.recent.is_empty() || low < first || high > first + self.recent.len() as u64 {
+            return None;
+        }
+        let from = (low - first) as usize;
+        let to = (high - first) as usize;
+        Some(self.recent.range(from..to).cloned().collect())
     }
 
     /// Records a commit index learned after a Ready (persisted with the next batch).
@@ -208,6 +273,8 @@ impl EngineStorage {
             self.trunc_index = md.index;
             self.trunc_term = md.term;
             self.terms.clear();
+            self.recent.clear();
+            self.recent_bytes = 0;
             if self.hard_state.commit < md.index {
                 self.hard_state.commit = md.index;
             }
@@ -233,6 +300,7 @@ impl EngineStorage {
                 .map_err(storage_err)?;
             self.terms.truncate(keep);
             self.terms.extend(entries.iter().map(|e| e.term));
+            self.remember(entries);
         }
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
@@ -309,7 +377,13 @@ impl EngineStorage {
             self.terms.drain(..drop.min(self.terms.len()));
             self.trunc_index = index;
             self.trunc_term = t;
-            if let Err(e) = self.engine.purge_expired_files() {
+            while self.recent.front().is_some_and(|e| e.index <= index) {
+                if let Some(e) = self.recent.pop_front() {
+                    self.recent_bytes -= e.data.len();
+                }
+            }
+            let engine = &self.engine;
+            if let Err(e) = isolated(|| engine.purge_expired_files()) {
                 tracing::warn!(error = %e, "raft-engine purge failed");
             }
         }
@@ -338,13 +412,19 @@ impl Storage for EngineStorage {
         if high > self.last() + 1 {
             return Err(RaftError::Store(StorageError::Unavailable));
         }
-        let mut out = Vec::with_capacity((high - low) as usize);
-        if low < high {
-            let max = max_size.into().map(|m| m as usize);
-            self.engine
-                .fetch_entries_to::<EntryExt>(GROUP, low, high, max, &mut out)
-                .map_err(other)?;
+        let max_size = max_size.into();
+        if low >= high {
+            return Ok(Vec::new());
         }
+        if let Some(mut out) = self.cached(low, high) {
+            ::raft::util::limit_size(&mut out, max_size);
+            return Ok(out);
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let max = max_size.map(|m| m as usize);
+        let engine = &self.engine;
+        isolated(|| engine.fetch_entries_to::<EntryExt>(GROUP, low, high, max, &mut out))
+            .map_err(other)?;
         Ok(out)
     }
 
@@ -444,6 +524,44 @@ mod tests {
         assert_eq!(got[5].term, 2);
         // A size limit still returns at least one entry.
         assert_eq!(s.entries(2, 9, 1, ctx()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn recent_entries_are_served_from_memory_and_match_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        let n = RECENT_ENTRIES_MAX as u64 + 100;
+        s.persist(None, &ents(1..=n, 1), Some(&hs(1, 1, 4)), true)
+            .unwrap();
+        // A conflicting tail replaces the cached one.
+        s.persist(None, &ents(n - 5..=n - 2, 2), Some(&hs(2, 2, 5)), true)
+            .unwrap();
+        // Full before, two shorter after the overwrite.
+        assert_eq!(s.recent.len(), RECENT_ENTRIES_MAX - 2);
+        assert_eq!(s.recent.back().map(|e| (e.index, e.term)), Some((n - 2, 2)));
+        let first_cached = s.recent_first();
+        assert!(first_cached > 1);
+        let from_memory = s.cached(n - 20, n - 1).expect("cached");
+        // The same range from the engine itself (a store reopened with an empty cache).
+        let mut from_engine = Vec::new();
+        s.engine
+            .fetch_entries_to::<EntryExt>(GROUP, n - 20, n - 1, None, &mut from_engine)
+            .unwrap();
+        assert_eq!(from_memory, from_engine);
+        assert_eq!(s.entries(n - 20, n - 1, None, ctx()).unwrap(), from_engine);
+        // Older entries than the cache holds come from the engine.
+        assert!(s.cached(first_cached - 1, first_cached + 1).is_none());
+        let old = s.entries(1, first_cached + 1, None, ctx()).unwrap();
+        assert_eq!(
+            old.iter().map(|e| e.index).collect::<Vec<_>>(),
+            (1..first_cached + 1).collect::<Vec<_>>()
+        );
+        // Compaction drops what it removes from the cache too.
+        s.snapshot_and_compact(n - 10, b"state".to_vec(), 3)
+            .unwrap();
+        assert_eq!(s.recent_first(), n - 12);
+        assert!(s.cached(n - 13, n - 12).is_none());
+        assert_eq!(s.entries(n - 12, n - 1, None, ctx()).unwrap().len(), 11);
     }
 
     #[test]
