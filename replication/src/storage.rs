@@ -78,6 +78,18 @@ pub fn isolated<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
+/// Runs blocking storage work (an fsync'd write, a snapshot) from a task: in place on a
+/// current-thread runtime (nothing else could run meanwhile anyway), through
+/// `block_in_place` on a multi-thread one so the worker's other tasks move to another thread.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Reads entries `[begin, end)` of `group`.
 pub fn read_entries(
     engine: &Engine,

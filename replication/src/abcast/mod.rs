@@ -142,7 +142,8 @@
 //!   [`Action`]s (persist, send, deliver, read ready) out. Deterministic and trivially
 //!   simulated.
 //! * [`runtime`]: [`AbcastLog`], the [`ReplicatedLog`](crate::ReplicatedLog) over a
-//!   [`transport::Network`] and raft-engine: one thread drives the core, writes each batch of
+//!   [`transport::Network`] and raft-engine: one task on the network's runtime drives the
+//!   core, writes each batch of
 //!   records with one fsync, applies deliveries through [`Deduped`](crate::dedup::Deduped)
 //!   and answers proposers and readers.
 //!

@@ -1,11 +1,15 @@
 //! [`AbcastLog`]: the atomic broadcast [`ReplicatedLog`] over a [`Network`] and raft-engine.
 //!
-//! One dedicated thread (running a current-thread tokio runtime) owns the [`Core`] and the
+//! One task, on the runtime that [`AbcastLog::open`] is called in (the one serving the
+//! member's network, so a message or a command costs no thread hop), owns the [`Core`] and the
 //! engine. Each turn of its loop waits for one event (a command from the handle, a message, a
 //! tick), takes every other event already waiting (up to a bound), then drains the core's
 //! actions: the records of the whole turn are written with **one** synced raft-engine write
 //! (group commit), then messages go out, deliveries are applied through [`Deduped`] and the
-//! waiting proposers and readers are answered.
+//! waiting proposers and readers are answered. The synced write (and a snapshot) is the only
+//! time the loop blocks its runtime (through `block_in_place` on a multi-thread runtime).
+//! It used to be a thread of its own: every message then crossed two threads, and on a
+//! 2-core machine the wake-ups cost more than the protocol.
 //!
 //! Storage layout: raft-engine group [`JOURNAL_GROUP`] holds every [`Record`] (postcard in the
 //! entry's `data`) in arrival order; the entry index is a local counter. Every
@@ -24,7 +28,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -41,7 +44,7 @@ use crate::log::{
     DEFAULT_PROPOSE_TIMEOUT,
 };
 use crate::state_machine::StateMachine;
-use crate::storage;
+use crate::storage::{self, blocking, isolated};
 
 /// The raft-engine group holding the journal of Requests and Sequences.
 pub const JOURNAL_GROUP: u64 = 1;
@@ -68,7 +71,7 @@ pub struct AbcastConfig {
     pub propose_timeout: Duration,
     /// How long a linearizable read waits for its barrier before [`LogError::Unavailable`].
     pub read_timeout: Duration,
-    /// Commands (proposals, reads) queued to the driver thread before callers wait.
+    /// Commands (proposals, reads) queued to the driver before callers wait.
     pub queue_max: usize,
     /// Delivered payloads between state snapshots (then the journal is compacted); 0 never.
     pub snapshot_every: u64,
@@ -139,15 +142,19 @@ struct Shared<S: StateMachine> {
     stats: Mutex<AbcastStats>,
 }
 
+/// The driver of a running member; `None` once it stopped (dropping it releases the engine).
+type DriverCell<S> = Arc<Mutex<Option<Driver<S>>>>;
+
 /// One member of an atomic broadcast group, as a [`ReplicatedLog`]. Cheap to share behind an
-/// `Arc`; dropping it stops the member (its driver thread finishes its turn and releases the
+/// `Arc`; dropping it stops the member (its driver finishes its turn and releases the
 /// engine, so the directory can be reopened at once).
 pub struct AbcastLog<S: StateMachine> {
     cfg: AbcastConfig,
     shared: Arc<Shared<S>>,
     commands: Option<mpsc::Sender<Command<S>>>,
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
-    driver: Option<thread::JoinHandle<()>>,
+    driver: DriverCell<S>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<S: StateMachine> Drop for AbcastLog<S> {
@@ -161,9 +168,12 @@ impl<S: StateMachine> Drop for AbcastLog<S> {
         {
             let _ = tx.send(());
         }
-        if let Some(handle) = self.driver.take() {
-            let _ = handle.join();
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
+        // Waits for a turn in progress (on another worker), then releases the engine.
+        let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(driver);
     }
 }
 
@@ -177,6 +187,8 @@ impl<S: StateMachine> AbcastLog<S> {
         network: Arc<dyn Network>,
         initial: S,
     ) -> Result<Self, LogError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| LogError::Rejected("AbcastLog::open needs a tokio runtime".into()))?;
         let engine = storage::open_engine(dir)?;
         let mut state = Deduped::new(initial);
         let mut base = None;
@@ -220,6 +232,7 @@ impl<S: StateMachine> AbcastLog<S> {
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(cfg.queue_max.max(1));
         let (stop_tx, stop_rx) = oneshot::channel();
+        let tick = Duration::from_millis(cfg.tick_ms.max(1));
         let driver = Driver {
             cfg: cfg.clone(),
             core,
@@ -232,7 +245,7 @@ impl<S: StateMachine> AbcastLog<S> {
             since_snapshot: 0,
             ticks: 0,
             snapshots: 0,
-            network,
+            network: Arc::clone(&network),
             shared: Arc::clone(&shared),
             proposers: HashMap::new(),
             readers: HashMap::new(),
@@ -242,21 +255,20 @@ impl<S: StateMachine> AbcastLog<S> {
             send_failures: 0,
             start: Instant::now(),
         };
-        let handle = thread::Builder::new()
-            .name(format!("abcast-{}", cfg.core.id))
-            .spawn(move || driver.run(cmd_rx, stop_rx))
-            .map_err(|e| LogError::Storage(format!("spawn driver: {e}")))?;
+        let driver: DriverCell<S> = Arc::new(Mutex::new(Some(driver)));
+        let task = runtime.spawn(drive(Arc::clone(&driver), cmd_rx, stop_rx, network, tick));
         Ok(Self {
             cfg,
             shared,
             commands: Some(cmd_tx),
             shutdown: Mutex::new(Some(stop_tx)),
-            driver: Some(handle),
+            driver,
+            task: Some(task),
         })
     }
 
     /// Stops the member without waiting (dropping the last handle also stops it, and waits
-    /// for the driver thread to release the engine). Later calls fail with
+    /// for the driver to release the engine). Later calls fail with
     /// [`LogError::Shutdown`].
     pub fn shutdown(&self) {
         let tx = self
@@ -452,65 +464,82 @@ enum Event<S: StateMachine> {
     Stop,
 }
 
-impl<S: StateMachine> Driver<S> {
-    fn run(mut self, mut commands: mpsc::Receiver<Command<S>>, mut stop: oneshot::Receiver<()>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "abcast driver cannot start a runtime");
-                return;
-            }
+/// The member's loop: waits for an event, then lets the driver take a turn; stops on
+/// shutdown, when the handle is gone, or on a storage error.
+async fn drive<S: StateMachine>(
+    cell: DriverCell<S>,
+    mut commands: mpsc::Receiver<Command<S>>,
+    mut stop: oneshot::Receiver<()>,
+    network: Arc<dyn Network>,
+    tick: Duration,
+) {
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let accept = match cell.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(driver) => driver.core.can_accept(),
+            None => return,
         };
-        rt.block_on(async move {
-            let mut ticker = tokio::time::interval(Duration::from_millis(self.cfg.tick_ms.max(1)));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let network = Arc::clone(&self.network);
-            loop {
-                let accept = self.core.can_accept();
-                let event = tokio::select! {
-                    biased;
-                    _ = &mut stop => Event::Stop,
-                    _ = ticker.tick() => Event::Tick,
-                    cmd = commands.recv(), if accept => match cmd {
-                        Some(c) => Event::Command(c),
-                        None => Event::Stop,
-                    },
-                    inc = network.recv() => match inc {
-                        Some(i) => Event::Net(i),
-                        None => Event::Stop,
-                    },
-                };
-                if !self.handle(event) {
-                    break;
+        let event = tokio::select! {
+            biased;
+            _ = &mut stop => Event::Stop,
+            _ = ticker.tick() => Event::Tick,
+            cmd = commands.recv(), if accept => match cmd {
+                Some(c) => Event::Command(c),
+                None => Event::Stop,
+            },
+            inc = network.recv() => match inc {
+                Some(i) => Event::Net(i),
+                None => Event::Stop,
+            },
+        };
+        let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(driver) = guard.as_mut() else {
+            return;
+        };
+        if !driver.turn(event, &mut commands, &network) {
+            // Dropping the driver releases the engine; waiting proposers see `Shutdown`.
+            guard.take();
+            return;
+        }
+    }
+}
+
+impl<S: StateMachine> Driver<S> {
+    /// One turn: `event`, whatever else is already waiting (one fsync covers it all), the
+    /// core's actions. `false` when the member must stop.
+    fn turn(
+        &mut self,
+        event: Event<S>,
+        commands: &mut mpsc::Receiver<Command<S>>,
+        network: &Arc<dyn Network>,
+    ) -> bool {
+        if !self.handle(event) {
+            return false;
+        }
+        for _ in 0..EVENTS_PER_TURN_MAX {
+            if self.core.can_accept() {
+                if let Ok(c) = commands.try_recv() {
+                    self.handle(Event::Command(c));
+                    continue;
                 }
-                // Take whatever else is already waiting: one fsync covers it all.
-                for _ in 0..EVENTS_PER_TURN_MAX {
-                    if self.core.can_accept() {
-                        if let Ok(c) = commands.try_recv() {
-                            self.handle(Event::Command(c));
-                            continue;
-                        }
-                    }
-                    match poll_once(network.recv()) {
-                        Some(Some(i)) => {
-                            self.handle(Event::Net(i));
-                        }
-                        _ => break,
-                    }
-                }
-                if let Err(e) = self.run_actions() {
-                    tracing::error!(error = %e, id = self.cfg.core.id, "abcast member stops");
-                    for (_, (_, reply)) in self.proposers.drain() {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                    break;
-                }
-                self.publish();
             }
-        });
+            match poll_once(network.recv()) {
+                Some(Some(i)) => {
+                    self.handle(Event::Net(i));
+                }
+                _ => break,
+            }
+        }
+        if let Err(e) = self.run_actions() {
+            tracing::error!(error = %e, id = self.cfg.core.id, "abcast member stops");
+            for (_, (_, reply)) in self.proposers.drain() {
+                let _ = reply.send(Err(e.clone()));
+            }
+            return false;
+        }
+        self.publish();
+        true
     }
 
     /// Returns `false` to stop.
@@ -681,7 +710,8 @@ impl<S: StateMachine> Driver<S> {
             self.engine.compact_to(JOURNAL_GROUP, to);
         }
         if purge {
-            let _ = self.engine.purge_expired_files();
+            let engine = &self.engine;
+            let _ = blocking(|| isolated(|| engine.purge_expired_files()));
         }
     }
 
@@ -723,9 +753,8 @@ impl<S: StateMachine> Driver<S> {
 
     /// Writes `batch` with one fsync.
     fn write_synced(&mut self, batch: &mut LogBatch) -> Result<(), LogError> {
-        self.engine
-            .write(batch, true)
-            .map_err(storage::storage_err)?;
+        let engine = &self.engine;
+        blocking(|| engine.write(batch, true)).map_err(storage::storage_err)?;
         self.fsyncs += 1;
         Ok(())
     }

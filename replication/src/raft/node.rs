@@ -41,7 +41,6 @@ use std::time::Duration;
 use ::raft::eraftpb::{Entry, EntryType, Message, MessageType, Snapshot};
 use ::raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use protobuf::Message as _;
-use tokio::runtime::RuntimeFlavor;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use transport::Network;
@@ -52,6 +51,7 @@ use super::{to_node, RaftConfig, Shared};
 use crate::dedup::Applied;
 use crate::log::{Envelope, LogError, LogStatus, Role};
 use crate::state_machine::StateMachine;
+use crate::storage::blocking;
 
 /// Inputs processed per loop turn, at most.
 const INPUT_BATCH_MAX: usize = 8192;
@@ -149,16 +149,6 @@ pub(crate) async fn drive<S: StateMachine>(
         if sleep.deadline() != next_tick {
             sleep.as_mut().reset(next_tick);
         }
-    }
-}
-
-/// Runs blocking storage work: in place on a current-thread runtime (nothing else could run
-/// meanwhile anyway), through `block_in_place` on a multi-thread one so the worker's other
-/// tasks move to another thread.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
     }
 }
 
