@@ -823,3 +823,46 @@ async fn retries_across_leader_crashes_apply_once() {
         );
     }
 }
+
+/// A ReadIndex round asks only a majority's worth of the followers heard from most recently.
+/// When a follower it asked has just died, the next regular heartbeat (which goes to every
+/// follower with the last pending read context) must complete the read: reads at the leader
+/// keep succeeding, and keep seeing every acknowledged write, while two of the four followers
+/// are killed one after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_the_death_of_the_followers_they_asked() {
+    let c = Cluster::start(5, 21, LinkConfig::default(), |cfg| {
+        cfg.propose_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let (leader, _) = c.wait_leader(500).await.expect("a leader");
+    let followers: Vec<usize> = (0..c.n).filter(|i| *i != leader).collect();
+    let mut written = 0u64;
+    for victim in [None, Some(followers[0]), Some(followers[1])] {
+        if let Some(v) = victim {
+            c.crash(v);
+        }
+        for _ in 0..25 {
+            written += 1;
+            c.node(leader)
+                .propose(
+                    RequestId {
+                        client: 7,
+                        seq: written,
+                    },
+                    TestCommand::Append(written),
+                )
+                .await
+                .expect("a write with a majority alive");
+            let answer = c
+                .node(leader)
+                .read(TestQuery::History, ReadConsistency::Linearizable)
+                .await
+                .expect("a read with a majority alive");
+            let TestAnswer::History(history) = answer else {
+                panic!("unexpected answer {answer:?}");
+            };
+            assert_eq!(history.last(), Some(&written), "a read missed a write");
+        }
+    }
+}

@@ -26,7 +26,8 @@
 //!   retried with the same [`RequestId`] until `propose_timeout`: duplicates are answered from
 //!   the duplicate table, never applied twice.
 //! * **Reads**: [`ReadConsistency::Linearizable`] uses ReadIndex (raft-rs `ReadOnlyOption::Safe`:
-//!   the leader confirms its leadership with a heartbeat round), and the read is served locally
+//!   the leader confirms its leadership with a heartbeat round, sent to a majority's worth
+//!   of recently heard followers rather than to all of them), and the read is served locally
 //!   once this replica has applied up to the read index; a follower's request travels to the
 //!   leader inside raft-rs messages. All reads arriving in one loop turn share one ReadIndex.
 //!   [`ReadConsistency::Lease`] is treated as `Linearizable` unless [`RaftConfig::lease_reads`]
@@ -73,6 +74,7 @@ mod message;
 mod node;
 mod storage;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -344,6 +346,8 @@ impl<S: StateMachine> RaftLog<S> {
             deferred_reads: Vec::new(),
             deferred_since: 0,
             ticks: 0,
+            heard: HashMap::new(),
+            read_ctx: None,
         })));
         let ready_loop = runtime.spawn(node::drive(Arc::clone(&driver), rx, tick));
         let inner = Arc::new(Inner {

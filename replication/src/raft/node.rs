@@ -103,7 +103,16 @@ pub(crate) struct Driver<S: StateMachine> {
     pub(crate) deferred_reads: Vec<ReadReply>,
     pub(crate) deferred_since: u64,
     pub(crate) ticks: u64,
+    /// The tick count at which each peer (raft id) was last heard from.
+    pub(crate) heard: HashMap<u64, u64>,
+    /// The ReadIndex context issued in this turn, while no tick has run in it: its heartbeats
+    /// go to a majority only (see [`Driver::narrow_read_heartbeats`]).
+    pub(crate) read_ctx: Option<Vec<u8>>,
 }
+
+/// Ticks within which a peer counts as recently heard (two heartbeat intervals at the
+/// default configuration).
+const HEARD_RECENTLY_TICKS: u64 = 6;
 
 /// Follow-ups that must wait until the Ready is advanced.
 #[derive(Default)]
@@ -163,6 +172,7 @@ impl<S: StateMachine> Driver<S> {
         next_tick: &mut Instant,
     ) -> Option<Result<(), LogError>> {
         let mut reads = Vec::new();
+        self.read_ctx = None;
         let mut stop = match first {
             Some(input) => self.handle(input, &mut reads),
             None => false,
@@ -190,6 +200,8 @@ impl<S: StateMachine> Driver<S> {
                 *next_tick = now + tick;
             }
             self.on_tick();
+            // A tick may have produced regular heartbeats: those go to every peer.
+            self.read_ctx = None;
         }
         self.on_ready().err().map(Err)
     }
@@ -215,6 +227,7 @@ impl<S: StateMachine> Driver<S> {
         match input {
             Input::Raft(msgs) => {
                 for m in msgs {
+                    self.heard.insert(m.from, self.ticks);
                     if let Err(e) = self.node.step(m) {
                         tracing::debug!(node = self.config.id, error = %e, "raft message ignored");
                     }
@@ -250,6 +263,7 @@ impl<S: StateMachine> Driver<S> {
         let ctx = self.next_read_ctx;
         self.next_read_ctx = self.next_read_ctx.wrapping_add(1);
         self.node.read_index(ctx.to_be_bytes().to_vec());
+        self.read_ctx = Some(ctx.to_be_bytes().to_vec());
         let batch = std::mem::take(&mut self.deferred_reads);
         self.pending_reads.insert(ctx, (self.ticks, batch));
     }
@@ -363,7 +377,47 @@ impl<S: StateMachine> Driver<S> {
     }
 
     /// Sends messages, one network payload per destination.
-    fn send(&mut self, msgs: Vec<Message>, after: &mut AfterReady) {
+    /// Sends a ReadIndex round's heartbeats to a majority only.
+    ///
+    /// raft-rs confirms a read index with a heartbeat to every follower, but the leader needs
+    /// acknowledgements from a majority (itself included), and each extra follower costs a
+    /// message each way and a wake-up (about 70 us of CPU per follower on the reference
+    /// machine). So the heartbeats carrying this turn's read context go to the followers
+    /// heard from most recently, as many as a majority needs, provided that many were heard
+    /// within [`HEARD_RECENTLY_TICKS`]; otherwise to everyone. Safety is unchanged: the read
+    /// completes only on a majority's acknowledgement. If a chosen follower has just died,
+    /// the next regular heartbeat (which carries the last pending read context to every
+    /// follower) completes the read, at most one heartbeat interval later.
+    fn narrow_read_heartbeats(&self, msgs: &mut Vec<Message>) {
+        let Some(ctx) = &self.read_ctx else {
+            return;
+        };
+        let is_read_beat =
+            |m: &Message| m.get_msg_type() == MessageType::MsgHeartbeat && m.context == *ctx;
+        if !msgs.iter().any(is_read_beat) {
+            return;
+        }
+        let needed = self.config.peers.len() / 2; // a majority, less the leader itself
+        let me = self.node.raft.id;
+        let mut recent: Vec<(u64, u64)> = self
+            .heard
+            .iter()
+            .filter(|(id, at)| {
+                **id != me && self.ticks.saturating_sub(**at) <= HEARD_RECENTLY_TICKS
+            })
+            .map(|(id, at)| (*at, *id))
+            .collect();
+        if recent.len() < needed {
+            return;
+        }
+        // Most recently heard first; ties broken by id so the choice is deterministic.
+        recent.sort_unstable_by(|a, b| b.cmp(a));
+        let chosen: Vec<u64> = recent.iter().take(needed).map(|(_, id)| *id).collect();
+        msgs.retain(|m| !is_read_beat(m) || chosen.contains(&m.to));
+    }
+
+    fn send(&mut self, mut msgs: Vec<Message>, after: &mut AfterReady) {
+        self.narrow_read_heartbeats(&mut msgs);
         if msgs.is_empty() {
             return;
         }
