@@ -824,7 +824,7 @@ async fn retries_across_leader_crashes_apply_once() {
     }
 }
 
-/// A ReadIndex round asks only a majority's worth of the followers heard from most recently.
+/// A ReadIndex round asks only some of the followers (those heard from most recently).
 /// When a follower it asked has just died, the next regular heartbeat (which goes to every
 /// follower with the last pending read context) must complete the read: reads at the leader
 /// keep succeeding, and keep seeing every acknowledged write, while two of the four followers

@@ -26,8 +26,8 @@
 //!   retried with the same [`RequestId`] until `propose_timeout`: duplicates are answered from
 //!   the duplicate table, never applied twice.
 //! * **Reads**: [`ReadConsistency::Linearizable`] uses ReadIndex (raft-rs `ReadOnlyOption::Safe`:
-//!   the leader confirms its leadership with a heartbeat round, sent to a majority's worth
-//!   of recently heard followers rather than to all of them), and the read is served locally
+//!   the leader confirms its leadership with a heartbeat round, sent to the recently heard
+//!   followers a majority needs and one spare rather than to all of them), and the read is served locally
 //!   once this replica has applied up to the read index; a follower's request travels to the
 //!   leader inside raft-rs messages. All reads arriving in one loop turn share one ReadIndex.
 //!   [`ReadConsistency::Lease`] is treated as `Linearizable` unless [`RaftConfig::lease_reads`]
