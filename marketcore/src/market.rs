@@ -480,13 +480,13 @@ impl Market {
         }
     }
 
-    /// [`Market::cart_command`] for a command whose output is the cart.
+    /// [`Market::session_command`] for a command whose output is the cart.
     async fn cart_after(
         &self,
         auth: Auth<'_>,
         command: SessionCommand,
     ) -> Result<Cart, MarketError> {
-        match self.cart_command(auth, command).await? {
+        match self.session_command(auth, command).await? {
             CustomerOutput::Cart(c) => Ok(c),
             _ => Err(unexpected("cart")),
         }
@@ -1095,22 +1095,22 @@ impl Market {
 
     /// `DELETE /v1/buyers/me/cart` (204): empties the working and the saved cart.
     pub async fn clear_cart(&self, auth: impl Into<Auth<'_>>) -> Result<(), MarketError> {
-        self.cart_command(auth.into(), SessionCommand::ClearCart)
+        self.session_command(auth.into(), SessionCommand::ClearCart)
             .await?;
         Ok(())
     }
 
     /// `POST /v1/buyers/me/cart/save` (204): copies the working cart to the saved cart.
     pub async fn save_cart(&self, auth: impl Into<Auth<'_>>) -> Result<(), MarketError> {
-        self.cart_command(auth.into(), SessionCommand::SaveCart)
+        self.session_command(auth.into(), SessionCommand::SaveCart)
             .await?;
         Ok(())
     }
 
-    /// Runs a cart command for the calling buyer. With a token, the session check and the
-    /// command are one replicated write ([`CustomerCommand::ForSession`]) instead of a
+    /// Runs a cart or feedback command for the calling buyer. With a token, the session check
+    /// and the command are one replicated write ([`CustomerCommand::ForSession`]) instead of a
     /// session read and a write; with a verified user, the command alone.
-    async fn cart_command(
+    async fn session_command(
         &self,
         auth: Auth<'_>,
         command: SessionCommand,
@@ -1324,19 +1324,34 @@ impl Market {
         auth: impl Into<Auth<'_>>,
         req: &FeedbackRequest,
     ) -> Result<(), MarketError> {
-        let buyer = self.buyer_of(auth.into()).await?;
-        let item = validate::item_id("item_id", &req.item_id)?;
-        let (vote, fresh) = match self
-            .customer(CustomerCommand::GiveFeedback {
-                buyer,
-                item,
-                vote: req.vote,
-                at_ms: self.now(),
-            })
-            .await?
-        {
-            CustomerOutput::Feedback { vote, fresh, .. } => (vote, fresh),
-            _ => return Err(unexpected("feedback")),
+        // With a token, the session check rides in the feedback write itself (one replicated
+        // write, not a session read and a write); a bad token still outranks a bad item id.
+        let auth = auth.into();
+        let item = match validate::item_id("item_id", &req.item_id) {
+            Ok(item) => item,
+            Err(e) => {
+                self.buyer_of(auth).await?;
+                return Err(e);
+            }
+        };
+        let command = SessionCommand::GiveFeedback {
+            item,
+            vote: req.vote,
+        };
+        let (buyer, vote, fresh) = match auth {
+            Auth::Token(_) => match self.session_command(auth, command).await? {
+                CustomerOutput::BuyerFeedback {
+                    buyer, vote, fresh, ..
+                } => (buyer, vote, fresh),
+                _ => return Err(unexpected("feedback")),
+            },
+            Auth::Verified(_) => {
+                let buyer = self.buyer_of(auth).await?;
+                match self.customer(command.for_buyer(buyer, self.now())).await? {
+                    CustomerOutput::Feedback { vote, fresh, .. } => (buyer, vote, fresh),
+                    _ => return Err(unexpected("feedback")),
+                }
+            }
         };
         // Idempotent per (buyer, item): also completes a half-done earlier attempt.
         self.product(ProductCommand::ItemFeedback {

@@ -82,8 +82,8 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
-/// What [`CustomerCommand::ForSession`] runs for the session's buyer: the cart commands of the
-/// same names, without the buyer (the session names it).
+/// What [`CustomerCommand::ForSession`] runs for the session's buyer: the cart and feedback
+/// commands of the same names, without the buyer (the session names it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SessionCommand {
     /// As [`CustomerCommand::AddToCart`].
@@ -106,6 +106,14 @@ pub enum SessionCommand {
     ClearCart,
     /// As [`CustomerCommand::SaveCart`].
     SaveCart,
+    /// As [`CustomerCommand::GiveFeedback`]; run through `ForSession` its output is
+    /// [`CustomerOutput::BuyerFeedback`], which also names the buyer.
+    GiveFeedback {
+        /// The item.
+        item: ItemId,
+        /// Up or down.
+        vote: Vote,
+    },
 }
 
 impl SessionCommand {
@@ -131,6 +139,12 @@ impl SessionCommand {
             },
             Self::ClearCart => CustomerCommand::ClearCart { buyer, at_ms },
             Self::SaveCart => CustomerCommand::SaveCart { buyer, at_ms },
+            Self::GiveFeedback { item, vote } => CustomerCommand::GiveFeedback {
+                buyer,
+                item,
+                vote,
+                at_ms,
+            },
         }
     }
 }
@@ -289,7 +303,7 @@ pub enum CustomerCommand {
     /// a session read and a write: the session must be live at the command's time and of
     /// `role`, else `unauthenticated` and nothing changes. Refreshes the session's activity
     /// mark. Output: that of the command run ([`CustomerOutput::Cart`] or
-    /// [`CustomerOutput::Done`]).
+    /// [`CustomerOutput::Done`]), or [`CustomerOutput::BuyerFeedback`] for feedback.
     ForSession {
         /// The session's token.
         token: String,
@@ -353,6 +367,7 @@ impl CustomerCommand {
                 SessionCommand::RemoveFromCart { .. } => 6,
                 SessionCommand::ClearCart => 7,
                 SessionCommand::SaveCart => 8,
+                SessionCommand::GiveFeedback { .. } => 10,
             }),
             Self::Touch { .. }
             | Self::RememberResponse { .. }
@@ -386,6 +401,19 @@ pub enum CustomerOutput {
     },
     /// The response remembered for the key.
     Remembered(StoredResponse),
+    /// [`CustomerCommand::ForSession`] ran [`SessionCommand::GiveFeedback`]: as
+    /// [`CustomerOutput::Feedback`], with the session's buyer (the product database's half of
+    /// the feedback needs it).
+    BuyerFeedback {
+        /// The session's buyer.
+        buyer: BuyerId,
+        /// The item's seller.
+        seller: SellerId,
+        /// The vote recorded (the first one, when `fresh` is false).
+        vote: Vote,
+        /// False when feedback had already been given (nothing changed).
+        fresh: bool,
+    },
 }
 
 /// Queries of the customer database.
@@ -1007,7 +1035,19 @@ impl CustomerMachine {
                     return Err(MarketError::Unauthenticated("not a buyer".into()));
                 };
                 self.touch(&token);
-                self.apply_command(command.for_buyer(buyer, at_ms))
+                match self.apply_command(command.for_buyer(buyer, at_ms))? {
+                    CustomerOutput::Feedback {
+                        seller,
+                        vote,
+                        fresh,
+                    } => Ok(CustomerOutput::BuyerFeedback {
+                        buyer,
+                        seller,
+                        vote,
+                        fresh,
+                    }),
+                    output => Ok(output),
+                }
             }
             CustomerCommand::Tick { .. } => Ok(CustomerOutput::Done),
         }

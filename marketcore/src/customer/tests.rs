@@ -719,3 +719,61 @@ fn a_cart_command_checks_its_session_in_the_same_write() {
     );
     assert_eq!(cart(&m, b, expired).items[0].quantity, 2, "saved cart kept");
 }
+
+#[test]
+fn feedback_checks_its_session_in_the_same_write_and_names_the_buyer() {
+    let (mut m, b, s, item) = buyer_and_seller_logged_in();
+    m.apply(CustomerCommand::RecordPurchase {
+        buyer: b,
+        reservation_id: 5,
+        reserved_at_ms: T0,
+        lines: vec![line("1-1", s.0, 1, 100)],
+        at_ms: T0 + 1,
+    })
+    .expect("purchase");
+    let give = |token: &str, role: Role, vote| CustomerCommand::ForSession {
+        token: token.into(),
+        role,
+        command: SessionCommand::GiveFeedback { item, vote },
+        at_ms: T0 + 2,
+    };
+    // Refused for a token that is unknown or of the other role: no feedback recorded.
+    let before = m.clone();
+    for (token, role) in [
+        ("nope", Role::Buyer),
+        ("ts", Role::Buyer),
+        ("tb", Role::Seller),
+    ] {
+        let out = m.apply(give(token, role, Vote::Down));
+        assert!(
+            matches!(out, Err(MarketError::Unauthenticated(_))),
+            "{token} as {role:?}: {out:?}"
+        );
+    }
+    let seller_summary = |m: &CustomerMachine| m.query(&CustomerQuery::Seller { seller: s });
+    assert_eq!(
+        seller_summary(&m),
+        seller_summary(&before),
+        "a refused feedback changes no rating"
+    );
+    // A live session: recorded for its buyer, who is named in the output.
+    assert_eq!(
+        m.apply(give("tb", Role::Buyer, Vote::Up)),
+        Ok(CustomerOutput::BuyerFeedback {
+            buyer: b,
+            seller: s,
+            vote: Vote::Up,
+            fresh: true,
+        })
+    );
+    // Again: the first vote stands.
+    assert_eq!(
+        m.apply(give("tb", Role::Buyer, Vote::Down)),
+        Ok(CustomerOutput::BuyerFeedback {
+            buyer: b,
+            seller: s,
+            vote: Vote::Up,
+            fresh: false,
+        })
+    );
+}
