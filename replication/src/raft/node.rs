@@ -143,27 +143,73 @@ pub(crate) async fn drive<S: StateMachine>(
             },
             _ = &mut sleep => None,
         };
-        let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(driver) = guard.as_mut() else {
-            return;
+        let mut stop = {
+            let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(driver) = guard.as_mut() else {
+                return;
+            };
+            driver.turn(first, &mut rx, tick, &mut next_tick)
         };
-        let stop = driver.turn(first, &mut rx, tick, &mut next_tick);
+        if stop.is_none() {
+            stop = ready_rounds(&cell).await;
+        }
         if let Some(result) = stop {
-            if let Some(driver) = guard.take() {
+            if let Some(driver) = cell.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 driver.finish(result);
             }
             return;
         }
-        drop(guard);
         if sleep.deadline() != next_tick {
             sleep.as_mut().reset(next_tick);
         }
     }
 }
 
+/// Handles the Readies of a turn (a Ready may make another one ready at once: bounded
+/// rounds). When a Ready has messages to send *and* something to fsync, the loop yields
+/// between the two: `Network::send` only queues, and the runtime transmits while the loop is
+/// not running, so without the yield a leader's appends would leave after its own fsync
+/// instead of overlapping it (the Raft thesis §10.2.1). `Some(result)` when the loop must stop.
+async fn ready_rounds<S: StateMachine>(cell: &DriverCell<S>) -> Option<Result<(), LogError>> {
+    for _ in 0..4 {
+        let step = {
+            let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+            let driver = guard.as_mut()?;
+            driver.ready_begin()
+        };
+        match step {
+            Err(e) => return Some(Err(e)),
+            Ok(ReadyStep::Idle) => break,
+            Ok(ReadyStep::Handled) => {}
+            Ok(ReadyStep::Persist(pending)) => {
+                tokio::task::yield_now().await;
+                let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+                let driver = guard.as_mut()?;
+                if let Err(e) = driver.ready_finish(*pending) {
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+    let guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+    guard.as_ref()?.publish_status();
+    None
+}
+
+/// What [`Driver::ready_begin`] did.
+enum ReadyStep {
+    /// No Ready.
+    Idle,
+    /// A Ready, handled completely.
+    Handled,
+    /// A Ready whose messages are sent (queued) and whose persistence and the rest wait for
+    /// [`Driver::ready_finish`].
+    Persist(Box<(::raft::Ready, AfterReady)>),
+}
+
 impl<S: StateMachine> Driver<S> {
     /// One turn: `first` (if the wait ended on an input), whatever else is queued, the tick if
-    /// due, the Ready. `Some(result)` when the loop must stop.
+    /// due. The Readies follow ([`ready_rounds`]). `Some(result)` when the loop must stop.
     fn turn(
         &mut self,
         first: Option<Input<S>>,
@@ -203,7 +249,7 @@ impl<S: StateMachine> Driver<S> {
             // A tick may have produced regular heartbeats: those go to every peer.
             self.read_ctx = None;
         }
-        self.on_ready().err().map(Err)
+        None
     }
 
     /// Ends the node: waiting proposers learn why, handles see it stopped. Dropping `self`
@@ -323,24 +369,33 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
-    fn on_ready(&mut self) -> Result<(), LogError> {
-        // A Ready may make another one ready at once (reports after sending): bounded rounds.
-        for _ in 0..4 {
-            if !self.node.has_ready() {
-                break;
-            }
-            self.one_ready()?;
+    /// Takes the next Ready, if any, and sends its messages (a leader's appends go out
+    /// before its own fsync). Finishes it at once when it has nothing to persist or sent
+    /// nothing; otherwise hands it back so the loop can let the messages leave first.
+    fn ready_begin(&mut self) -> Result<ReadyStep, LogError> {
+        if !self.node.has_ready() {
+            return Ok(ReadyStep::Idle);
         }
-        self.publish_status();
-        Ok(())
-    }
-
-    fn one_ready(&mut self) -> Result<(), LogError> {
         let mut after = AfterReady::default();
         let mut rd = self.node.ready();
-        if !rd.messages().is_empty() {
+        let sent = !rd.messages().is_empty();
+        if sent {
             self.send(rd.take_messages(), &mut after);
         }
+        let persists = !rd.snapshot().is_empty() || !rd.entries().is_empty() || rd.hs().is_some();
+        if sent && persists {
+            return Ok(ReadyStep::Persist(Box::new((rd, after))));
+        }
+        self.ready_finish((rd, after))?;
+        Ok(ReadyStep::Handled)
+    }
+
+    /// Persists a Ready (one fsync), then sends what had to wait for it, applies, answers and
+    /// advances.
+    fn ready_finish(
+        &mut self,
+        (mut rd, mut after): (::raft::Ready, AfterReady),
+    ) -> Result<(), LogError> {
         let snapshot: Option<Snapshot> = if rd.snapshot().is_empty() {
             None
         } else {
