@@ -493,16 +493,79 @@ async fn drive<S: StateMachine>(
                 None => Event::Stop,
             },
         };
-        let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(driver) = guard.as_mut() else {
-            return;
+        let go_on = {
+            let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(driver) = guard.as_mut() else {
+                return;
+            };
+            driver.turn(event, &mut commands, &network)
         };
-        if !driver.turn(event, &mut commands, &network) {
+        if !go_on || !action_rounds(&cell).await {
             // Dropping the driver releases the engine; waiting proposers see `Shutdown`.
-            guard.take();
+            cell.lock().unwrap_or_else(|p| p.into_inner()).take();
             return;
         }
     }
+}
+
+/// Drains the core's actions (bounded: each drain after the first only reacts to a persist
+/// acknowledgement), then snapshots if due and publishes the stats. When a drain has sends
+/// before its persist, the loop yields between the two: `Network::send` only queues, and the
+/// runtime transmits while the loop is not running, so without the yield the member's early
+/// Requests and Sequence would leave after its fsync instead of overlapping it. `false` when
+/// the member must stop.
+async fn action_rounds<S: StateMachine>(cell: &DriverCell<S>) -> bool {
+    for _ in 0..8 {
+        let step = {
+            let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(driver) = guard.as_mut() else {
+                return false;
+            };
+            match driver.actions_begin() {
+                Ok(step) => step,
+                Err(e) => {
+                    driver.fail(e);
+                    return false;
+                }
+            }
+        };
+        match step {
+            ActionStep::Idle => break,
+            ActionStep::Handled => {}
+            ActionStep::Persist(pending) => {
+                tokio::task::yield_now().await;
+                let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(driver) = guard.as_mut() else {
+                    return false;
+                };
+                if let Err(e) = driver.actions_finish(*pending) {
+                    driver.fail(e);
+                    return false;
+                }
+            }
+        }
+    }
+    let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(driver) = guard.as_mut() else {
+        return false;
+    };
+    if let Err(e) = driver.maybe_snapshot() {
+        driver.fail(e);
+        return false;
+    }
+    driver.publish();
+    true
+}
+
+/// What [`Driver::actions_begin`] did.
+enum ActionStep {
+    /// The core had nothing to do.
+    Idle,
+    /// One drain, performed completely.
+    Handled,
+    /// One drain whose actions before its persist are performed (sends queued); the
+    /// persist and what follows it wait for [`Driver::actions_finish`].
+    Persist(Box<(Vec<Record>, PersistAck, Vec<Action>)>),
 }
 
 impl<S: StateMachine> Driver<S> {
@@ -531,15 +594,15 @@ impl<S: StateMachine> Driver<S> {
                 _ => break,
             }
         }
-        if let Err(e) = self.run_actions() {
-            tracing::error!(error = %e, id = self.cfg.core.id, "abcast member stops");
-            for (_, (_, reply)) in self.proposers.drain() {
-                let _ = reply.send(Err(e.clone()));
-            }
-            return false;
-        }
-        self.publish();
         true
+    }
+
+    /// Stops on a storage error: waiting proposers learn it.
+    fn fail(&mut self, e: LogError) {
+        tracing::error!(error = %e, id = self.cfg.core.id, "abcast member stops");
+        for (_, (_, reply)) in self.proposers.drain() {
+            let _ = reply.send(Err(e.clone()));
+        }
     }
 
     /// Returns `false` to stop.
@@ -585,31 +648,46 @@ impl<S: StateMachine> Driver<S> {
         true
     }
 
-    fn run_actions(&mut self) -> Result<(), LogError> {
-        // Bounded: each drain after the first only reacts to a persist acknowledgement.
-        for _ in 0..8 {
-            let mut actions = self.core.drain();
-            if actions.is_empty() {
-                break;
-            }
-            // What comes before the persist (own Requests under the lease) goes out at once;
-            // what follows it waits for it and is sent stamped with its progress.
-            if let Some(at) = actions
-                .iter()
-                .position(|a| matches!(a, Action::Persist { .. }))
-            {
-                let mut rest = actions.split_off(at);
-                self.perform(actions)?;
-                if let Action::Persist { records, ack } = rest.remove(0) {
-                    self.persist(&records, ack)?;
-                    self.core.persisted_then(ack, &mut rest);
-                }
-                actions = rest;
-            }
-            self.perform(actions)?;
+    /// One drain of the core: what comes before its persist (own Requests under the lease,
+    /// at most one own Sequence) is performed at once; the persist and what follows it (sent
+    /// stamped with its progress) are done here too unless sends went out first, in which
+    /// case they are handed back for [`Driver::actions_finish`].
+    fn actions_begin(&mut self) -> Result<ActionStep, LogError> {
+        let mut actions = self.core.drain();
+        if actions.is_empty() {
+            return Ok(ActionStep::Idle);
         }
-        self.maybe_snapshot()?;
-        Ok(())
+        let Some(at) = actions
+            .iter()
+            .position(|a| matches!(a, Action::Persist { .. }))
+        else {
+            self.perform(actions)?;
+            return Ok(ActionStep::Handled);
+        };
+        let mut rest = actions.split_off(at);
+        let sent = actions
+            .iter()
+            .any(|a| matches!(a, Action::Send { .. } | Action::Broadcast(_)));
+        self.perform(actions)?;
+        let Action::Persist { records, ack } = rest.remove(0) else {
+            unreachable!("split at a persist");
+        };
+        let writes = !records.is_empty() || ack.lease > self.lease;
+        if sent && writes {
+            return Ok(ActionStep::Persist(Box::new((records, ack, rest))));
+        }
+        self.actions_finish((records, ack, rest))?;
+        Ok(ActionStep::Handled)
+    }
+
+    /// Writes a drain's records (one fsync), then performs what waited for them.
+    fn actions_finish(
+        &mut self,
+        (records, ack, mut rest): (Vec<Record>, PersistAck, Vec<Action>),
+    ) -> Result<(), LogError> {
+        self.persist(&records, ack)?;
+        self.core.persisted_then(ack, &mut rest);
+        self.perform(rest)
     }
 
     /// Performs actions in order (a persist among them is acknowledged without re-stamping).
