@@ -171,9 +171,17 @@ impl<S: StateMachine> Drop for AbcastLog<S> {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-        // Waits for a turn in progress (on another worker), then releases the engine.
+        // Waits for a turn in progress (on another worker), then releases the engine, after a
+        // write running on a blocking thread (one fsync) has let go of it.
         let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
-        drop(driver);
+        if let Some(driver) = driver {
+            for _ in 0..2_000 {
+                if Arc::strong_count(&driver.engine) == 1 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 }
 
@@ -236,7 +244,7 @@ impl<S: StateMachine> AbcastLog<S> {
         let driver = Driver {
             cfg: cfg.clone(),
             core,
-            engine,
+            engine: Arc::new(engine),
             journal_next,
             journal,
             lease,
@@ -434,7 +442,7 @@ impl Desc {
 struct Driver<S: StateMachine> {
     cfg: AbcastConfig,
     core: Core,
-    engine: Engine,
+    engine: Arc<Engine>,
     journal_next: u64,
     /// The seq lease on disk.
     lease: u64,
@@ -510,10 +518,11 @@ async fn drive<S: StateMachine>(
 
 /// Drains the core's actions (bounded: each drain after the first only reacts to a persist
 /// acknowledgement), then snapshots if due and publishes the stats. When a drain has sends
-/// before its persist, the loop yields between the two: `Network::send` only queues, and the
-/// runtime transmits while the loop is not running, so without the yield the member's early
-/// Requests and Sequence would leave after its fsync instead of overlapping it. `false` when
-/// the member must stop.
+/// before its persist, the write runs on a blocking thread while the loop awaits it:
+/// `Network::send` only queues, and the runtime transmits while the loop is not running, so
+/// with the fsync on the loop the member's early Requests and Sequence would leave after it
+/// instead of overlapping it, and nothing else would be served meanwhile. `false` when the
+/// member must stop.
 async fn action_rounds<S: StateMachine>(cell: &DriverCell<S>) -> bool {
     for _ in 0..8 {
         let step = {
@@ -533,12 +542,46 @@ async fn action_rounds<S: StateMachine>(cell: &DriverCell<S>) -> bool {
             ActionStep::Idle => break,
             ActionStep::Handled => {}
             ActionStep::Persist(pending) => {
-                tokio::task::yield_now().await;
+                let (records, ack, rest) = *pending;
+                let prepared = {
+                    let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+                    let Some(driver) = guard.as_mut() else {
+                        return false;
+                    };
+                    match driver.persist_prepare(&records, ack) {
+                        Ok(batch) => batch.map(|b| (b, Arc::clone(&driver.engine))),
+                        Err(e) => {
+                            driver.fail(e);
+                            return false;
+                        }
+                    }
+                };
+                // The fsync runs off the loop: meanwhile the runtime sends what was just
+                // queued and serves everything else (the core waits: its inputs queue).
+                let written = match prepared {
+                    None => Ok(false),
+                    Some((mut batch, engine)) => {
+                        match tokio::task::spawn_blocking(move || engine.write(&mut batch, true))
+                            .await
+                        {
+                            Ok(Ok(_)) => Ok(true),
+                            Ok(Err(e)) => Err(storage::storage_err(e)),
+                            Err(e) => Err(LogError::Storage(format!("abcast write task: {e}"))),
+                        }
+                    }
+                };
                 let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(driver) = guard.as_mut() else {
                     return false;
                 };
-                if let Err(e) = driver.actions_finish(*pending) {
+                let done = written.and_then(|wrote| {
+                    if wrote {
+                        driver.fsyncs += 1;
+                        driver.persist_done(records.len(), ack);
+                    }
+                    driver.actions_persisted(ack, rest)
+                });
+                if let Err(e) = done {
                     driver.fail(e);
                     return false;
                 }
@@ -683,9 +726,18 @@ impl<S: StateMachine> Driver<S> {
     /// Writes a drain's records (one fsync), then performs what waited for them.
     fn actions_finish(
         &mut self,
-        (records, ack, mut rest): (Vec<Record>, PersistAck, Vec<Action>),
+        (records, ack, rest): (Vec<Record>, PersistAck, Vec<Action>),
     ) -> Result<(), LogError> {
         self.persist(&records, ack)?;
+        self.actions_persisted(ack, rest)
+    }
+
+    /// Performs what waited for a drain's persist, stamped with its progress.
+    fn actions_persisted(
+        &mut self,
+        ack: PersistAck,
+        mut rest: Vec<Action>,
+    ) -> Result<(), LogError> {
         self.core.persisted_then(ack, &mut rest);
         self.perform(rest)
     }
@@ -801,9 +853,24 @@ impl<S: StateMachine> Driver<S> {
 
     /// Writes the records and, when it grew, the seq lease in one synced write.
     fn persist(&mut self, records: &[Record], ack: PersistAck) -> Result<(), LogError> {
+        if let Some(mut batch) = self.persist_prepare(records, ack)? {
+            self.write_synced(&mut batch)?;
+            self.persist_done(records.len(), ack);
+        }
+        Ok(())
+    }
+
+    /// The journal batch for `records` and, when it grew, the lease (`None`: nothing to
+    /// write). The journal's bookkeeping counts the records as written from here on; the
+    /// caller writes the batch synced, then calls [`Driver::persist_done`] (or stops).
+    fn persist_prepare(
+        &mut self,
+        records: &[Record],
+        ack: PersistAck,
+    ) -> Result<Option<LogBatch>, LogError> {
         let lease = (ack.lease > self.lease).then_some(ack.lease);
         if records.is_empty() && lease.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let mut entries = Vec::with_capacity(records.len());
         for r in records {
@@ -821,12 +888,13 @@ impl<S: StateMachine> Driver<S> {
         if let Some(lease) = lease {
             put_value(&mut batch, LEASE_KEY, &lease)?;
         }
-        self.write_synced(&mut batch)?;
-        if let Some(lease) = lease {
-            self.lease = lease;
-        }
-        self.records_persisted += records.len() as u64;
-        Ok(())
+        Ok(Some(batch))
+    }
+
+    /// Books a synced write of `records` records and the lease in `ack`.
+    fn persist_done(&mut self, records: usize, ack: PersistAck) {
+        self.lease = self.lease.max(ack.lease);
+        self.records_persisted += records as u64;
     }
 
     /// Writes `batch` with one fsync.

@@ -443,6 +443,14 @@ impl<S: StateMachine> RaftLog<S> {
         }
         let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(driver) = driver {
+            // A write running on a blocking thread holds the engine: let it finish (one
+            // fsync) so that the engine closes here.
+            for _ in 0..2_000 {
+                if !driver.node.store().writes_in_flight() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
             driver.finish(Ok(()));
         }
     }

@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use transport::Network;
 
 use super::message::{Wire, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MAX};
-use super::storage::EngineStorage;
+use super::storage::{EngineStorage, PendingWrite};
 use super::{to_node, RaftConfig, Shared};
 use crate::dedup::Applied;
 use crate::log::{Envelope, LogError, LogStatus, Role};
@@ -166,10 +166,11 @@ pub(crate) async fn drive<S: StateMachine>(
 }
 
 /// Handles the Readies of a turn (a Ready may make another one ready at once: bounded
-/// rounds). When a Ready has messages to send *and* something to fsync, the loop yields
-/// between the two: `Network::send` only queues, and the runtime transmits while the loop is
-/// not running, so without the yield a leader's appends would leave after its own fsync
-/// instead of overlapping it (the Raft thesis §10.2.1). `Some(result)` when the loop must stop.
+/// rounds). When a Ready has messages to send *and* something to fsync, the write runs on a
+/// blocking thread while the loop awaits it: `Network::send` only queues, and the runtime
+/// transmits while the loop is not running, so with the fsync on the loop a leader's appends
+/// would leave after its own fsync instead of overlapping it (the Raft thesis §10.2.1), and
+/// nothing else would be served meanwhile. `Some(result)` when the loop must stop.
 async fn ready_rounds<S: StateMachine>(cell: &DriverCell<S>) -> Option<Result<(), LogError>> {
     for _ in 0..4 {
         let step = {
@@ -182,10 +183,30 @@ async fn ready_rounds<S: StateMachine>(cell: &DriverCell<S>) -> Option<Result<()
             Ok(ReadyStep::Idle) => break,
             Ok(ReadyStep::Handled) => {}
             Ok(ReadyStep::Persist(pending)) => {
-                tokio::task::yield_now().await;
+                let (mut rd, after) = *pending;
+                let prepared = {
+                    let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+                    guard.as_mut()?.ready_prepare(&mut rd)
+                };
+                let (snapshot, write) = match prepared {
+                    Ok(p) => p,
+                    Err(e) => return Some(Err(e)),
+                };
+                if let Some(mut write) = write {
+                    // The fsync runs off the loop: meanwhile the runtime sends the messages
+                    // just queued and serves everything else (nothing touches the RawNode:
+                    // its inputs wait in the channel).
+                    let done = tokio::task::spawn_blocking(move || write.run()).await;
+                    match done {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Some(Err(e)),
+                        Err(e) => {
+                            return Some(Err(LogError::Storage(format!("raft write task: {e}"))))
+                        }
+                    }
+                }
                 let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
-                let driver = guard.as_mut()?;
-                if let Err(e) = driver.ready_finish(*pending) {
+                if let Err(e) = guard.as_mut()?.ready_persisted(rd, after, snapshot) {
                     return Some(Err(e));
                 }
             }
@@ -394,8 +415,21 @@ impl<S: StateMachine> Driver<S> {
     /// advances.
     fn ready_finish(
         &mut self,
-        (mut rd, mut after): (::raft::Ready, AfterReady),
+        (mut rd, after): (::raft::Ready, AfterReady),
     ) -> Result<(), LogError> {
+        let (snapshot, write) = self.ready_prepare(&mut rd)?;
+        if let Some(mut write) = write {
+            blocking(|| write.run())?;
+        }
+        self.ready_persisted(rd, after, snapshot)
+    }
+
+    /// Updates the store for a Ready's snapshot, entries and hard state and returns the write
+    /// that makes them durable (run it before [`Driver::ready_persisted`]).
+    fn ready_prepare(
+        &mut self,
+        rd: &mut ::raft::Ready,
+    ) -> Result<(Option<Snapshot>, Option<PendingWrite>), LogError> {
         let snapshot: Option<Snapshot> = if rd.snapshot().is_empty() {
             None
         } else {
@@ -403,8 +437,21 @@ impl<S: StateMachine> Driver<S> {
         };
         let entries = rd.take_entries();
         let must_sync = rd.must_sync();
-        let store = self.node.mut_store();
-        blocking(|| store.persist(snapshot.as_ref(), &entries, rd.hs(), must_sync))?;
+        let write =
+            self.node
+                .mut_store()
+                .prepare(snapshot.as_ref(), &entries, rd.hs(), must_sync)?;
+        Ok((snapshot, write))
+    }
+
+    /// The rest of a Ready once its write is durable: installs its snapshot, sends what waited
+    /// for the write, applies, answers and advances.
+    fn ready_persisted(
+        &mut self,
+        mut rd: ::raft::Ready,
+        mut after: AfterReady,
+        snapshot: Option<Snapshot>,
+    ) -> Result<(), LogError> {
         if let Some(snap) = &snapshot {
             self.install_snapshot(snap)?;
         }

@@ -30,6 +30,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::Arc;
 
 use ::raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use ::raft::{Error as RaftError, GetEntriesContext, RaftState, Storage, StorageError};
@@ -50,9 +51,27 @@ pub(crate) const RECENT_ENTRIES_MAX: usize = 8192;
 /// Most payload bytes kept in the recent-entry cache (at least one entry is kept).
 pub(crate) const RECENT_BYTES_MAX: usize = 32 << 20;
 
+/// A batch [`EngineStorage::prepare`] built, to be written (and fsync'd when `sync`) by
+/// [`PendingWrite::run`], on any thread.
+pub(crate) struct PendingWrite {
+    engine: Arc<Engine>,
+    batch: LogBatch,
+    sync: bool,
+}
+
+impl PendingWrite {
+    /// Writes the batch.
+    pub(crate) fn run(&mut self) -> Result<(), LogError> {
+        self.engine
+            .write(&mut self.batch, self.sync)
+            .map_err(storage_err)?;
+        Ok(())
+    }
+}
+
 /// Raft's durable state in raft-engine, with an in-memory cache of what raft-rs reads often.
 pub(crate) struct EngineStorage {
-    engine: Engine,
+    engine: Arc<Engine>,
     hard_state: HardState,
     hard_state_dirty: bool,
     conf_state: ConfState,
@@ -126,7 +145,7 @@ impl EngineStorage {
             }
         }
         let mut store = Self {
-            engine,
+            engine: Arc::new(engine),
             hard_state,
             hard_state_dirty: false,
             conf_state,
@@ -240,6 +259,7 @@ impl EngineStorage {
 
     /// Persists one Ready: an incoming snapshot (replacing the whole log), new entries (which
     /// may overwrite a conflicting tail) and the hard state, in one batch; fsync'd when `sync`.
+    #[cfg(test)]
     pub(crate) fn persist(
         &mut self,
         snapshot: Option<&Snapshot>,
@@ -247,6 +267,23 @@ impl EngineStorage {
         hard_state: Option<&HardState>,
         sync: bool,
     ) -> Result<(), LogError> {
+        match self.prepare(snapshot, entries, hard_state, sync)? {
+            Some(mut write) => write.run(),
+            None => Ok(()),
+        }
+    }
+
+    /// [`EngineStorage::persist`] without the write: updates what this store keeps in memory
+    /// and returns the batch to write (`None` if there is nothing to write), which the caller
+    /// must run, off the loop if it likes, before it acts on the Ready's persistence (sends
+    /// the messages that wait for it, advances). If the write fails the node must stop.
+    pub(crate) fn prepare(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        sync: bool,
+    ) -> Result<Option<PendingWrite>, LogError> {
         let mut batch = LogBatch::with_capacity(entries.len() + 4);
         if let Some(snap) = snapshot {
             let md = snap.get_metadata();
@@ -312,7 +349,20 @@ impl EngineStorage {
                 .map_err(storage_err)?;
             self.hard_state_dirty = false;
         }
-        self.write(&mut batch, sync || snapshot.is_some())
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(PendingWrite {
+            engine: Arc::clone(&self.engine),
+            batch,
+            sync: sync || snapshot.is_some(),
+        }))
+    }
+
+    /// Whether a write prepared by this store may still be running (the engine closes only
+    /// when the last of them is done).
+    pub(crate) fn writes_in_flight(&self) -> bool {
+        Arc::strong_count(&self.engine) > 1
     }
 
     /// Stores a snapshot of the state machine at `applied` and compacts the log up to
