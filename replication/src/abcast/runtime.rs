@@ -6,8 +6,9 @@
 //! tick), takes every other event already waiting (up to a bound), then drains the core's
 //! actions: the records of the whole turn are written with **one** synced raft-engine write
 //! (group commit), then messages go out, deliveries are applied through [`Deduped`] and the
-//! waiting proposers and readers are answered. The synced write (and a snapshot) is the only
-//! time the loop blocks its runtime (through `block_in_place` on a multi-thread runtime).
+//! waiting proposers and readers are answered. When messages went out before the synced
+//! write, the write runs on a blocking thread while the loop awaits it; otherwise it (and a
+//! snapshot) blocks the runtime (through `block_in_place` on a multi-thread runtime).
 //! It used to be a thread of its own: every message then crossed two threads, and on a
 //! 2-core machine the wake-ups cost more than the protocol.
 //!

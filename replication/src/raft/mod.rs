@@ -16,9 +16,9 @@
 //! * **Ready loop** (module `node`): one task per node, on the runtime that serves the node's
 //!   network (so a peer message or a read costs no thread hop), owns the `RawNode` and its
 //!   `EngineStorage` (module `storage`: `::raft::Storage` over raft-engine, with the recent
-//!   entries in memory); it ticks, steps, proposes, persists each Ready with one fsync (the
-//!   only time it blocks the runtime), sends, applies committed entries through [`Deduped`]
-//!   and answers proposers and readers.
+//!   entries in memory); it ticks, steps, proposes, persists each Ready with one fsync (a
+//!   leader's on a blocking thread, after its appends have left), sends, applies committed
+//!   entries through [`Deduped`] and answers proposers and readers.
 //! * **Proposals** from any replica: the local Ready loop takes them if this node leads;
 //!   otherwise the handle forwards the proposal to the leader by RPC
 //!   (`Wire::ForwardPropose`, module `message`) and the leader answers with the output. On any doubt

@@ -5,8 +5,10 @@
 //! what a small message costs most on a small machine: with a separate thread every peer
 //! message and every read crossed two threads (network task -> loop -> network task), and
 //! profiles of idle followers answering heartbeats showed most of their CPU in context
-//! switches. Only the fsync of a Ready blocks the runtime (a multi-thread runtime hands its
-//! other tasks to another worker for the duration: `block_in_place`).
+//! switches. A Ready whose messages went out before its write (a leader's appends) has its
+//! fsync run on a blocking thread while the loop awaits it, so the runtime keeps sending and
+//! serving; a follower's write (after which it answers) and a snapshot block the runtime
+//! (`block_in_place` on a multi-thread runtime hands its other tasks to another worker).
 //!
 //! Each turn of the loop:
 //!
