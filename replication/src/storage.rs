@@ -90,6 +90,17 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Runs a storage write on tokio's blocking pool and awaits it, so the runtime that called it
+/// keeps serving meanwhile; a write task that died is a storage error naming `what`.
+pub async fn off_loop<R: Send + 'static>(
+    what: &str,
+    write: impl FnOnce() -> Result<R, LogError> + Send + 'static,
+) -> Result<R, LogError> {
+    tokio::task::spawn_blocking(write)
+        .await
+        .map_err(|e| LogError::Storage(format!("{what}: {e}")))?
+}
+
 /// Reads entries `[begin, end)` of `group`.
 pub fn read_entries(
     engine: &Engine,

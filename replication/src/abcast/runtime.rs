@@ -45,7 +45,7 @@ use crate::log::{
     DEFAULT_PROPOSE_TIMEOUT,
 };
 use crate::state_machine::StateMachine;
-use crate::storage::{self, blocking, isolated};
+use crate::storage::{self, blocking, isolated, off_loop};
 
 /// The raft-engine group holding the journal of Requests and Sequences.
 pub const JOURNAL_GROUP: u64 = 1;
@@ -562,13 +562,13 @@ async fn action_rounds<S: StateMachine>(cell: &DriverCell<S>) -> bool {
                 let written = match prepared {
                     None => Ok(false),
                     Some((mut batch, engine)) => {
-                        match tokio::task::spawn_blocking(move || engine.write(&mut batch, true))
-                            .await
-                        {
-                            Ok(Ok(_)) => Ok(true),
-                            Ok(Err(e)) => Err(storage::storage_err(e)),
-                            Err(e) => Err(LogError::Storage(format!("abcast write task: {e}"))),
-                        }
+                        off_loop("abcast write task", move || {
+                            engine
+                                .write(&mut batch, true)
+                                .map(|_| true)
+                                .map_err(storage::storage_err)
+                        })
+                        .await
                     }
                 };
                 let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());

@@ -53,7 +53,7 @@ use super::{to_node, RaftConfig, Shared};
 use crate::dedup::Applied;
 use crate::log::{Envelope, LogError, LogStatus, Role};
 use crate::state_machine::StateMachine;
-use crate::storage::blocking;
+use crate::storage::{blocking, off_loop};
 
 /// Inputs processed per loop turn, at most.
 const INPUT_BATCH_MAX: usize = 8192;
@@ -198,13 +198,8 @@ async fn ready_rounds<S: StateMachine>(cell: &DriverCell<S>) -> Option<Result<()
                     // The fsync runs off the loop: meanwhile the runtime sends the messages
                     // just queued and serves everything else (nothing touches the RawNode:
                     // its inputs wait in the channel).
-                    let done = tokio::task::spawn_blocking(move || write.run()).await;
-                    match done {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Some(Err(e)),
-                        Err(e) => {
-                            return Some(Err(LogError::Storage(format!("raft write task: {e}"))))
-                        }
+                    if let Err(e) = off_loop("raft write task", move || write.run()).await {
+                        return Some(Err(e));
                     }
                 }
                 let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
