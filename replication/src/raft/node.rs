@@ -108,7 +108,7 @@ pub(crate) struct Driver<S: StateMachine> {
     /// The tick count at which each peer (raft id) was last heard from.
     pub(crate) heard: HashMap<u64, u64>,
     /// The ReadIndex context issued in this turn, while no tick has run in it: its heartbeats
-    /// go to a majority only (see [`Driver::narrow_read_heartbeats`]).
+    /// go to a majority and one spare only (see [`Driver::narrow_read_heartbeats`]).
     pub(crate) read_ctx: Option<Vec<u8>>,
 }
 
