@@ -101,6 +101,19 @@ pub async fn off_loop<R: Send + 'static>(
         .map_err(|e| LogError::Storage(format!("{what}: {e}")))?
 }
 
+/// Waits (at most about two seconds, in 1 ms sleeps) until `engine` has no other owner than
+/// the caller: a write handed to [`off_loop`] holds a clone until its fsync is done. A log
+/// shutting down calls this before dropping its engine, so that the engine is closed when
+/// the shutdown returns and the directory can be opened again at once.
+pub fn wait_for_writes(engine: &std::sync::Arc<Engine>) {
+    for _ in 0..2_000 {
+        if std::sync::Arc::strong_count(engine) == 1 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Reads entries `[begin, end)` of `group`.
 pub fn read_entries(
     engine: &Engine,

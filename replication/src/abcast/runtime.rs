@@ -176,12 +176,7 @@ impl<S: StateMachine> Drop for AbcastLog<S> {
         // write running on a blocking thread (one fsync) has let go of it.
         let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(driver) = driver {
-            for _ in 0..2_000 {
-                if Arc::strong_count(&driver.engine) == 1 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            storage::wait_for_writes(&driver.engine);
         }
     }
 }
@@ -577,7 +572,6 @@ async fn action_rounds<S: StateMachine>(cell: &DriverCell<S>) -> bool {
                 };
                 let done = written.and_then(|wrote| {
                     if wrote {
-                        driver.fsyncs += 1;
                         driver.persist_done(records.len(), ack);
                     }
                     driver.actions_persisted(ack, rest)
@@ -855,7 +849,8 @@ impl<S: StateMachine> Driver<S> {
     /// Writes the records and, when it grew, the seq lease in one synced write.
     fn persist(&mut self, records: &[Record], ack: PersistAck) -> Result<(), LogError> {
         if let Some(mut batch) = self.persist_prepare(records, ack)? {
-            self.write_synced(&mut batch)?;
+            let engine = &self.engine;
+            blocking(|| engine.write(&mut batch, true)).map_err(storage::storage_err)?;
             self.persist_done(records.len(), ack);
         }
         Ok(())
@@ -894,6 +889,7 @@ impl<S: StateMachine> Driver<S> {
 
     /// Books a synced write of `records` records and the lease in `ack`.
     fn persist_done(&mut self, records: usize, ack: PersistAck) {
+        self.fsyncs += 1;
         self.lease = self.lease.max(ack.lease);
         self.records_persisted += records as u64;
     }

@@ -445,12 +445,7 @@ impl<S: StateMachine> RaftLog<S> {
         if let Some(driver) = driver {
             // A write running on a blocking thread holds the engine: let it finish (one
             // fsync) so that the engine closes here.
-            for _ in 0..2_000 {
-                if !driver.node.store().writes_in_flight() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            crate::storage::wait_for_writes(driver.node.store().engine());
             driver.finish(Ok(()));
         }
     }

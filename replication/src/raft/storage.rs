@@ -359,10 +359,10 @@ impl EngineStorage {
         }))
     }
 
-    /// Whether a write prepared by this store may still be running (the engine closes only
-    /// when the last of them is done).
-    pub(crate) fn writes_in_flight(&self) -> bool {
-        Arc::strong_count(&self.engine) > 1
+    /// The engine, shared with the writes this store prepared (see
+    /// [`crate::storage::wait_for_writes`]).
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// Stores a snapshot of the state machine at `applied` and compacts the log up to
