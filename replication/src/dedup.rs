@@ -112,15 +112,15 @@ impl<S: StateMachine> Deduped<S> {
     }
 
     fn remember(&mut self, client: u64, seq: u64, now: u64, output: S::Output) {
-        if !self.sessions.contains_key(&client) && self.sessions.len() >= self.clients_max {
-            let oldest = self
-                .sessions
-                .iter()
-                .min_by_key(|(id, s)| (s.last_active, **id))
-                .map(|(id, _)| *id);
-            if let Some(id) = oldest {
-                self.sessions.remove(&id);
+        if !self.sessions.contains_key(&client) {
+            // The least recently active session is the first of the activity index: O(log n),
+            // where a scan of every session made each new client cost O(clients_max).
+            if self.sessions.len() >= self.clients_max {
+                if let Some((_, oldest)) = self.by_activity.pop_first() {
+                    self.sessions.remove(&oldest);
+                }
             }
+            self.by_activity.insert((now, client));
         }
         let window = self.window;
         let session = self
@@ -199,6 +199,39 @@ mod tests {
             "outside the window: refused, not applied again"
         );
         assert_eq!(d.apply(env(1, 10)), Applied::Output(10));
+    }
+
+    #[test]
+    fn eviction_follows_a_naive_least_recently_active_model() {
+        // A seeded random mix of new and returning clients against a model that scans every
+        // remembered client for the least recently active (what the activity index replaces).
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut d = Deduped::with_limits(TestMachine::default(), 4, 8);
+        let mut model: BTreeMap<u64, u64> = BTreeMap::new(); // client -> last active
+        for step in 1..=2_000u64 {
+            let client = rng.gen_range(0..40);
+            d.apply(env(client, step));
+            if !model.contains_key(&client) && model.len() >= 8 {
+                let (&oldest, _) = model
+                    .iter()
+                    .min_by_key(|(id, last)| (**last, **id))
+                    .expect("full");
+                model.remove(&oldest);
+            }
+            model.insert(client, step);
+            let remembered: Vec<u64> = d.sessions.keys().copied().collect();
+            assert_eq!(
+                remembered,
+                model.keys().copied().collect::<Vec<_>>(),
+                "step {step}"
+            );
+            assert_eq!(
+                d.by_activity.len(),
+                d.sessions.len(),
+                "index covers every session"
+            );
+        }
     }
 
     #[test]
