@@ -52,8 +52,10 @@
 //!
 //! **Idempotency-Key.** When the HTTP request carried a key, the reservation id is derived
 //! from (buyer, key) ([`reservation_id_for`]) instead of drawn at random. A retry of the same
-//! purchase on any replica then finds the same reservation (the product database remembers
-//! finished reservations for 10 minutes): if it was confirmed, the payment is not asked
+//! purchase on any replica then finds the same reservation: its `Reserve` answers with the
+//! reservation already made under that id before it looks at the lines, which the first
+//! attempt may have emptied (the product database remembers finished reservations for 10
+//! minutes), so the workflow needs no read of the reservation. If it was confirmed, the payment is not asked
 //! again and `RecordPurchase` — idempotent per (reservation id, reservation time) — returns
 //! the same purchase; if it was released after a decline, the retry answers
 //! `payment_declined` again; if it lapsed or the payment service failed, `unavailable`
@@ -1165,47 +1167,30 @@ impl Market {
             Some(key) => reservation_id_for(buyer, key),
             None => rand::random(),
         };
-        // A retry whose reservation already exists skips the cart check: the cart may have
-        // been emptied by the first attempt.
-        let existing = match idempotency_key {
-            None => None,
-            Some(_) => match self
-                .read_product(ProductQuery::Reservation(reservation_id))
-                .await?
-            {
-                ProductAnswer::Reservation(r) => r,
-                _ => return Err(unexpected("reservation")),
-            },
+        let cart = match cart {
+            Some(cart) => cart,
+            None => self.cart_of(buyer).await?,
         };
-        let lines: Vec<(ItemId, u64)> = if existing.is_some() {
-            Vec::new()
-        } else {
-            let cart = match cart {
-                Some(cart) => cart,
-                None => self.cart_of(buyer).await?,
-            };
-            if cart.items.is_empty() {
-                return Err(MarketError::CartEmpty);
-            }
-            let mut lines = Vec::with_capacity(cart.items.len());
-            for l in &cart.items {
-                lines.push((validate::item_id("item_id", &l.item_id)?, l.quantity));
-            }
-            lines
-        };
-        let reservation = match existing {
-            Some(r) => r,
-            None => {
-                self.product_reservation(ProductCommand::Reserve {
-                    reservation_id,
-                    buyer,
-                    lines,
-                    at_ms: now,
-                    expires_at_ms: now.saturating_add(self.config.reservation_ttl_ms),
-                })
-                .await?
-            }
-        };
+        // Without a key an empty cart ends here. With one, the cart may have been emptied by
+        // an earlier attempt of this purchase: Reserve answers with the reservation already
+        // made under this id, if any, before it looks at the lines (and with `cart_empty`
+        // otherwise), so a retry needs no separate read of the reservation.
+        if cart.items.is_empty() && idempotency_key.is_none() {
+            return Err(MarketError::CartEmpty);
+        }
+        let mut lines: Vec<(ItemId, u64)> = Vec::with_capacity(cart.items.len());
+        for l in &cart.items {
+            lines.push((validate::item_id("item_id", &l.item_id)?, l.quantity));
+        }
+        let reservation = self
+            .product_reservation(ProductCommand::Reserve {
+                reservation_id,
+                buyer,
+                lines,
+                at_ms: now,
+                expires_at_ms: now.saturating_add(self.config.reservation_ttl_ms),
+            })
+            .await?;
         if reservation.buyer != buyer {
             return Err(MarketError::invalid(
                 "Idempotency-Key",

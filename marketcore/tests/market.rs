@@ -640,6 +640,12 @@ async fn purchase_with_idempotency_key_is_done_once() {
     assert_eq!(p1, p2);
     assert_eq!(pay.calls.load(Ordering::SeqCst), 1);
     assert_eq!(m.get_item(&a).await.unwrap().quantity, 3);
+    // A new key with the (now empty) cart finds no reservation: nothing reserved or paid.
+    assert_eq!(
+        code(m.make_purchase(&t, &purchase(), Some("key-0")).await),
+        "cart_empty"
+    );
+    assert_eq!(pay.calls.load(Ordering::SeqCst), 1);
     assert_eq!(w.buyer_summary(bid).purchases, 1);
     // Another Market (another server replica) sees the same.
     let other = Market::new(
