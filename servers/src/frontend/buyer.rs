@@ -50,7 +50,12 @@ impl Api for BuyerApi {
     fn checks_session_itself(route: &str) -> bool {
         matches!(
             route,
-            "add_to_cart" | "remove_cart" | "save_cart" | "clear_cart" | "make_purchase"
+            "add_to_cart"
+                | "remove_cart"
+                | "save_cart"
+                | "clear_cart"
+                | "make_purchase"
+                | "provide_feedback"
         )
     }
 

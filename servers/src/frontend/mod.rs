@@ -21,8 +21,8 @@
 //!    ([`Market::authenticate_for_retry`]); a remembered response wins over an ended session,
 //!    so a retry after logout still gets its first answer. A refused token (401) is not
 //!    remembered. The cart writes (`add_to_cart`, `remove_cart`, `save_cart`, `clear_cart`)
-//!    check the session inside their one replicated write instead, and `make_purchase` in
-//!    the read of the cart, after a stale lookup.
+//!    and `provide_feedback` check the session inside their customer-database write
+//!    instead, and `make_purchase` in the read of the cart, after a stale lookup.
 //! 4. **Call the Market** and render its result: JSON on success, an RFC 9457 problem document
 //!    on error ([`problem`]), with `Retry-After` on 503.
 //!
