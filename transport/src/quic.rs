@@ -177,6 +177,11 @@ pub struct QuicConfig {
     /// head-of-line blocking) when the path allows; larger ones use the message stream.
     /// 0 (the default) sends everything on the stream.
     pub datagram_size_bytes_max: usize,
+    /// Ack-eliciting packets the peer may receive before it must acknowledge (the QUIC ACK
+    /// frequency extension; both ends here are quinn). Default 10; 0 or 1 keeps QUIC's usual
+    /// every-second-packet rule. Loopback, 100+100 scenario: about 6% more calls per second
+    /// than 1, and no slower at one call at a time.
+    pub ack_eliciting_threshold: u32,
 }
 
 impl QuicConfig {
@@ -202,6 +207,7 @@ impl QuicConfig {
             keep_alive_interval: Duration::from_secs(2),
             concurrent_requests_max: 1024,
             datagram_size_bytes_max: 0,
+            ack_eliciting_threshold: 10,
         }
     }
 }
@@ -357,6 +363,15 @@ impl QuicNetwork {
             .max_concurrent_uni_streams(varint(64))
             // Always accept datagrams (a peer may enable them); bounded buffer, oldest dropped.
             .datagram_receive_buffer_size(Some(4 * 1024 * 1024));
+        if config.ack_eliciting_threshold > 1 {
+            // The ACK frequency extension: ask the peer to acknowledge every N-th packet (or
+            // after its max_ack_delay) instead of every second one. Under load most ACKs ride
+            // on replies anyway; the rest were datagrams of their own, each a system call on
+            // both sides.
+            let mut frequency = quinn::AckFrequencyConfig::default();
+            frequency.ack_eliciting_threshold(varint(config.ack_eliciting_threshold));
+            transport.ack_frequency_config(Some(frequency));
+        }
         let transport = Arc::new(transport);
 
         // Client side: verify the server against the CA; present our certificate.
