@@ -37,4 +37,4 @@ pub mod validate;
 
 pub use embedded::{EmbeddedMarket, EmbeddedOptions};
 pub use error::MarketError;
-pub use market::{with_idempotency_key, Auth, Market, MarketConfig};
+pub use market::{with_idempotency_key, with_remembered_lookup, Auth, Market, MarketConfig};

@@ -315,6 +315,64 @@ pub async fn with_idempotency_key<F: std::future::Future>(
     REQUEST_KEY.scope(h, f).await
 }
 
+/// The remembered-response lookup a caller left to the Market (see [`with_remembered_lookup`]).
+struct RememberedLookup {
+    scope: String,
+    key: String,
+    found: std::sync::Mutex<Option<StoredResponse>>,
+}
+
+tokio::task_local! {
+    static REMEMBERED_LOOKUP: RememberedLookup;
+}
+
+/// Runs `f` (one Market call) with the lookup of the response remembered for `(scope, key)`
+/// (see [`Market::idempotency_lookup`]) folded into the call's session check: the read or
+/// the write that checks the caller's session (and that the call makes anyway) also looks
+/// the response up, so a server needs no lookup round trip of its own before the call.
+///
+/// Returns the call's output and the remembered response if one was found. When it was, the
+/// call stopped at that session check with nothing changed (its output is then an
+/// `unavailable` error to be ignored) and the server answers with the remembered response.
+/// Applies to calls with a token that check the session themselves: the cart writes,
+/// `provide_feedback` and `make_purchase`.
+pub async fn with_remembered_lookup<F: std::future::Future>(
+    scope: &str,
+    key: &str,
+    f: F,
+) -> (F::Output, Option<StoredResponse>) {
+    let lookup = RememberedLookup {
+        scope: scope.to_string(),
+        key: key.to_string(),
+        found: std::sync::Mutex::new(None),
+    };
+    REMEMBERED_LOOKUP
+        .scope(lookup, async move {
+            let output = f.await;
+            let found = REMEMBERED_LOOKUP
+                .try_with(|l| l.found.lock().unwrap_or_else(|p| p.into_inner()).take())
+                .ok()
+                .flatten();
+            (output, found)
+        })
+        .await
+}
+
+/// The `(scope, key)` whose remembered response the running call looks up itself, if any.
+fn remembered_lookup() -> Option<(String, String)> {
+    REMEMBERED_LOOKUP
+        .try_with(|l| (l.scope.clone(), l.key.clone()))
+        .ok()
+}
+
+/// Hands a found remembered response to [`with_remembered_lookup`]; the error stops the call.
+fn answer_remembered(response: StoredResponse) -> MarketError {
+    let _ = REMEMBERED_LOOKUP.try_with(|l| {
+        *l.found.lock().unwrap_or_else(|p| p.into_inner()) = Some(response);
+    });
+    MarketError::Unavailable("answered with the remembered response".into())
+}
+
 fn path_item(id: &str) -> Result<ItemId, MarketError> {
     id.parse().map_err(|_| {
         MarketError::NotFound(format!(
@@ -541,6 +599,15 @@ impl Market {
             ));
         }
         let now = self.now();
+        // A call that left the remembered-response lookup to the Market has it done here.
+        let folded = match remembered {
+            None => remembered_lookup(),
+            Some(_) => None,
+        };
+        let remembered = match (&folded, remembered) {
+            (Some((scope, key)), _) => Some((scope.as_str(), key.as_str())),
+            (None, r) => r,
+        };
         let answer = self
             .read_customer(CustomerQuery::ForSession {
                 token: if malformed {
@@ -562,6 +629,11 @@ impl Market {
         else {
             return Err(unexpected("session"));
         };
+        if folded.is_some() {
+            if let Some(response) = remembered {
+                return Err(answer_remembered(response));
+            }
+        }
         let user = match session {
             _ if malformed => Err(MarketError::Unauthenticated(
                 "missing or malformed token".into(),
@@ -1124,13 +1196,32 @@ impl Market {
                         "missing or malformed token".into(),
                     ));
                 }
-                self.customer(CustomerCommand::ForSession {
-                    token: token.to_string(),
-                    role: Role::Buyer,
-                    command,
-                    at_ms: self.now(),
-                })
-                .await
+                let output = match remembered_lookup() {
+                    Some((scope, key)) => {
+                        self.customer(CustomerCommand::ForKeyedSession {
+                            scope,
+                            key,
+                            token: token.to_string(),
+                            role: Role::Buyer,
+                            command,
+                            at_ms: self.now(),
+                        })
+                        .await?
+                    }
+                    None => {
+                        self.customer(CustomerCommand::ForSession {
+                            token: token.to_string(),
+                            role: Role::Buyer,
+                            command,
+                            at_ms: self.now(),
+                        })
+                        .await?
+                    }
+                };
+                match output {
+                    CustomerOutput::Remembered(response) => Err(answer_remembered(response)),
+                    output => Ok(output),
+                }
             }
             Auth::Verified(_) => {
                 let buyer = self.buyer_of(auth).await?;

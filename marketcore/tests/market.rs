@@ -15,7 +15,9 @@ use marketcore::customer::{CustomerMachine, CustomerQuery};
 use marketcore::ids::{BuyerId, ItemId, Role, UserId};
 use marketcore::payment::{AlwaysApprove, AlwaysDecline, AlwaysFail};
 use marketcore::product::{ProductCommand, ProductMachine};
-use marketcore::{EmbeddedMarket, EmbeddedOptions, Market, MarketConfig, MarketError};
+use marketcore::{
+    with_remembered_lookup, EmbeddedMarket, EmbeddedOptions, Market, MarketConfig, MarketError,
+};
 use replication::{
     LogError, LogStatus, ReadConsistency, ReplicatedLog, RequestId, SingleNodeLog, StateMachine,
 };
@@ -686,6 +688,56 @@ async fn purchase_with_idempotency_key_is_done_once() {
         code(m.make_purchase(&t, &purchase(), Some("bad key")).await),
         "invalid_argument"
     );
+    w.check_invariants();
+}
+
+#[tokio::test]
+async fn a_call_that_leaves_the_lookup_to_the_market_replays_a_remembered_response() {
+    let (w, pay) = World::scripted();
+    let m = &w.market;
+    let (s, _) = w.seller("s").await;
+    let a = m.add_item(&s, &item("a", 3, &[], 10, 5)).await.unwrap().id;
+    let (t, _) = w.buyer("b").await;
+    m.idempotency_record("t:x", "k1", 201, b"{\"remembered\":true}".to_vec())
+        .await
+        .unwrap();
+    let remembered =
+        |found: Option<marketcore::customer::StoredResponse>| found.map(|r| (r.status, r.body));
+    let expected = Some((201, b"{\"remembered\":true}".to_vec()));
+    // Remembered: every such call answers with it at its session check, changing nothing.
+    let (_, found) = with_remembered_lookup("t:x", "k1", m.add_to_cart(&t, &add(&a, 1))).await;
+    assert_eq!(remembered(found), expected, "add_to_cart");
+    assert!(m.display_cart(&t).await.unwrap().items.is_empty());
+    let (_, found) = with_remembered_lookup("t:x", "k1", m.add_to_cart(&t, &add("9-999", 1))).await;
+    assert_eq!(
+        remembered(found),
+        expected,
+        "also when the item read before the write fails"
+    );
+    m.add_to_cart(&t, &add(&a, 1)).await.unwrap();
+    let (_, found) =
+        with_remembered_lookup("t:x", "k1", m.make_purchase(&t, &purchase(), Some("k1"))).await;
+    assert_eq!(remembered(found), expected, "make_purchase");
+    assert_eq!(pay.calls.load(Ordering::SeqCst), 0, "nothing paid");
+    assert_eq!(
+        m.get_item(&a).await.unwrap().quantity,
+        5,
+        "nothing reserved"
+    );
+    let feedback = FeedbackRequest {
+        item_id: a.clone(),
+        vote: Vote::Up,
+    };
+    let (_, found) = with_remembered_lookup("t:x", "k1", m.provide_feedback(&t, &feedback)).await;
+    assert_eq!(remembered(found), expected, "provide_feedback");
+    // Another key: the call runs as usual and finds nothing.
+    let (out, found) = with_remembered_lookup("t:x", "k2", m.add_to_cart(&t, &add(&a, 1))).await;
+    assert_eq!(found, None);
+    assert_eq!(out.unwrap().items[0].quantity, 2);
+    let (out, found) =
+        with_remembered_lookup("t:x", "k3", m.make_purchase(&t, &purchase(), Some("k3"))).await;
+    assert_eq!(found, None);
+    assert_eq!(out.unwrap().total_cents, 20);
     w.check_invariants();
 }
 

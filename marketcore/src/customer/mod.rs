@@ -320,6 +320,25 @@ pub enum CustomerCommand {
         /// Proposer's time.
         at_ms: u64,
     },
+    /// [`CustomerCommand::ForSession`] for an HTTP request with an idempotency key, whose
+    /// remembered response is looked up in the same write: when one is remembered for
+    /// `(scope, key)`, nothing changes and the output is [`CustomerOutput::Remembered`] (it
+    /// wins over an ended session, as in [`CustomerQuery::ForSession`]); otherwise exactly
+    /// `ForSession`. Saves the server a lookup round trip before the write.
+    ForKeyedSession {
+        /// Scope of the remembered response.
+        scope: String,
+        /// The request's idempotency key.
+        key: String,
+        /// The session's token.
+        token: String,
+        /// The role the request needs.
+        role: Role,
+        /// What to do for the session's buyer.
+        command: SessionCommand,
+        /// Proposer's time.
+        at_ms: u64,
+    },
 }
 
 impl CustomerCommand {
@@ -340,6 +359,7 @@ impl CustomerCommand {
             | Self::RememberResponse { at_ms, .. }
             | Self::RememberResponses { at_ms, .. }
             | Self::ForSession { at_ms, .. }
+            | Self::ForKeyedSession { at_ms, .. }
             | Self::Tick { at_ms } => *at_ms,
         }
     }
@@ -362,13 +382,15 @@ impl CustomerCommand {
             Self::RecordPurchase { .. } => Some(9),
             Self::GiveFeedback { .. } => Some(10),
             // The step of the command it runs: a retry proposes the same id either way.
-            Self::ForSession { command, .. } => Some(match command {
-                SessionCommand::AddToCart { .. } => 5,
-                SessionCommand::RemoveFromCart { .. } => 6,
-                SessionCommand::ClearCart => 7,
-                SessionCommand::SaveCart => 8,
-                SessionCommand::GiveFeedback { .. } => 10,
-            }),
+            Self::ForSession { command, .. } | Self::ForKeyedSession { command, .. } => {
+                Some(match command {
+                    SessionCommand::AddToCart { .. } => 5,
+                    SessionCommand::RemoveFromCart { .. } => 6,
+                    SessionCommand::ClearCart => 7,
+                    SessionCommand::SaveCart => 8,
+                    SessionCommand::GiveFeedback { .. } => 10,
+                })
+            }
             Self::Touch { .. }
             | Self::RememberResponse { .. }
             | Self::RememberResponses { .. }
@@ -1050,6 +1072,22 @@ impl CustomerMachine {
                 }
             }
             CustomerCommand::Tick { .. } => Ok(CustomerOutput::Done),
+            CustomerCommand::ForKeyedSession {
+                scope,
+                key,
+                token,
+                role,
+                command,
+                at_ms,
+            } => match self.remembered_at(&scope, &key, at_ms) {
+                Some(response) => Ok(CustomerOutput::Remembered(response)),
+                None => self.apply_command(CustomerCommand::ForSession {
+                    token,
+                    role,
+                    command,
+                    at_ms,
+                }),
+            },
         }
     }
 

@@ -777,3 +777,59 @@ fn feedback_checks_its_session_in_the_same_write_and_names_the_buyer() {
         })
     );
 }
+
+#[test]
+fn a_keyed_session_write_answers_with_the_remembered_response_and_changes_nothing() {
+    let (mut m, b, _, item) = buyer_and_seller_logged_in();
+    add(&mut m, b, item, 3, 5, T0 + 1).expect("add");
+    let stored = StoredResponse {
+        status: 200,
+        body: b"{\"items\":[]}".to_vec(),
+    };
+    ok(
+        &mut m,
+        CustomerCommand::RememberResponse {
+            scope: "t:1".into(),
+            key: "done".into(),
+            response: stored.clone(),
+            at_ms: T0 + 2,
+        },
+    );
+    let keyed = |key: &str, token: &str, at_ms: u64| CustomerCommand::ForKeyedSession {
+        scope: "t:1".into(),
+        key: key.into(),
+        token: token.into(),
+        role: Role::Buyer,
+        command: SessionCommand::ClearCart,
+        at_ms,
+    };
+    // Remembered: that response, the cart untouched; it wins over an unknown token too.
+    let before = m.clone();
+    for token in ["tb", "nope"] {
+        assert_eq!(
+            m.apply(keyed("done", token, T0 + 3)),
+            Ok(CustomerOutput::Remembered(stored.clone())),
+            "{token}"
+        );
+    }
+    assert_eq!(cart(&m, b, T0 + 3), cart(&before, b, T0 + 3));
+    // Another key: exactly ForSession (refused for a bad token, run for a live one).
+    assert!(matches!(
+        m.apply(keyed("new", "nope", T0 + 3)),
+        Err(MarketError::Unauthenticated(_))
+    ));
+    assert_eq!(
+        m.apply(keyed("new", "tb", T0 + 3)),
+        Ok(CustomerOutput::Done)
+    );
+    assert!(cart(&m, b, T0 + 3).items.is_empty());
+    // Past the remembered response's lifetime the key runs the command again.
+    let late = T0 + 2 + m.config().idempotency_ttl_ms;
+    assert!(
+        matches!(
+            m.apply(keyed("done", "tb", late)),
+            Err(MarketError::Unauthenticated(_))
+        ),
+        "the session also ended by then: refused, not replayed"
+    );
+}

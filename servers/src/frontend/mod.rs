@@ -22,7 +22,10 @@
 //!    so a retry after logout still gets its first answer. A refused token (401) is not
 //!    remembered. The cart writes (`add_to_cart`, `remove_cart`, `save_cart`, `clear_cart`)
 //!    and `provide_feedback` check the session inside their customer-database write
-//!    instead, and `make_purchase` in the read of the cart, after a stale lookup.
+//!    instead, and `make_purchase` in the read of the cart; that write or read also looks up
+//!    the remembered response ([`marketcore::with_remembered_lookup`]), so these routes make
+//!    no round trip before the Market call. Routes without a session look up with a stale
+//!    read.
 //! 4. **Call the Market** and render its result: JSON on success, an RFC 9457 problem document
 //!    on error ([`problem`]), with `Retry-After` on 503.
 //!
@@ -340,12 +343,26 @@ impl<A: Api> ApiServer<A> {
             }
         };
         // A route that needs a session checks it in the same linearizable read that looks up
-        // the remembered response: one round trip for both. Other routes, and those whose
-        // Market call checks the session itself, look up with a stale (local, no quorum round) read;
-        // that is enough: on a miss the call runs with request ids derived from the key, so a
-        // retry of a request whose answer is not yet visible here still takes effect once and
-        // gets the same outputs.
+        // the remembered response: one round trip for both. Routes without a session look up
+        // with a stale (local, no quorum round) read; that is enough: on a miss the call runs
+        // with request ids derived from the key, so a retry of a request whose answer is not
+        // yet visible here still takes effect once and gets the same outputs.
         let mut call = call;
+        if A::checks_session_itself(name) && call.token.is_ok() {
+            // The Market looks the remembered response up in the session check it makes
+            // anyway (the cart or feedback write, the purchase's cart read): no round trip
+            // of our own first.
+            let (outcome, remembered) = marketcore::with_remembered_lookup(
+                &scope,
+                &key,
+                marketcore::with_idempotency_key(&scope, &key, A::dispatch(&self.market, &call)),
+            )
+            .await;
+            if let Some(stored) = remembered {
+                return replay(stored.status, stored.body);
+            }
+            return self.answer_and_remember(outcome, scope, key);
+        }
         let looked_up = match &call.token {
             Ok(token) if A::needs_session(name) && !A::checks_session_itself(name) => self
                 .market
@@ -369,6 +386,11 @@ impl<A: Api> ApiServer<A> {
         }
         let outcome =
             marketcore::with_idempotency_key(&scope, &key, A::dispatch(&self.market, &call)).await;
+        self.answer_and_remember(outcome, scope, key)
+    }
+
+    /// Renders the outcome of a keyed call and queues it to be remembered (unless 5xx).
+    fn answer_and_remember(&self, outcome: Outcome, scope: String, key: String) -> Response<Body> {
         let (status, body) = match &outcome {
             Ok((s, b)) => (
                 s.as_u16(),
