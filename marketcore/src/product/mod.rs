@@ -722,21 +722,39 @@ impl ProductMachine {
                 .collect();
         }
         let distinct: BTreeSet<String> = keywords.iter().map(|k| k.to_lowercase()).collect();
-        let mut counts: BTreeMap<ItemId, usize> = BTreeMap::new();
-        for k in &distinct {
-            if let Some(ids) = self.index.get(k) {
-                for id in ids.iter().filter(|id| on_sale(id)) {
-                    *counts.entry(*id).or_default() += 1;
-                }
+        let view = |id: &ItemId| self.items.get(id).map(|it| item_view(*id, it));
+        let sets: Vec<&BTreeSet<ItemId>> =
+            distinct.iter().filter_map(|k| self.index.get(k)).collect();
+        if let [only] = sets[..] {
+            // Every match counts one: the ranking is the id order the set already has, so
+            // the first `limit` items on sale are the answer (no count of every match).
+            return only
+                .iter()
+                .filter(|id| on_sale(id))
+                .take(limit)
+                .filter_map(view)
+                .collect();
+        }
+        // Several keywords: count the distinct keywords each item on sale matches, then
+        // the `limit` best by (count, most first; id).
+        let mut matches: Vec<ItemId> = sets
+            .iter()
+            .flat_map(|ids| ids.iter().filter(|id| on_sale(id)).copied())
+            .collect();
+        matches.sort_unstable();
+        let mut ranked: Vec<(std::cmp::Reverse<usize>, ItemId)> = Vec::new();
+        for id in matches {
+            match ranked.last_mut() {
+                Some((n, last)) if *last == id => n.0 += 1,
+                _ => ranked.push((std::cmp::Reverse(1), id)),
             }
         }
-        let mut ranked: Vec<(usize, ItemId)> = counts.into_iter().map(|(id, n)| (n, id)).collect();
-        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        ranked
-            .into_iter()
-            .take(limit)
-            .filter_map(|(_, id)| self.items.get(&id).map(|it| item_view(id, it)))
-            .collect()
+        if ranked.len() > limit && limit > 0 {
+            ranked.select_nth_unstable(limit - 1);
+        }
+        ranked.truncate(limit);
+        ranked.sort_unstable();
+        ranked.iter().filter_map(|(_, id)| view(id)).collect()
     }
 
     fn answer(&self, query: &ProductQuery) -> ProductAnswer {

@@ -326,3 +326,54 @@ fn snapshot_restore_same_answers() {
     }
     assert!(r.restore(&[1, 2, 3]).is_err());
 }
+
+#[test]
+fn search_agrees_with_a_scan_of_every_item() {
+    // Seeded random catalogues and queries against the definition: items on sale (in the
+    // category, if given) matching at least one distinct keyword, by matches (most first)
+    // then id, at most `limit`.
+    use rand::{Rng, SeedableRng};
+    const WORDS: [&str; 6] = ["lamp", "led", "desk", "oak", "red", "strip"];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for round in 0..20 {
+        let mut m = ProductMachine::default();
+        let mut catalogue = Vec::new();
+        for i in 0..rng.gen_range(0..120) {
+            let keywords: Vec<&str> = (0..rng.gen_range(0..3))
+                .map(|_| WORDS[rng.gen_range(0..WORDS.len())])
+                .collect();
+            let name = format!("{} thing{i}", WORDS[rng.gen_range(0..WORDS.len())]);
+            let category = rng.gen_range(0..3);
+            let quantity = rng.gen_range(0..3);
+            let id = add(&mut m, 1, &name, category, &keywords, quantity);
+            let mut words: BTreeSet<String> = keywords.iter().map(|k| k.to_string()).collect();
+            words.extend(name.split(' ').map(str::to_string));
+            catalogue.push((id, category, quantity, words));
+        }
+        for _ in 0..30 {
+            let query: Vec<&str> = (0..rng.gen_range(1..4))
+                .map(|_| WORDS[rng.gen_range(0..WORDS.len())])
+                .collect();
+            let category = rng.gen_bool(0.3).then(|| rng.gen_range(0..3));
+            let limit = rng.gen_range(0..15);
+            let distinct: BTreeSet<&str> = query.iter().copied().collect();
+            let mut expected: Vec<(std::cmp::Reverse<usize>, ItemId)> = catalogue
+                .iter()
+                .filter(|(_, c, q, _)| *q > 0 && category.is_none_or(|want| want == *c))
+                .map(|(id, _, _, words)| {
+                    let n = distinct.iter().filter(|k| words.contains(**k)).count();
+                    (std::cmp::Reverse(n), *id)
+                })
+                .filter(|(n, _)| n.0 > 0)
+                .collect();
+            expected.sort();
+            expected.truncate(limit);
+            let expected: Vec<String> = expected.iter().map(|(_, id)| id.to_string()).collect();
+            assert_eq!(
+                search(&m, category, &query, limit),
+                expected,
+                "round {round}: {query:?} in {category:?}, limit {limit}"
+            );
+        }
+    }
+}
