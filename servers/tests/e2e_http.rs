@@ -888,6 +888,52 @@ async fn an_idempotent_retry_returns_the_first_response() {
     assert_problem(&fresh, 401, "unauthenticated");
     let wrong_role = post_item(buyer.clone(), "key-4").await;
     assert_problem(&wrong_role, 401, "unauthenticated");
+
+    // The buyer's purchase, retried after logout, is answered from the remembered response
+    // that the purchase's own session read looks up (no separate lookup on these routes).
+    let logout = e
+        .buyer
+        .send(
+            Method::DELETE,
+            "/v1/buyers/sessions/current",
+            Some(&buyer),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(logout.status, 204);
+    let mut replayed = None;
+    for _ in 0..100 {
+        let r = e
+            .buyer
+            .send(
+                Method::POST,
+                "/v1/buyers/me/purchases",
+                Some(&buyer),
+                Some("buy-1"),
+                Some(purchase_body()),
+            )
+            .await;
+        if r.status == 201 {
+            replayed = Some(r);
+            break;
+        }
+        assert_problem(&r, 401, "unauthenticated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let replayed = replayed.expect("the purchase's remembered response is replayed");
+    assert_eq!(replayed.body, p1.body);
+    let fresh = e
+        .buyer
+        .send(
+            Method::POST,
+            "/v1/buyers/me/purchases",
+            Some(&buyer),
+            Some("buy-3"),
+            Some(purchase_body()),
+        )
+        .await;
+    assert_problem(&fresh, 401, "unauthenticated");
     e.running.shutdown().await;
 }
 
