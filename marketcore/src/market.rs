@@ -55,11 +55,11 @@
 //! purchase on any replica then finds the same reservation: its `Reserve` answers with the
 //! reservation already made under that id before it looks at the lines, which the first
 //! attempt may have emptied (the product database remembers finished reservations for 10
-//! minutes), so the workflow needs no read of the reservation. If it was confirmed, the payment is not asked
-//! again and `RecordPurchase` — idempotent per (reservation id, reservation time) — returns
-//! the same purchase; if it was released after a decline, the retry answers
-//! `payment_declined` again; if it lapsed or the payment service failed, `unavailable`
-//! (retry with a new key). The HTTP layer additionally remembers whole responses
+//! minutes), so the workflow needs no read of the reservation. If it was confirmed, the
+//! payment is not asked again and `RecordPurchase` — idempotent per (reservation id,
+//! reservation time) — returns the same purchase; if it was released after a decline, the
+//! retry answers `payment_declined` again; if it lapsed or the payment service failed,
+//! `unavailable` (retry with a new key). The HTTP layer additionally remembers whole responses
 //! ([`Market::idempotency_lookup`], [`Market::idempotency_record`]), which covers every
 //! other mutating route and answers most retries before they reach this code.
 //!
@@ -600,14 +600,11 @@ impl Market {
         }
         let now = self.now();
         // A call that left the remembered-response lookup to the Market has it done here.
-        let folded = match remembered {
-            None => remembered_lookup(),
-            Some(_) => None,
-        };
-        let remembered = match (&folded, remembered) {
-            (Some((scope, key)), _) => Some((scope.as_str(), key.as_str())),
-            (None, r) => r,
-        };
+        let folded = remembered.is_none().then(remembered_lookup).flatten();
+        let remembered = folded
+            .as_ref()
+            .map(|(scope, key)| (scope.as_str(), key.as_str()))
+            .or(remembered);
         let answer = self
             .read_customer(CustomerQuery::ForSession {
                 token: if malformed {
@@ -1196,29 +1193,24 @@ impl Market {
                         "missing or malformed token".into(),
                     ));
                 }
-                let output = match remembered_lookup() {
-                    Some((scope, key)) => {
-                        self.customer(CustomerCommand::ForKeyedSession {
-                            scope,
-                            key,
-                            token: token.to_string(),
-                            role: Role::Buyer,
-                            command,
-                            at_ms: self.now(),
-                        })
-                        .await?
-                    }
-                    None => {
-                        self.customer(CustomerCommand::ForSession {
-                            token: token.to_string(),
-                            role: Role::Buyer,
-                            command,
-                            at_ms: self.now(),
-                        })
-                        .await?
-                    }
+                let (token, role, at_ms) = (token.to_string(), Role::Buyer, self.now());
+                let write = match remembered_lookup() {
+                    Some((scope, key)) => CustomerCommand::ForKeyedSession {
+                        scope,
+                        key,
+                        token,
+                        role,
+                        command,
+                        at_ms,
+                    },
+                    None => CustomerCommand::ForSession {
+                        token,
+                        role,
+                        command,
+                        at_ms,
+                    },
                 };
-                match output {
+                match self.customer(write).await? {
                     CustomerOutput::Remembered(response) => Err(answer_remembered(response)),
                     output => Ok(output),
                 }

@@ -364,7 +364,7 @@ impl<A: Api> ApiServer<A> {
             return self.answer_and_remember(outcome, scope, key);
         }
         let looked_up = match &call.token {
-            Ok(token) if A::needs_session(name) && !A::checks_session_itself(name) => self
+            Ok(token) if A::needs_session(name) => self
                 .market
                 .authenticate_for_retry(token, A::ROLE, &scope, &key)
                 .await
