@@ -114,6 +114,24 @@ async fn add_item(
     r.json()
 }
 
+/// Repeats `send` while it is refused with 401, until the response remembered for its key
+/// (written off the response path) is replayed with `status`: bounded, 100 tries 20 ms apart.
+async fn until_replayed<F, Fut>(status: u16, mut send: F) -> Resp
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    for _ in 0..100 {
+        let r = send().await;
+        if r.status == status {
+            return r;
+        }
+        assert_problem(&r, 401, "unauthenticated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the remembered response was not replayed within 2 s");
+}
+
 fn assert_problem(r: &Resp, status: u16, code: &str) {
     assert_eq!(
         r.status,
@@ -872,17 +890,7 @@ async fn an_idempotent_retry_returns_the_first_response() {
         )
         .await;
     assert_eq!(logout.status, 204);
-    let mut replayed = None;
-    for _ in 0..100 {
-        let r = post_item(seller.clone(), "key-1").await;
-        if r.status == 201 {
-            replayed = Some(r);
-            break;
-        }
-        assert_problem(&r, 401, "unauthenticated");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let replayed = replayed.expect("the remembered response is replayed after logout");
+    let replayed = until_replayed(201, || post_item(seller.clone(), "key-1")).await;
     assert_eq!(replayed.body, first.body);
     let fresh = post_item(seller.clone(), "key-3").await;
     assert_problem(&fresh, 401, "unauthenticated");
@@ -902,26 +910,16 @@ async fn an_idempotent_retry_returns_the_first_response() {
         )
         .await;
     assert_eq!(logout.status, 204);
-    let mut replayed = None;
-    for _ in 0..100 {
-        let r = e
-            .buyer
-            .send(
-                Method::POST,
-                "/v1/buyers/me/purchases",
-                Some(&buyer),
-                Some("buy-1"),
-                Some(purchase_body()),
-            )
-            .await;
-        if r.status == 201 {
-            replayed = Some(r);
-            break;
-        }
-        assert_problem(&r, 401, "unauthenticated");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let replayed = replayed.expect("the purchase's remembered response is replayed");
+    let replayed = until_replayed(201, || {
+        e.buyer.send(
+            Method::POST,
+            "/v1/buyers/me/purchases",
+            Some(&buyer),
+            Some("buy-1"),
+            Some(purchase_body()),
+        )
+    })
+    .await;
     assert_eq!(replayed.body, p1.body);
     let fresh = e
         .buyer
