@@ -824,6 +824,22 @@ async fn an_idempotent_retry_returns_the_first_response() {
 
     // A purchase retried with its key is charged and recorded once.
     let (buyer, _) = buyer_session(&e, "bea").await;
+    // Buys the cart with `buyer`'s token under `key`.
+    let buy = |key: &'static str| {
+        let token = buyer.clone();
+        let buyer_server = &e.buyer;
+        async move {
+            buyer_server
+                .send(
+                    Method::POST,
+                    "/v1/buyers/me/purchases",
+                    Some(&token),
+                    Some(key),
+                    Some(purchase_body()),
+                )
+                .await
+        }
+    };
     let id = first.json()["id"].as_str().expect("id").to_string();
     e.buyer
         .post(
@@ -832,27 +848,9 @@ async fn an_idempotent_retry_returns_the_first_response() {
             json!({"item_id": id, "quantity": 1}),
         )
         .await;
-    let p1 = e
-        .buyer
-        .send(
-            Method::POST,
-            "/v1/buyers/me/purchases",
-            Some(&buyer),
-            Some("buy-1"),
-            Some(purchase_body()),
-        )
-        .await;
+    let p1 = buy("buy-1").await;
     assert_eq!(p1.status, 201);
-    let p2 = e
-        .buyer
-        .send(
-            Method::POST,
-            "/v1/buyers/me/purchases",
-            Some(&buyer),
-            Some("buy-1"),
-            Some(purchase_body()),
-        )
-        .await;
+    let p2 = buy("buy-1").await;
     assert_eq!((p2.status, p2.body.clone()), (201, p1.body.clone()));
     assert_eq!(
         e.buyer
@@ -864,16 +862,7 @@ async fn an_idempotent_retry_returns_the_first_response() {
         Some(1)
     );
     // Errors are remembered too.
-    let r1 = e
-        .buyer
-        .send(
-            Method::POST,
-            "/v1/buyers/me/purchases",
-            Some(&buyer),
-            Some("buy-2"),
-            Some(purchase_body()),
-        )
-        .await;
+    let r1 = buy("buy-2").await;
     assert_problem(&r1, 409, "cart_empty");
 
     // A retry after logout still gets its original answer: the remembered response wins over
@@ -910,27 +899,9 @@ async fn an_idempotent_retry_returns_the_first_response() {
         )
         .await;
     assert_eq!(logout.status, 204);
-    let replayed = until_replayed(201, || {
-        e.buyer.send(
-            Method::POST,
-            "/v1/buyers/me/purchases",
-            Some(&buyer),
-            Some("buy-1"),
-            Some(purchase_body()),
-        )
-    })
-    .await;
+    let replayed = until_replayed(201, || buy("buy-1")).await;
     assert_eq!(replayed.body, p1.body);
-    let fresh = e
-        .buyer
-        .send(
-            Method::POST,
-            "/v1/buyers/me/purchases",
-            Some(&buyer),
-            Some("buy-3"),
-            Some(purchase_body()),
-        )
-        .await;
+    let fresh = buy("buy-3").await;
     assert_problem(&fresh, 401, "unauthenticated");
     e.running.shutdown().await;
 }
