@@ -37,6 +37,7 @@
 //! ```
 
 pub mod certs;
+pub mod liveness;
 pub mod network;
 pub mod quic;
 pub mod sim;

@@ -120,6 +120,13 @@ pub trait Network: Send + Sync + 'static {
 
     /// Waits for the next incoming message or request; `None` once the network is shut down.
     async fn recv(&self) -> Option<Incoming>;
+
+    /// Reports of peers whose process was seen to die (each report once per death), for
+    /// protocols that can act sooner than their timeouts. `None` (the default) when this
+    /// network has no such detector; see [`crate::liveness`] for the QUIC network's.
+    fn subscribe_peer_down(&self) -> Option<tokio::sync::broadcast::Receiver<NodeId>> {
+        None
+    }
 }
 
 /// Encodes a value with postcard.

@@ -72,6 +72,13 @@
 //! timeout. (QUIC on quinn cannot observe ICMP "port unreachable"; a dial to a port nobody
 //! listens on fails after `connect_timeout`, then backoff applies.)
 //!
+//! A *killed* peer process is noticed sooner still, by a liveness sentinel
+//! ([`crate::liveness`], [`QuicConfig::liveness`]): a TCP connection to the peer's QUIC port
+//! number, opened with the first use of the peer, that its kernel closes when the process
+//! dies. The network then closes its connection to that peer (calls waiting on it fail with
+//! `Unreachable` at once), backs off dialling it for `backoff_min`, and reports the death to
+//! [`Network::subscribe_peer_down`] subscribers.
+//!
 //! # Runtime
 //!
 //! [`QuicNetwork::bind`] must run inside a tokio runtime; the endpoint driver and the small
@@ -82,6 +89,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -90,9 +98,10 @@ use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::certs::NodeIdentity;
+use crate::liveness;
 use crate::network::{Incoming, Network, NodeId, Responder, TransportError};
 
 /// ALPN protocol id of this transport.
@@ -105,6 +114,8 @@ pub const CLOSE_IDENTITY_REJECTED: u32 = 0x10;
 pub const CLOSE_BAD_HELLO: u32 = 0x11;
 /// Connection close code: the node is shutting down.
 pub const CLOSE_SHUTDOWN: u32 = 0x0;
+/// Connection close code: our liveness sentinel saw the peer process die.
+pub const CLOSE_PEER_GONE: u32 = 0x12;
 /// Stream reset/stop code: a frame exceeded the receiver's maximum.
 pub const STREAM_FRAME_TOO_LARGE: u32 = 0x20;
 /// Stream reset code: the application dropped the request without answering.
@@ -182,6 +193,11 @@ pub struct QuicConfig {
     /// every-second-packet rule. Loopback, 100+100 scenario: about 6% more calls per second
     /// than 1, and no slower at one call at a time.
     pub ack_eliciting_threshold: u32,
+    /// Liveness sentinels ([`crate::liveness`], default on): a node listed with an address
+    /// in its own peer table also listens for TCP on its QUIC port, and a sentinel TCP
+    /// connection watches every peer this node talks to, so the death of a peer process is
+    /// known within a millisecond instead of after `idle_timeout`.
+    pub liveness: bool,
 }
 
 impl QuicConfig {
@@ -208,6 +224,7 @@ impl QuicConfig {
             concurrent_requests_max: 1024,
             datagram_size_bytes_max: 0,
             ack_eliciting_threshold: 10,
+            liveness: true,
         }
     }
 }
@@ -266,6 +283,8 @@ struct Inner {
     incoming_rx: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
     shutdown_tx: watch::Sender<bool>,
     runtime: tokio::runtime::Handle,
+    liveness: bool,
+    peer_down_tx: broadcast::Sender<NodeId>,
 }
 
 /// A peer's link and the sending end of its message queue.
@@ -278,6 +297,8 @@ struct Link {
     addr: Option<SocketAddr>,
     state: Mutex<LinkState>,
     connect_lock: tokio::sync::Mutex<()>,
+    /// A liveness sentinel is open to the peer ([`crate::liveness`]).
+    watched: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -441,8 +462,23 @@ impl QuicNetwork {
             incoming_rx: tokio::sync::Mutex::new(incoming_rx),
             shutdown_tx,
             runtime,
+            liveness: config.liveness,
+            peer_down_tx: broadcast::channel(64).0,
         });
         inner.runtime.spawn(accept_loop(inner.clone()));
+        let listed = inner.peers.get(&inner.local_id).and_then(|p| p.addr);
+        if let (true, Some(_), Ok(addr)) = (config.liveness, listed, inner.endpoint.local_addr()) {
+            if let Some(listener) = {
+                let _guard = inner.runtime.enter();
+                liveness::bind(addr)
+            } {
+                inner.runtime.spawn(liveness::serve(
+                    listener,
+                    inner.local_id,
+                    inner.shutdown_tx.subscribe(),
+                ));
+            }
+        }
         Ok(Self { inner })
     }
 
@@ -457,6 +493,14 @@ impl QuicNetwork {
     /// The peer table entry for `id`.
     pub fn peer(&self, id: NodeId) -> Option<&PeerInfo> {
         self.inner.peers.get(&id)
+    }
+
+    /// Whether a liveness sentinel currently watches `id` ([`crate::liveness`]): its death
+    /// will be noticed at once. Sentinels start with the first call or message to a peer.
+    pub fn watches(&self, id: NodeId) -> bool {
+        lock(&self.inner.links)
+            .get(&id)
+            .is_some_and(|(link, _)| link.watched.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Closes every connection and the endpoint; `recv` returns `None` afterwards and
@@ -546,12 +590,45 @@ impl Inner {
             addr: info.addr,
             state: Mutex::new(LinkState::default()),
             connect_lock: tokio::sync::Mutex::new(()),
+            watched: Arc::new(AtomicBool::new(false)),
         });
         let (tx, rx) = mpsc::channel(self.limits.send_queue_len_max);
         self.runtime
             .spawn(writer_task(Arc::downgrade(self), link.clone(), rx));
+        if let (true, Some(addr)) = (self.liveness, info.addr) {
+            let weak = Arc::downgrade(self);
+            self.runtime.spawn(liveness::watch(
+                to,
+                addr,
+                self.limits.connect_timeout,
+                self.shutdown_tx.subscribe(),
+                link.watched.clone(),
+                move |peer| {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.peer_gone(peer);
+                    }
+                },
+            ));
+        }
         links.insert(to, (link.clone(), tx.clone()));
         Ok((link, tx))
+    }
+
+    /// A sentinel saw `peer`'s process die: drop the connection to it (calls waiting on it
+    /// fail now instead of at the idle timeout), back off dialling it briefly, and tell the
+    /// subscribers.
+    fn peer_gone(&self, peer: NodeId) {
+        let link = lock(&self.links).get(&peer).map(|(l, _)| l.clone());
+        if let Some(link) = link {
+            let mut st = lock(&link.state);
+            if let Some(conn) = st.conn.take() {
+                conn.close(varint(CLOSE_PEER_GONE), b"peer process gone");
+            }
+            st.hello_stream = None;
+            st.retry_at = Some(Instant::now() + self.limits.backoff_min);
+            st.last_error = "peer process gone (liveness connection closed)".into();
+        }
+        let _ = self.peer_down_tx.send(peer);
     }
 
     /// The live connection to `link`'s peer, dialling if there is none (at most one dial at a
@@ -768,6 +845,10 @@ impl Network for QuicNetwork {
             Ok(r) => r,
             Err(_) => Err(TransportError::Timeout(deadline)),
         }
+    }
+
+    fn subscribe_peer_down(&self) -> Option<broadcast::Receiver<NodeId>> {
+        Some(self.inner.peer_down_tx.subscribe())
     }
 
     async fn recv(&self) -> Option<Incoming> {

@@ -532,6 +532,8 @@ struct HubInner {
     wake: Notify,
     shut_down: AtomicBool,
     inbox_len_max: usize,
+    /// Crashes reported to every node, as the QUIC network's liveness sentinels would.
+    peer_down: tokio::sync::broadcast::Sender<NodeId>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -566,6 +568,7 @@ impl SimHub {
             wake: Notify::new(),
             shut_down: AtomicBool::new(false),
             inbox_len_max: 65_536,
+            peer_down: tokio::sync::broadcast::channel(64).0,
         });
         handle.spawn(drive(inner.clone()));
         Some(Self { inner })
@@ -587,8 +590,11 @@ impl SimHub {
     }
 
     /// Crashes node `id` (see [`SimNet::crash`]).
+    /// Every node's [`Network::subscribe_peer_down`] hears of it, as a node on the QUIC
+    /// network would through its liveness sentinels (a partition is not reported).
     pub fn crash(&self, id: NodeId) {
         lock(&self.inner.net).crash(id);
+        let _ = self.inner.peer_down.send(id);
     }
 
     /// Restarts node `id` (see [`SimNet::restart`]).
@@ -806,6 +812,10 @@ impl Network for SimNetwork {
                 Err(TransportError::Timeout(deadline))
             }
         }
+    }
+
+    fn subscribe_peer_down(&self) -> Option<tokio::sync::broadcast::Receiver<NodeId>> {
+        Some(self.hub.peer_down.subscribe())
     }
 
     async fn recv(&self) -> Option<Incoming> {

@@ -889,3 +889,97 @@ async fn large_payloads_arrive_intact() {
         .expect("msg");
     assert_eq!(m, Bytes::from_static(b"after"));
 }
+
+/// Kills a server "process" (its runtime stops mid-request: no QUIC close goes out, its UDP
+/// socket stays silent, its TCP sockets close as the kernel would close them) while a client
+/// waits on a call to it. Returns what the call returned and whether the client reported the
+/// server down.
+async fn kill_during_call(
+    liveness: bool,
+    deadline: Duration,
+) -> (Result<Bytes, TransportError>, bool) {
+    let ca = generate_ca().expect("ca");
+    let (s_sock, c_sock) = (reserve(), reserve());
+    let mut peers = BTreeMap::new();
+    peers.insert(CLIENT, PeerInfo::server("customer-db-0", addr(&c_sock)));
+    peers.insert(SERVER, PeerInfo::server("customer-db-1", addr(&s_sock)));
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel();
+    let scfg = config(SERVER, ca.identity("customer-db-1").expect("id"), &peers);
+    server_rt.spawn(async move {
+        let server = QuicNetwork::bind_socket(scfg, s_sock).expect("server");
+        let mut held = Vec::new();
+        while let Some(inc) = server.recv().await {
+            if let Incoming::Request {
+                payload, responder, ..
+            } = inc
+            {
+                if payload.as_ref() == b"ping" {
+                    responder.respond(payload);
+                } else {
+                    held.push(responder);
+                    let _ = got_tx.send(());
+                }
+            }
+        }
+        std::mem::forget(server);
+    });
+    let mut ccfg = config(CLIENT, ca.identity("customer-db-0").expect("id"), &peers);
+    ccfg.liveness = liveness;
+    ccfg.idle_timeout = Duration::from_secs(60);
+    ccfg.keep_alive_interval = Duration::from_secs(30);
+    let client = std::sync::Arc::new(QuicNetwork::bind_socket(ccfg, c_sock).expect("client"));
+    let mut down = client
+        .subscribe_peer_down()
+        .expect("the QUIC network reports deaths");
+    client
+        .call(SERVER, Bytes::from_static(b"ping"), LONG)
+        .await
+        .expect("ping");
+    for _ in 0..200 {
+        if !liveness || client.watches(SERVER) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(client.watches(SERVER), liveness);
+    let caller = client.clone();
+    let call = tokio::spawn(async move {
+        caller
+            .call(SERVER, Bytes::from_static(b"hold"), deadline)
+            .await
+    });
+    tokio::time::timeout(LONG, got_rx.recv())
+        .await
+        .expect("the server got the call");
+    server_rt.shutdown_background();
+    let result = call.await.expect("call task");
+    let reported = matches!(
+        tokio::time::timeout(Duration::from_millis(500), down.recv()).await,
+        Ok(Ok(SERVER))
+    );
+    (result, reported)
+}
+
+#[tokio::test]
+async fn a_dead_peer_process_fails_waiting_calls_at_once() {
+    // With the sentinel: the call fails as soon as the process is gone, well inside its
+    // 20 s deadline (a timeout would be an error of another kind), and the death is reported.
+    let (result, reported) = kill_during_call(true, LONG).await;
+    assert!(
+        matches!(result, Err(TransportError::Unreachable(SERVER, _))),
+        "expected Unreachable, got {result:?}"
+    );
+    assert!(reported, "the death was reported to subscribers");
+    // Without it the silent peer is only given up at the deadline (the idle timeout is 60 s).
+    let (result, reported) = kill_during_call(false, Duration::from_millis(1500)).await;
+    assert!(
+        matches!(result, Err(TransportError::Timeout(_))),
+        "expected Timeout, got {result:?}"
+    );
+    assert!(!reported);
+}
