@@ -524,6 +524,50 @@ async fn new_leader_after_leader_crash() {
     }
 }
 
+/// Crashes the leader of a cluster whose election timeout is 1.5-3 s and returns how many
+/// polls it took for a new leader to appear (`None` if none within `polls`).
+async fn polls_to_new_leader(fast_failover: bool, seed: u64, polls: usize) -> Option<usize> {
+    let tweak: fn(&mut replication::raft::RaftConfig) = if fast_failover {
+        |cfg| cfg.election_tick = 150
+    } else {
+        |cfg| {
+            cfg.election_tick = 150;
+            cfg.fast_failover = false;
+        }
+    };
+    let c = Cluster::start(5, seed, LinkConfig::default(), tweak).await;
+    // The first election waits out a timeout: 1.5-3 s.
+    let (old, term) = c.wait_leader(600).await.expect("a first leader");
+    // Let every follower hear from it (and learn who leads).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.crash(old);
+    for n in 0..polls {
+        if c.leader().is_some_and(|(_, t)| t > term) {
+            return Some(n);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_leader_death_elects_a_successor_without_waiting_for_the_timeout() {
+    // The simulated network reports the crash, as the QUIC network's liveness sentinels do.
+    // Half the shortest election timeout: only the report can elect a leader this soon.
+    let polls = (Duration::from_millis(750).as_millis() / POLL.as_millis()) as usize;
+    let fast = polls_to_new_leader(true, 41, polls).await;
+    eprintln!("fast failover: new leader after {fast:?} polls of {POLL:?}");
+    assert!(
+        fast.is_some(),
+        "no new leader within 750 ms of the leader's reported death"
+    );
+    let slow = polls_to_new_leader(false, 41, polls).await;
+    assert_eq!(
+        slow, None,
+        "without fast failover the timeout (1.5 s or more) must run out first"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_by_snapshot() {
     let c = Cluster::start(5, 31, LinkConfig::default(), |cfg| {

@@ -55,6 +55,9 @@ use crate::log::{Envelope, LogError, LogStatus, Role};
 use crate::state_machine::StateMachine;
 use crate::storage::{blocking, off_loop};
 
+/// Ticks after which a follower asks its leader again for a read index it got no answer to.
+const READ_INDEX_RESEND_TICKS: u64 = 3;
+
 /// Inputs processed per loop turn, at most.
 const INPUT_BATCH_MAX: usize = 8192;
 
@@ -88,6 +91,8 @@ pub(crate) enum Input<S: StateMachine> {
     Read { reply: ReadReply },
     /// Transfer leadership to this raft id.
     Transfer(u64),
+    /// The network saw this peer's process die (transport id).
+    PeerDown(u64),
     /// Stop the loop.
     Shutdown,
 }
@@ -110,6 +115,10 @@ pub(crate) struct Driver<S: StateMachine> {
     /// The ReadIndex context issued in this turn, while no tick has run in it: its heartbeats
     /// go to a majority and one spare only (see [`Driver::narrow_read_heartbeats`]).
     pub(crate) read_ctx: Option<Vec<u8>>,
+    /// The tick at which this follower campaigns because its leader's process died
+    /// ([`Driver::leader_died`]).
+    /// The tick of its next try and the last tick it tries at.
+    pub(crate) campaign_at: Option<(u64, u64)>,
 }
 
 /// Ticks within which a peer counts as recently heard (two heartbeat intervals at the
@@ -264,6 +273,7 @@ impl<S: StateMachine> Driver<S> {
                 *next_tick = now + tick;
             }
             self.on_tick();
+            self.campaign_if_due();
             // A tick may have produced regular heartbeats: those go to every peer.
             self.read_ctx = None;
         }
@@ -300,6 +310,7 @@ impl<S: StateMachine> Driver<S> {
             Input::Propose { data, reply } => self.propose(data, reply),
             Input::Read { reply } => reads.push(reply),
             Input::Transfer(to) => self.node.transfer_leader(to),
+            Input::PeerDown(peer) => self.leader_died(peer),
             Input::Shutdown => return true,
         }
         false
@@ -330,6 +341,73 @@ impl<S: StateMachine> Driver<S> {
         self.read_ctx = Some(ctx.to_be_bytes().to_vec());
         let batch = std::mem::take(&mut self.deferred_reads);
         self.pending_reads.insert(ctx, (self.ticks, batch));
+    }
+
+    /// A peer's process died. If it was this follower's leader, the follower forgets it (so
+    /// it grants (pre-)votes at once instead of honouring the dead leader's lease, and its
+    /// unanswered read index requests are issued again to the next leader), and plans
+    /// a campaign: on the next tick for the surviving follower with the lowest id, two ticks
+    /// later for each next one, so that normally a single candidate runs and no vote splits
+    /// (one that is behind is refused by the up-to-date ones, and the next tries). The
+    /// election timeout stays the fallback. Every follower hears of the death at about the
+    /// same moment, through its own sentinel.
+    fn leader_died(&mut self, peer: u64) {
+        let raft = &mut self.node.raft;
+        let dead = super::to_raft(peer);
+        if raft.state != StateRole::Follower || raft.leader_id != dead || dead == raft.id {
+            return;
+        }
+        raft.leader_id = ::raft::INVALID_ID;
+        // Read index requests sent to the dead leader will never be answered: issue them
+        // again once a leader is known, instead of letting them expire.
+        if !self.pending_reads.is_empty() {
+            self.deferred_since = self.ticks;
+            for (_, (_, replies)) in self.pending_reads.drain() {
+                self.deferred_reads.extend(replies);
+            }
+        }
+        let me = self.config.id;
+        let rank = self
+            .config
+            .peers
+            .iter()
+            .filter(|&&p| p != peer && p < me)
+            .count() as u64;
+        let until = self.ticks + 2 * self.config.election_tick as u64;
+        self.campaign_at = Some((self.ticks + 1 + 2 * rank, until));
+        tracing::info!(
+            node = me,
+            leader = peer,
+            rank,
+            "leader process gone; campaigning early"
+        );
+    }
+
+    /// Runs the campaign planned by [`Driver::leader_died`] when due, and again every round
+    /// of the survivors' turns while no leader is known (a pre-vote that reached a peer
+    /// before the news of the death did is ignored by it), for two election timeouts at most;
+    /// stops once a leader is known or this node stands in a real election.
+    fn campaign_if_due(&mut self) {
+        let Some((at, until)) = self.campaign_at else {
+            return;
+        };
+        let raft = &self.node.raft;
+        if raft.leader_id != ::raft::INVALID_ID
+            || matches!(raft.state, StateRole::Leader | StateRole::Candidate)
+            || self.ticks > until
+        {
+            self.campaign_at = None;
+            return;
+        }
+        if self.ticks < at {
+            return;
+        }
+        let survivors = self.config.peers.len().saturating_sub(1).max(1) as u64;
+        self.campaign_at = Some((self.ticks + 2 * survivors, until));
+        tracing::info!(node = self.config.id, "early campaign");
+        if let Err(e) = self.node.campaign() {
+            tracing::debug!(node = self.config.id, error = %e, "early campaign refused");
+        }
     }
 
     fn leader_hint(&self) -> Option<u64> {
@@ -366,6 +444,25 @@ impl<S: StateMachine> Driver<S> {
         if !self.deferred_reads.is_empty() && ticks.saturating_sub(self.deferred_since) >= expiry {
             for r in self.deferred_reads.drain(..) {
                 let _ = r.send(Err("no leader to serve a read index".into()));
+            }
+        }
+        // A follower's read index request may have reached a leader that had not committed
+        // an entry of its term yet (just elected), and raft-rs drops it without an answer:
+        // ask again after a few ticks rather than wait for the expiry.
+        if self.node.raft.state == StateRole::Follower && self.node.raft.leader_id != 0 {
+            let stale: Vec<u64> = self
+                .pending_reads
+                .iter()
+                .filter(|(_, (issued, _))| ticks.saturating_sub(*issued) >= READ_INDEX_RESEND_TICKS)
+                .map(|(ctx, _)| *ctx)
+                .collect();
+            for ctx in stale {
+                if let Some((issued, replies)) = self.pending_reads.remove(&ctx) {
+                    if self.deferred_reads.is_empty() {
+                        self.deferred_since = issued;
+                    }
+                    self.deferred_reads.extend(replies);
+                }
             }
         }
         self.pending_reads.retain(|_, (issued, replies)| {
@@ -709,6 +806,11 @@ impl<S: StateMachine> Driver<S> {
             StateRole::Follower => Role::Follower,
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
         };
+        let current = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+        if role == Role::Leader && (current.role != Role::Leader || current.term != raft.term) {
+            tracing::info!(node = self.config.id, term = raft.term, "leads");
+        }
+        drop(current);
         let status = LogStatus {
             node_id: self.config.id,
             role,
