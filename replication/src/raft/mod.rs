@@ -380,6 +380,7 @@ impl<S: StateMachine> RaftLog<S> {
             heard: HashMap::new(),
             read_ctx: None,
             campaign_at: None,
+            departed: None,
         })));
         let ready_loop = runtime.spawn(node::drive(Arc::clone(&driver), rx, tick));
         let inner = Arc::new(Inner {

@@ -119,6 +119,9 @@ pub(crate) struct Driver<S: StateMachine> {
     /// ([`Driver::leader_died`]).
     /// The tick of its next try and the last tick it tries at.
     pub(crate) campaign_at: Option<(u64, u64)>,
+    /// The leader reported dead (raft id) and its term: its messages of that term or older
+    /// are dropped until a later term has a leader.
+    pub(crate) departed: Option<(u64, u64)>,
 }
 
 /// Ticks within which a peer counts as recently heard (two heartbeat intervals at the
@@ -301,6 +304,14 @@ impl<S: StateMachine> Driver<S> {
         match input {
             Input::Raft(msgs) => {
                 for m in msgs {
+                    // What a dead leader sent before it died may still be queued: it must not
+                    // make this follower believe in that leader again.
+                    if self
+                        .departed
+                        .is_some_and(|(id, term)| m.from == id && m.term <= term)
+                    {
+                        continue;
+                    }
                     self.heard.insert(m.from, self.ticks);
                     if let Err(e) = self.node.step(m) {
                         tracing::debug!(node = self.config.id, error = %e, "raft message ignored");
@@ -358,6 +369,7 @@ impl<S: StateMachine> Driver<S> {
             return;
         }
         raft.leader_id = ::raft::INVALID_ID;
+        self.departed = Some((dead, raft.term));
         // Read index requests sent to the dead leader will never be answered: issue them
         // again once a leader is known, instead of letting them expire.
         if !self.pending_reads.is_empty() {
@@ -388,10 +400,16 @@ impl<S: StateMachine> Driver<S> {
     /// before the news of the death did is ignored by it), for two election timeouts at most;
     /// stops once a leader is known or this node stands in a real election.
     fn campaign_if_due(&mut self) {
+        let raft = &self.node.raft;
+        if self
+            .departed
+            .is_some_and(|(_, term)| raft.term > term && raft.leader_id != ::raft::INVALID_ID)
+        {
+            self.departed = None;
+        }
         let Some((at, until)) = self.campaign_at else {
             return;
         };
-        let raft = &self.node.raft;
         if raft.leader_id != ::raft::INVALID_ID
             || matches!(raft.state, StateRole::Leader | StateRole::Candidate)
             || self.ticks > until
