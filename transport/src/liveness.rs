@@ -166,3 +166,31 @@ async fn sentinel(peer: NodeId, addr: SocketAddr, connect_timeout: Duration) -> 
         .ok()?;
     (got == hello(peer)).then_some(stream)
 }
+
+/// What a one-off look at a node's liveness listener found ([`probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The listener answered with the expected node's hello: the process runs.
+    Alive,
+    /// The connection was refused: nothing listens there, so (if the node normally runs a
+    /// listener) its process is not running.
+    Refused,
+    /// No answer in time, or an unexpected one: nothing can be concluded.
+    Unknown,
+}
+
+/// Connects once to the liveness listener of node `peer` at `addr` (its QUIC address): a
+/// status tool learns in a round trip that a node is down, where a QUIC dial would wait for
+/// its timeout.
+pub async fn probe(addr: SocketAddr, peer: NodeId, timeout: Duration) -> Probe {
+    let mut stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Probe::Refused,
+        _ => return Probe::Unknown,
+    };
+    let mut got = [0u8; HELLO_LEN];
+    match tokio::time::timeout(timeout, stream.read_exact(&mut got)).await {
+        Ok(Ok(_)) if got == hello(peer) => Probe::Alive,
+        _ => Probe::Unknown,
+    }
+}

@@ -947,6 +947,11 @@ async fn kill_during_call(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(client.watches(SERVER), liveness);
+    let server_addr = peers[&SERVER].addr.expect("server address");
+    assert_eq!(
+        transport::liveness::probe(server_addr, SERVER, Duration::from_secs(2)).await,
+        transport::liveness::Probe::Alive
+    );
     let caller = client.clone();
     let call = tokio::spawn(async move {
         caller
@@ -958,6 +963,17 @@ async fn kill_during_call(
         .expect("the server got the call");
     server_rt.shutdown_background();
     let result = call.await.expect("call task");
+    // The runtime drops its tasks (the listener among them) on its own threads.
+    let mut refused = false;
+    for _ in 0..100 {
+        let p = transport::liveness::probe(server_addr, SERVER, Duration::from_secs(2)).await;
+        if p == transport::liveness::Probe::Refused {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "a probe of the dead server is refused");
     let reported = matches!(
         tokio::time::timeout(Duration::from_millis(500), down.recv()).await,
         Ok(Ok(SERVER))
