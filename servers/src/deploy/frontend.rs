@@ -84,16 +84,19 @@ pub fn client_network(
         .map_err(|e| format!("client network: {e}"))
 }
 
-/// Tunes a client-network endpoint to notice a dead peer quickly. QUIC cannot see the ICMP
-/// "port unreachable" of a killed process, so a dead replica is noticed when its connection
-/// goes idle: keep-alives every 50 ms and a 300 ms idle timeout (QUIC uses the smaller of
-/// the two sides' values, so replicas set the same) bound how long a call can hang on a
-/// replica that died, before the remote log fails over to the next one.
+/// Tunes a client-network endpoint to notice a dead peer quickly when nothing else tells it.
+/// A killed replica *process* is reported within a millisecond by the network's liveness
+/// sentinel (`transport::liveness`), which fails the calls waiting on it at once. A replica
+/// whose whole host died, or that a network fault cut off, sends nothing at all; QUIC cannot
+/// see ICMP either, so that replica is noticed when its connection goes idle: keep-alives
+/// every 50 ms and a 300 ms idle timeout (QUIC uses the smaller of the two sides' values, so
+/// replicas set the same) bound how long a call can hang on it before the remote log fails
+/// over to the next replica.
 ///
-/// 300 ms is about when a new Raft leader is in place (election timeout 200 to 400 ms), so
-/// the stall after the leader dies is about the timeout itself (measured 302 ms at 1+1, 449
-/// ms at 100+100; 600 ms before). Shorter was slower: at 200 ms the calls found no leader
-/// yet and backed off (617 ms at 1+1, 1.1 s at 100+100).
+/// 300 ms is about when the Raft followers' own election timeout (200 to 400 ms) has put a
+/// new leader in place in that case. Measured before the sentinels, when this was the only
+/// detector: 302 ms at 1+1 and 449 ms at 100+100 after a leader kill (600 ms idle: 600-700
+/// ms; 200 ms was slower, the calls found no leader yet and backed off: 617 ms, 1.1 s).
 pub fn fast_failure(mut config: QuicConfig) -> QuicConfig {
     config.keep_alive_interval = Duration::from_millis(50);
     config.idle_timeout = Duration::from_millis(300);
