@@ -163,7 +163,7 @@ pub struct RaftConfig {
     /// Proposals and reads that may wait on this node at once.
     pub pending_max: usize,
     /// Campaign as soon as the network reports the leader's process dead
-    /// ([`Network::subscribe_peer_down`](transport::Network::subscribe_peer_down)) instead of
+    /// ([`Network::subscribe_peer_down`]) instead of
     /// waiting out the election timeout (see the module docs, "Failover"). Default on; it is
     /// off whatever this says when `lease_reads` is on, whose safety rests on the timeout.
     pub fast_failover: bool,
