@@ -569,6 +569,27 @@ async fn a_reported_leader_death_elects_a_successor_without_waiting_for_the_time
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_death_report_does_not_cut_a_follower_off() {
+    let c = Cluster::start(5, 43, LinkConfig::default(), |_| {}).await;
+    let cfg = c.config(0);
+    let bound = cfg.tick_interval * (10 * 2 * cfg.election_tick as u32);
+    let polls = (bound.as_millis() / POLL.as_millis()) as usize;
+    let (leader, _) = c.wait_leader(polls).await.expect("a leader");
+    // The leader lives, but one follower is told it died: it stops listening to it and
+    // campaigns, and the others, still hearing the leader, ignore it. It must come back.
+    let follower = (leader + 1) % c.n;
+    c.hub.report_down_to(follower as u64, leader as u64);
+    for seq in 1..=3u64 {
+        let id = RequestId { client: 7, seq };
+        propose_retrying(&c, leader, id, TestCommand::Append(seq), 5)
+            .await
+            .unwrap_or_else(|e| panic!("write {seq} after a false report: {e}"));
+    }
+    // Every replica, the misinformed follower included, ends with the same history.
+    converge(&c, 3, polls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_follower_catches_up_by_snapshot() {
     let c = Cluster::start(5, 31, LinkConfig::default(), |cfg| {
         cfg.snapshot_every = 20;

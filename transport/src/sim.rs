@@ -533,7 +533,7 @@ struct HubInner {
     shut_down: AtomicBool,
     inbox_len_max: usize,
     /// Crashes reported to every node, as the QUIC network's liveness sentinels would.
-    peer_down: tokio::sync::broadcast::Sender<NodeId>,
+    peer_down: Mutex<HashMap<NodeId, tokio::sync::broadcast::Sender<NodeId>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -568,7 +568,7 @@ impl SimHub {
             wake: Notify::new(),
             shut_down: AtomicBool::new(false),
             inbox_len_max: 65_536,
-            peer_down: tokio::sync::broadcast::channel(64).0,
+            peer_down: Mutex::new(HashMap::new()),
         });
         handle.spawn(drive(inner.clone()));
         Some(Self { inner })
@@ -594,7 +594,17 @@ impl SimHub {
     /// network would through its liveness sentinels (a partition is not reported).
     pub fn crash(&self, id: NodeId) {
         lock(&self.inner.net).crash(id);
-        let _ = self.inner.peer_down.send(id);
+        for tx in lock(&self.inner.peer_down).values() {
+            let _ = tx.send(id);
+        }
+    }
+
+    /// Reports node `id` dead to node `observer` only, without crashing it: a false alarm,
+    /// as a liveness sentinel might raise if only its TCP connection broke.
+    pub fn report_down_to(&self, observer: NodeId, id: NodeId) {
+        if let Some(tx) = lock(&self.inner.peer_down).get(&observer) {
+            let _ = tx.send(id);
+        }
     }
 
     /// Restarts node `id` (see [`SimNet::restart`]).
@@ -815,7 +825,12 @@ impl Network for SimNetwork {
     }
 
     fn subscribe_peer_down(&self) -> Option<tokio::sync::broadcast::Receiver<NodeId>> {
-        Some(self.hub.peer_down.subscribe())
+        Some(
+            lock(&self.hub.peer_down)
+                .entry(self.id)
+                .or_insert_with(|| tokio::sync::broadcast::channel(64).0)
+                .subscribe(),
+        )
     }
 
     async fn recv(&self) -> Option<Incoming> {

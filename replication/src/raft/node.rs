@@ -115,13 +115,14 @@ pub(crate) struct Driver<S: StateMachine> {
     /// The ReadIndex context issued in this turn, while no tick has run in it: its heartbeats
     /// go to a majority and one spare only (see [`Driver::narrow_read_heartbeats`]).
     pub(crate) read_ctx: Option<Vec<u8>>,
-    /// The tick at which this follower campaigns because its leader's process died
-    /// ([`Driver::leader_died`]).
-    /// The tick of its next try and the last tick it tries at.
+    /// A campaign planned because this follower's leader died ([`Driver::leader_died`]):
+    /// the tick of its next try and the last tick it tries at.
     pub(crate) campaign_at: Option<(u64, u64)>,
-    /// The leader reported dead (raft id) and its term: its messages of that term or older
-    /// are dropped until a later term has a leader.
-    pub(crate) departed: Option<(u64, u64)>,
+    /// The leader reported dead (raft id), its term, and the last tick of the filter: its
+    /// messages of that term or older are dropped until a later term has a leader, or for
+    /// two election timeouts at most (should the report have been wrong, the follower then
+    /// hears its leader again).
+    pub(crate) departed: Option<(u64, u64, u64)>,
 }
 
 /// Ticks within which a peer counts as recently heard (two heartbeat intervals at the
@@ -308,7 +309,7 @@ impl<S: StateMachine> Driver<S> {
                     // make this follower believe in that leader again.
                     if self
                         .departed
-                        .is_some_and(|(id, term)| m.from == id && m.term <= term)
+                        .is_some_and(|(id, term, _)| m.from == id && m.term <= term)
                     {
                         continue;
                     }
@@ -369,7 +370,8 @@ impl<S: StateMachine> Driver<S> {
             return;
         }
         raft.leader_id = ::raft::INVALID_ID;
-        self.departed = Some((dead, raft.term));
+        let until = self.ticks + 2 * self.config.election_tick as u64;
+        self.departed = Some((dead, raft.term, until));
         // Read index requests sent to the dead leader will never be answered: issue them
         // again once a leader is known, instead of letting them expire.
         if !self.pending_reads.is_empty() {
@@ -385,7 +387,6 @@ impl<S: StateMachine> Driver<S> {
             .iter()
             .filter(|&&p| p != peer && p < me)
             .count() as u64;
-        let until = self.ticks + 2 * self.config.election_tick as u64;
         self.campaign_at = Some((self.ticks + 1 + 2 * rank, until));
         tracing::info!(
             node = me,
@@ -401,10 +402,9 @@ impl<S: StateMachine> Driver<S> {
     /// stops once a leader is known or this node stands in a real election.
     fn campaign_if_due(&mut self) {
         let raft = &self.node.raft;
-        if self
-            .departed
-            .is_some_and(|(_, term)| raft.term > term && raft.leader_id != ::raft::INVALID_ID)
-        {
+        if self.departed.is_some_and(|(_, term, until)| {
+            (raft.term > term && raft.leader_id != ::raft::INVALID_ID) || self.ticks > until
+        }) {
             self.departed = None;
         }
         let Some((at, until)) = self.campaign_at else {
