@@ -318,9 +318,13 @@ pub struct Core {
     lease_durable: u64,
     /// The lease last handed to a persist.
     lease_handed: u64,
-    /// An own Sequence went out before its persist, which is not acknowledged yet (at most
-    /// one at a time, so a restart has one number to reclaim).
-    sequence_unacked: bool,
+    /// The number of the own Sequence issued last, and of the one issued before it. An own
+    /// Sequence may go out before its persist only if the one before it is on disk
+    /// (`stable` is past it): then at most one own Sequence is ever out but unwritten, the
+    /// one number a restart reclaims, even when drains run while earlier persists are still
+    /// being written.
+    own_last: Option<u64>,
+    own_prev: Option<u64>,
     /// Restarted: the own Sequence number being reclaimed from every peer.
     reclaim: Option<Reclaim>,
     /// Every peer said it holds no Sequence at this own number: issue it, marked reissued,
@@ -379,7 +383,8 @@ impl Core {
             lease_issued: 0,
             lease_durable: 0,
             lease_handed: 0,
-            sequence_unacked: false,
+            own_last: None,
+            own_prev: None,
             reclaim: None,
             reissue: None,
             refused: BTreeSet::new(),
@@ -651,7 +656,6 @@ impl Core {
     /// The records of an [`Action::Persist`] are durable.
     pub fn persisted(&mut self, ack: PersistAck) {
         self.lease_durable = self.lease_durable.max(ack.lease);
-        self.sequence_unacked = false;
         if ack.stable <= self.stable {
             return;
         }
@@ -772,7 +776,7 @@ impl Core {
         // origins crash before writing them, the Sequence never names a Request nobody holds.
         let id = self.cfg.id;
         let lease = self.lease_durable;
-        let early_sequence = !self.sequence_unacked
+        let early_sequence = self.own_prev.is_none_or(|p| p < self.stable)
             && self.out_sequences.len() == 1
             && self.out_sequences[0]
                 .assigned
@@ -783,7 +787,6 @@ impl Core {
             let mut sequences = Vec::new();
             if early_sequence {
                 sequences = std::mem::take(&mut self.out_sequences);
-                self.sequence_unacked = true;
                 let sent: BTreeSet<RequestKey> = requests.iter().map(|r| r.key).collect();
                 for key in sequences.iter().flat_map(|s| &s.assigned) {
                     if !sent.contains(key) {
@@ -943,6 +946,7 @@ impl Core {
             self.reclaim = None;
             s.reissued = true;
             self.out_sequences.push(s.clone());
+            self.own_prev = self.own_last.replace(k);
         }
         self.known = self.known.max(k + 1);
         self.missing_sequences.remove(&k);
@@ -1135,6 +1139,7 @@ impl Core {
                 reissued: reissue,
             };
             self.stats.sequences_issued += 1;
+            self.own_prev = self.own_last.replace(k);
             // `known` (advertised in headers) covers an own Sequence only once it is on disk
             // (see `persisted`): a header sent before the persist must not announce it.
             self.to_persist.push(Record::Sequence(seq.clone()));

@@ -43,8 +43,11 @@
 //!   anywhere). Every member sees the same Sequence, so all void the same ones. Its proposal
 //!   numbers skip every number the gap could hold.
 //! * **One own Sequence may go out before its fsync (reclaim).** A sequencer sends its
-//!   Sequence at once and writes it in parallel, as long as no other own Sequence of it is
-//!   unwritten and the own Requests it names are under the lease; the message also carries
+//!   Sequence at once and writes it in parallel, as long as the own Sequence it issued before
+//!   this one is on disk (its `stable` is past it, so no other own Sequence is unwritten:
+//!   this also holds for a runtime that lets later drains run while earlier writes are
+//!   still in flight, which the simulator does) and the own Requests it names are under
+//!   the lease; the message also carries
 //!   every Request the Sequence names that the sequencer holds, so whoever holds the Sequence
 //!   holds its Requests. The hazard is a restarted owner issuing a *different* Sequence for a
 //!   number its crashed incarnation sent. Since own Sequences are written in order with at
@@ -151,8 +154,12 @@
 //!
 //! * `tests/abcast_sim.rs`: the core in a deterministic simulator (five members, virtual time,
 //!   seeded loss, duplication, delay, reordering, partitions, crashes with and without
-//!   snapshots, crashes in the middle of a persist whose Requests were already sent); every run asserts validity, uniform agreement, integrity, total order,
-//!   per-sender FIFO and read-barrier freshness. `ABCAST_SEEDS=n` runs seeds `0..n`,
+//!   snapshots, crashes in the middle of a persist whose Requests were already sent); odd
+//!   seeds write with a delay of a few ms, during which the member goes on receiving,
+//!   sequencing and draining (later persists queue behind, merged; what waits for a write,
+//!   deliveries included, happens after it, in order). Every run asserts validity, uniform
+//!   agreement, integrity, total order, per-sender FIFO, read-barrier freshness and that
+//!   no own Sequence goes out while an earlier one is unwritten. `ABCAST_SEEDS=n` runs seeds `0..n`,
 //!   `ABCAST_SEED=s` one seed; a failure names its seed.
 //! * `tests/abcast_conformance.rs`: the replicated-log conformance suite on five
 //!   [`AbcastLog`]s with raft-engine in tempdirs, and client histories through stateright's

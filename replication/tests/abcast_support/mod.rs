@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use replication::abcast::{Action, Body, Core, CoreConfig, Message, Record, SnapshotBase};
+use replication::abcast::{
+    Action, Body, Core, CoreConfig, Message, PersistAck, Record, SnapshotBase,
+};
 use tokio::sync::mpsc;
 use transport::{Incoming, Network, NodeId, Responder, TransportError};
 
@@ -71,7 +73,13 @@ enum Event {
         msg: Message,
     },
     Tick(usize),
+    /// Node `i`'s write in flight reaches its disk (if the node has not crashed since:
+    /// the incarnation must match).
+    Persisted(usize, u64),
 }
+
+/// A drain's persist and the actions that wait for it.
+type PendingWrite = (Vec<Record>, PersistAck, Vec<Action>);
 
 /// A simulated group of cores in virtual time.
 pub struct Sim {
@@ -124,6 +132,16 @@ pub struct Sim {
     pub records_compacted: u64,
     /// Proposals lost in crashed outboxes.
     pub lost: u64,
+    /// Writes take this long (virtual ms, drawn per write), and the node goes on receiving,
+    /// sequencing and draining meanwhile, as the runtime does; later drains' persists queue
+    /// behind it (merged) and reach the disk in order. `None`: every persist is done within
+    /// its drain. Odd seeds write with a delay, even seeds without.
+    pub write_delay_ms: Option<(u64, u64)>,
+    writing: Vec<Option<PendingWrite>>,
+    queued: Vec<Option<PendingWrite>>,
+    incarnation: Vec<u64>,
+    /// Writes that found another one in flight and queued behind it.
+    pub writes_queued: u64,
 }
 
 impl Sim {
@@ -175,6 +193,11 @@ impl Sim {
             restarts_from_snapshot: 0,
             records_compacted: 0,
             lost: 0,
+            write_delay_ms: (seed % 2 == 1).then_some((0, 1 + seed % 7 * 5)),
+            writing: vec![None; members],
+            queued: vec![None; members],
+            incarnation: vec![0; members],
+            writes_queued: 0,
         };
         for i in 0..members {
             let offset = sim.rng.gen_range(0..sim.tick_ms);
@@ -230,6 +253,10 @@ impl Sim {
             }
         }
         self.nodes[i] = None;
+        // Writes in flight never reach the disk.
+        self.writing[i] = None;
+        self.queued[i] = None;
+        self.incarnation[i] += 1;
         // Messages on their way to it die with its connections (a restarted process has new
         // QUIC connections; packets of the old ones are dropped).
         self.events
@@ -280,6 +307,10 @@ impl Sim {
         let Some(every) = self.snapshot_every else {
             return;
         };
+        // The core counts deliveries still waiting behind a write: snapshot between writes.
+        if self.writing[i].is_some() || self.queued[i].is_some() {
+            return;
+        }
         let Some(core) = self.nodes[i].as_ref() else {
             return;
         };
@@ -382,10 +413,15 @@ impl Sim {
                     self.tear(i, actions);
                     return;
                 }
+                self.check_one_unwritten_sequence(i, &actions);
                 self.perform(i, actions);
                 let Action::Persist { records, ack } = rest.remove(0) else {
                     return;
                 };
+                if let Some((lo, hi)) = self.write_delay_ms {
+                    self.start_write(i, (records, ack, rest), lo, hi);
+                    continue;
+                }
                 self.disks[i].extend(records);
                 self.leases[i] = self.leases[i].max(ack.lease);
                 let Some(core) = self.nodes[i].as_mut() else {
@@ -394,8 +430,93 @@ impl Sim {
                 core.persisted_then(ack, &mut rest);
                 actions = rest;
             }
-            self.perform(i, actions);
+            self.perform_after_writes(i, actions);
         }
+    }
+
+    /// Performs a drain's actions while node `i` may have writes in flight: sends go now,
+    /// deliveries and read completions wait behind the last pending write, so they happen in
+    /// the order the core produced them.
+    fn perform_after_writes(&mut self, i: usize, actions: Vec<Action>) {
+        let pending = match self.queued[i].as_mut() {
+            Some(q) => Some(&mut q.2),
+            None => self.writing[i].as_mut().map(|w| &mut w.2),
+        };
+        let Some(pending) = pending else {
+            self.perform(i, actions);
+            return;
+        };
+        let mut now = Vec::new();
+        for a in actions {
+            match a {
+                Action::Send { .. } | Action::Broadcast(_) => now.push(a),
+                other => pending.push(other),
+            }
+        }
+        self.perform(i, now);
+    }
+
+    /// The restart protocol reclaims one own Sequence number: an own Sequence may go out
+    /// before its write only while no earlier own Sequence is still unwritten (in a write in
+    /// flight or queued). Checked on every early send.
+    fn check_one_unwritten_sequence(&mut self, i: usize, early: &[Action]) {
+        let n = self.members() as u64;
+        let own = |number: u64| number % n == i as u64;
+        let sends_own = early.iter().any(|a| {
+            matches!(a, Action::Broadcast(Message { body: Body::Data { sequences, .. }, .. })
+                if sequences.iter().any(|s| own(s.number)))
+        });
+        let unwritten_own = [&self.writing[i], &self.queued[i]]
+            .into_iter()
+            .flatten()
+            .flat_map(|(records, _, _)| records)
+            .any(|r| matches!(r, Record::Sequence(s) if own(s.number)));
+        if sends_own && unwritten_own {
+            self.violations.push(format!(
+                "node {i}: sent an own Sequence while an earlier one was unwritten"
+            ));
+        }
+    }
+
+    /// Hands a drain's persist to node `i`'s disk: written after a delay if nothing is being
+    /// written, else merged into the write queued behind the one in flight.
+    fn start_write(&mut self, i: usize, write: PendingWrite, lo: u64, hi: u64) {
+        if self.writing[i].is_none() {
+            self.writing[i] = Some(write);
+            let at = self.now_ms + self.rng.gen_range(lo..=hi);
+            self.push(at, Event::Persisted(i, self.incarnation[i]));
+            return;
+        }
+        self.writes_queued += 1;
+        let (records, ack, rest) = write;
+        match self.queued[i].as_mut() {
+            Some((q_records, q_ack, q_rest)) => {
+                q_records.extend(records);
+                q_ack.stable = q_ack.stable.max(ack.stable);
+                q_ack.lease = q_ack.lease.max(ack.lease);
+                q_rest.extend(rest);
+            }
+            None => self.queued[i] = Some((records, ack, rest)),
+        }
+    }
+
+    /// Node `i`'s write in flight is on disk: what waited for it is done, the queued write
+    /// starts.
+    fn write_done(&mut self, i: usize) {
+        let Some((records, ack, mut rest)) = self.writing[i].take() else {
+            return;
+        };
+        self.disks[i].extend(records);
+        self.leases[i] = self.leases[i].max(ack.lease);
+        let Some(core) = self.nodes[i].as_mut() else {
+            return;
+        };
+        core.persisted_then(ack, &mut rest);
+        self.perform(i, rest);
+        if let (Some(next), Some((lo, hi))) = (self.queued[i].take(), self.write_delay_ms) {
+            self.start_write(i, next, lo, hi);
+        }
+        self.drain(i);
     }
 
     /// Node `i` crashes in the middle of persisting `records`: they never reach its disk.
@@ -499,6 +620,11 @@ impl Sim {
                         self.drain(i);
                     }
                     self.push(at + self.tick_ms, Event::Tick(i));
+                }
+                Event::Persisted(i, incarnation) => {
+                    if incarnation == self.incarnation[i] {
+                        self.write_done(i);
+                    }
                 }
             }
         }
