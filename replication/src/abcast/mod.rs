@@ -80,7 +80,8 @@
 //!   Sequence), then from the other members in turn. Any member answers from what it holds.
 //! * **Garbage collection.** What every member reports delivered (and on disk) is dropped from
 //!   memory. On disk, the runtime snapshots the applied state every
-//!   [`AbcastConfig::snapshot_every`] payloads and compacts its journal up to the first record
+//!   [`AbcastConfig::snapshot_every`] payloads (more as the state grows:
+//!   [`AbcastConfig::snapshot_bytes_per_payload`]) and compacts its journal up to the first record
 //!   that is not both below its snapshot and delivered by every member (so a lagging member
 //!   can still be served by retransmission).
 //! * **Limits.** Payloads per Request, bytes per Request, own Requests in flight, Requests per
