@@ -422,12 +422,9 @@ impl Sim {
                     self.start_write(i, (records, ack, rest), lo, hi);
                     continue;
                 }
-                self.disks[i].extend(records);
-                self.leases[i] = self.leases[i].max(ack.lease);
-                let Some(core) = self.nodes[i].as_mut() else {
+                if !self.land_write(i, records, ack, &mut rest) {
                     return;
-                };
-                core.persisted_then(ack, &mut rest);
+                }
                 actions = rest;
             }
             self.perform_after_writes(i, actions);
@@ -500,18 +497,35 @@ impl Sim {
         }
     }
 
+    /// Puts a write's records on node `i`'s disk and acknowledges it to the core, which
+    /// re-stamps the actions that waited for it; `false` if the node is down.
+    fn land_write(
+        &mut self,
+        i: usize,
+        records: Vec<Record>,
+        ack: PersistAck,
+        rest: &mut [Action],
+    ) -> bool {
+        self.disks[i].extend(records);
+        self.leases[i] = self.leases[i].max(ack.lease);
+        match self.nodes[i].as_mut() {
+            Some(core) => {
+                core.persisted_then(ack, rest);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Node `i`'s write in flight is on disk: what waited for it is done, the queued write
     /// starts.
     fn write_done(&mut self, i: usize) {
         let Some((records, ack, mut rest)) = self.writing[i].take() else {
             return;
         };
-        self.disks[i].extend(records);
-        self.leases[i] = self.leases[i].max(ack.lease);
-        let Some(core) = self.nodes[i].as_mut() else {
+        if !self.land_write(i, records, ack, &mut rest) {
             return;
-        };
-        core.persisted_then(ack, &mut rest);
+        }
         self.perform(i, rest);
         if let (Some(next), Some((lo, hi))) = (self.queued[i].take(), self.write_delay_ms) {
             self.start_write(i, next, lo, hi);
