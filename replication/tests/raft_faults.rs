@@ -538,8 +538,19 @@ async fn polls_to_new_leader(fast_failover: bool, seed: u64, polls: usize) -> Op
     let c = Cluster::start(5, seed, LinkConfig::default(), tweak).await;
     // The first election waits out a timeout: 1.5-3 s.
     let (old, term) = c.wait_leader(600).await.expect("a first leader");
-    // Let every follower hear from it (and learn who leads).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every follower must know who leads (the report concerns its leader).
+    let mut known = false;
+    for _ in 0..200 {
+        known = (0..c.n).all(|i| {
+            c.try_log(i)
+                .is_some_and(|l| l.status().leader == Some(old as u64))
+        });
+        if known {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(known, "every replica learns the first leader");
     c.crash(old);
     for n in 0..polls {
         if c.leader().is_some_and(|(_, t)| t > term) {
