@@ -54,11 +54,26 @@ pub struct Deduped<S: StateMachine> {
     clients_max: usize,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A snapshot as restored. The wrapped state's bytes are written as one byte string
+/// (`serde_bytes`): postcard encodes that exactly as it encodes a sequence of `u8`, but
+/// without a serializer call per byte.
+#[derive(Deserialize)]
 #[serde(bound = "O: Payload")]
 struct DedupSnapshot<O> {
+    #[serde(with = "serde_bytes")]
     inner: Vec<u8>,
     sessions: BTreeMap<u64, ClientSession<O>>,
+    applied_count: u64,
+}
+
+/// [`DedupSnapshot`] as written: borrows the duplicate table instead of cloning it (a clone
+/// of every session's outcomes cost more than serializing them).
+#[derive(Serialize)]
+#[serde(bound = "O: Payload")]
+struct DedupSnapshotRef<'a, O> {
+    #[serde(with = "serde_bytes")]
+    inner: Vec<u8>,
+    sessions: &'a BTreeMap<u64, ClientSession<O>>,
     applied_count: u64,
 }
 
@@ -149,9 +164,9 @@ impl<S: StateMachine> Deduped<S> {
 
     /// Serializes the wrapped state and the duplicate table.
     pub fn snapshot(&self) -> Vec<u8> {
-        let snap = DedupSnapshot {
+        let snap = DedupSnapshotRef {
             inner: self.inner.snapshot(),
-            sessions: self.sessions.clone(),
+            sessions: &self.sessions,
             applied_count: self.applied_count,
         };
         postcard::to_stdvec(&snap).unwrap_or_default()
@@ -258,5 +273,33 @@ mod tests {
         // The activity index is rebuilt on restore: the same client is evicted next on both.
         assert_eq!(d.apply(env(9, 1)), restored.apply(env(9, 1)));
         assert_eq!(d.snapshot(), restored.snapshot());
+    }
+
+    #[test]
+    fn snapshots_keep_the_encoding_of_a_plain_byte_vector_and_an_owned_table() {
+        // Data directories written before the byte-string encoding must still restore: the
+        // snapshot has to be byte for byte what the plain derive of the owned form wrote.
+        #[derive(Serialize)]
+        struct Plain {
+            inner: Vec<u8>,
+            sessions: BTreeMap<u64, ClientSession<u64>>,
+            applied_count: u64,
+        }
+        let mut d = Deduped::with_limits(TestMachine::default(), 4, 8);
+        for (client, seq) in [(1, 1), (2, 1), (1, 2), (3, 7), (1, 1)] {
+            d.apply(env(client, seq));
+        }
+        let plain = Plain {
+            inner: d.inner.snapshot(),
+            sessions: d.sessions.clone(),
+            applied_count: d.applied_count,
+        };
+        assert!(!plain.inner.is_empty() && plain.sessions.len() == 3);
+        assert_eq!(d.snapshot(), postcard::to_stdvec(&plain).expect("encode"));
+        let mut restored = Deduped::with_limits(TestMachine::default(), 4, 8);
+        restored
+            .restore(&postcard::to_stdvec(&plain).expect("encode"))
+            .expect("an old-style snapshot restores");
+        assert_eq!(restored.snapshot(), d.snapshot());
     }
 }
