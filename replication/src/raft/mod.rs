@@ -37,7 +37,9 @@
 //! * **Snapshots**: every [`RaftConfig::snapshot_every`] applied entries the deduplicated state
 //!   machine is snapshotted into raft-engine and the log compacted, keeping
 //!   [`RaftConfig::compact_margin`] entries; a follower that needs compacted entries receives
-//!   the snapshot (`MsgSnapshot`) and installs it.
+//!   the snapshot (`MsgSnapshot`) and installs it. The state is serialized on a blocking
+//!   thread while the Ready loop goes on (only applying waits), and the replicas' snapshots
+//!   are spread over the interval: see `node.rs`.
 //! * **Restart**: hard state, conf state, entries and the latest snapshot come back from
 //!   raft-engine; the state machine is restored from the snapshot and the committed entries
 //!   after it are applied again.
@@ -384,6 +386,8 @@ impl<S: StateMachine> RaftLog<S> {
             read_ctx: None,
             campaign_at: None,
             departed: None,
+            snapshotting: None,
+            held: Vec::new(),
         })));
         let ready_loop = runtime.spawn(node::drive(Arc::clone(&driver), rx, tick));
         let inner = Arc::new(Inner {

@@ -27,6 +27,16 @@
 //! 4. every `snapshot_every` applied entries the state machine is snapshotted into the engine
 //!    and the log compacted.
 //!
+//! **A snapshot does not stop the node.** The state is serialized on a blocking thread (under
+//! the state's read lock) while the loop goes on appending, acknowledging, voting and
+//! committing; only applying waits: entries committed meanwhile are held and applied, in
+//! order, once the serialized state is stored. So a follower's snapshot delays nobody (a
+//! majority without it commits), and a leader's delays its clients by the serialization
+//! only. (Taken on the loop, it stopped all five replicas at the same applied index at
+//! once: 0.05-0.15 s in which no product call completed at 100 + 100 clients.) The first
+//! snapshot of replica `id` comes `(id mod n) / n` of an interval early, so the replicas'
+//! snapshots are spread out.
+//!
 //! A proposal is remembered by the log index and term raft-rs gave it. When an entry is
 //! applied at that index, the proposer gets the output if the term matches, and "retry"
 //! otherwise (another leader's entry replaced it); retrying is safe because every command
@@ -123,7 +133,14 @@ pub(crate) struct Driver<S: StateMachine> {
     /// two election timeouts at most (should the report have been wrong, the follower then
     /// hears its leader again).
     pub(crate) departed: Option<(u64, u64, u64)>,
+    /// The applied index of the snapshot being serialized off the loop, if one is.
+    pub(crate) snapshotting: Option<u64>,
+    /// Committed entries waiting for the snapshot in flight, in order.
+    pub(crate) held: Vec<Entry>,
 }
+
+/// The task serializing the state for a snapshot.
+type SnapshotTask = tokio::task::JoinHandle<Vec<u8>>;
 
 /// Ticks within which a peer counts as recently heard (two heartbeat intervals at the
 /// default configuration).
@@ -149,24 +166,33 @@ pub(crate) async fn drive<S: StateMachine>(
     let mut next_tick = Instant::now() + tick;
     let sleep = tokio::time::sleep_until(next_tick);
     tokio::pin!(sleep);
+    let mut snapshot: Option<SnapshotTask> = None;
     loop {
-        let first = tokio::select! {
+        let (first, serialized) = tokio::select! {
             biased;
             input = rx.recv() => match input {
-                Some(input) => Some(input),
-                None => Some(Input::Shutdown),
+                Some(input) => (Some(input), None),
+                None => (Some(Input::Shutdown), None),
             },
-            _ = &mut sleep => None,
+            done = async { snapshot.as_mut().expect("guarded by is_some").await },
+                if snapshot.is_some() => (None, Some(done)),
+            _ = &mut sleep => (None, None),
         };
+        if serialized.is_some() {
+            snapshot = None;
+        }
         let mut stop = {
             let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
             let Some(driver) = guard.as_mut() else {
                 return;
             };
-            driver.turn(first, &mut rx, tick, &mut next_tick)
+            match serialized.map(|done| driver.snapshot_serialized(done)) {
+                Some(Err(e)) => Some(Err(e)),
+                _ => driver.turn(first, &mut rx, tick, &mut next_tick),
+            }
         };
         if stop.is_none() {
-            stop = ready_rounds(&cell).await;
+            stop = ready_rounds(&cell, &mut snapshot).await;
         }
         if let Some(result) = stop {
             if let Some(driver) = cell.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -185,8 +211,12 @@ pub(crate) async fn drive<S: StateMachine>(
 /// blocking thread while the loop awaits it: `Network::send` only queues, and the runtime
 /// transmits while the loop is not running, so with the fsync on the loop a leader's appends
 /// would leave after its own fsync instead of overlapping it (the Raft thesis §10.2.1), and
-/// nothing else would be served meanwhile. `Some(result)` when the loop must stop.
-async fn ready_rounds<S: StateMachine>(cell: &DriverCell<S>) -> Option<Result<(), LogError>> {
+/// nothing else would be served meanwhile. Then starts a snapshot if one is due and none is
+/// in flight (into `snapshot`). `Some(result)` when the loop must stop.
+async fn ready_rounds<S: StateMachine>(
+    cell: &DriverCell<S>,
+    snapshot: &mut Option<SnapshotTask>,
+) -> Option<Result<(), LogError>> {
     for _ in 0..4 {
         let step = {
             let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
@@ -222,8 +252,12 @@ async fn ready_rounds<S: StateMachine>(cell: &DriverCell<S>) -> Option<Result<()
             }
         }
     }
-    let guard = cell.lock().unwrap_or_else(|p| p.into_inner());
-    guard.as_ref()?.publish_status();
+    let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+    let driver = guard.as_mut()?;
+    if snapshot.is_none() {
+        *snapshot = driver.maybe_snapshot();
+    }
+    driver.publish_status();
     None
 }
 
@@ -580,7 +614,6 @@ impl<S: StateMachine> Driver<S> {
         self.apply(light.take_committed_entries())?;
         self.node.advance_apply();
         self.resolve_reads();
-        self.maybe_snapshot()?;
         for id in after.unreachable {
             self.node.report_unreachable(id);
         }
@@ -685,8 +718,11 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
+    /// Replaces the state with a leader's snapshot. (With a snapshot of our own being
+    /// serialized, taking the state's write lock waits for it: rare, a lagging follower.)
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), LogError> {
         let index = snap.get_metadata().index;
+        self.held.retain(|e| e.index > index);
         {
             let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
             state
@@ -707,7 +743,16 @@ impl<S: StateMachine> Driver<S> {
         Ok(())
     }
 
+    /// Applies committed entries, or holds them while a snapshot is being serialized.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), LogError> {
+        if self.snapshotting.is_some() {
+            self.held.extend(entries);
+            return Ok(());
+        }
+        self.apply_now(entries)
+    }
+
+    fn apply_now(&mut self, entries: Vec<Entry>) -> Result<(), LogError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -790,30 +835,67 @@ impl<S: StateMachine> Driver<S> {
         });
     }
 
-    fn maybe_snapshot(&mut self) -> Result<(), LogError> {
-        let last_snapshot = self.node.store().latest_snapshot().get_metadata().index;
-        if self.applied < last_snapshot + self.config.snapshot_every {
-            return Ok(());
+    /// Every `snapshot_every` applied entries: starts serializing the state on a blocking
+    /// thread; entries committed meanwhile are held ([`Driver::snapshot_serialized`]).
+    fn maybe_snapshot(&mut self) -> Option<SnapshotTask> {
+        if self.snapshotting.is_some() {
+            return None;
         }
-        let data = self
-            .shared
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .snapshot();
-        let applied = self.applied;
-        let margin = self.config.compact_margin;
-        let store = self.node.mut_store();
-        blocking(|| store.snapshot_and_compact(applied, data, margin))?;
-        self.shared
-            .stats
-            .snapshots_taken
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            node = self.config.id,
-            applied,
-            "snapshot taken, log compacted"
-        );
+        let every = self.config.snapshot_every;
+        let last_snapshot = self.node.store().latest_snapshot().get_metadata().index;
+        // Replicas that never took one start at different points of the interval.
+        let early = if last_snapshot == 0 {
+            let n = self.config.peers.len().max(1) as u64;
+            every.saturating_mul(self.config.id % n) / n
+        } else {
+            0
+        };
+        if self.applied.saturating_add(early) < last_snapshot.saturating_add(every) {
+            return None;
+        }
+        self.snapshotting = Some(self.applied);
+        let shared = Arc::clone(&self.shared);
+        Some(tokio::task::spawn_blocking(move || {
+            shared
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .snapshot()
+        }))
+    }
+
+    /// The state serialized at `snapshotting` is stored (unless a leader's snapshot beyond it
+    /// was installed meanwhile) and the log compacted; then the held entries are applied.
+    fn snapshot_serialized(
+        &mut self,
+        done: Result<Vec<u8>, tokio::task::JoinError>,
+    ) -> Result<(), LogError> {
+        let Some(applied) = self.snapshotting.take() else {
+            return Ok(());
+        };
+        let data = done.map_err(|e| LogError::Storage(format!("raft snapshot task: {e}")))?;
+        let last_snapshot = self.node.store().latest_snapshot().get_metadata().index;
+        if applied > last_snapshot {
+            let started = std::time::Instant::now();
+            let bytes = data.len();
+            let margin = self.config.compact_margin;
+            let store = self.node.mut_store();
+            blocking(|| store.snapshot_and_compact(applied, data, margin))?;
+            self.shared
+                .stats
+                .snapshots_taken
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                node = self.config.id,
+                applied,
+                bytes,
+                write_ms = started.elapsed().as_secs_f64() * 1e3,
+                "snapshot taken, log compacted"
+            );
+        }
+        let held = std::mem::take(&mut self.held);
+        self.apply_now(held)?;
+        self.resolve_reads();
         Ok(())
     }
 
