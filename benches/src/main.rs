@@ -8,7 +8,17 @@ mod rpc;
 mod scenarios;
 mod sim_bench;
 
+/// The same allocator as the `market` processes: the scenario benchmark's clients (HTTP and
+/// JSON on every call) spent several percent of the machine in glibc's malloc, and the log
+/// benchmark's replicas should allocate as the real ones do.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    // As in `market`: mimalloc's 2 MiB arenas, returned and faulted back in, cost more in page
+    // zeroing than they save (see servers/src/bin/market.rs).
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
     // The RPC benchmark re-executes this binary as its server process.
     if let Some(result) = rpc::maybe_server_role() {
         if let Err(e) = result {
