@@ -83,7 +83,9 @@
 //!   [`AbcastConfig::snapshot_every`] payloads (more as the state grows:
 //!   [`AbcastConfig::snapshot_bytes_per_payload`]) and compacts its journal up to the first record
 //!   that is not both below its snapshot and delivered by every member (so a lagging member
-//!   can still be served by retransmission).
+//!   can still be served by retransmission). The snapshot is serialized and written off the
+//!   member's loop, which keeps taking its turns meanwhile (only applying waits), so a
+//!   member's snapshot never stalls the ring (see `runtime`).
 //! * **Limits.** Payloads per Request, bytes per Request, own Requests in flight, Requests per
 //!   Sequence, sequence numbers in flight, buffered Sequences and Requests per sender, outbox
 //!   length (backpressure), open read probes, items per retransmit, and bytes per Data message
