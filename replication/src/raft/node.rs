@@ -139,8 +139,8 @@ pub(crate) struct Driver<S: StateMachine> {
     pub(crate) held: Vec<Entry>,
 }
 
-/// The task serializing the state for a snapshot.
-type SnapshotTask = tokio::task::JoinHandle<Vec<u8>>;
+/// The task serializing the state for a snapshot: the bytes and how long it took.
+type SnapshotTask = tokio::task::JoinHandle<(Vec<u8>, Duration)>;
 
 /// Ticks within which a peer counts as recently heard (two heartbeat intervals at the
 /// default configuration).
@@ -856,11 +856,13 @@ impl<S: StateMachine> Driver<S> {
         self.snapshotting = Some(self.applied);
         let shared = Arc::clone(&self.shared);
         Some(tokio::task::spawn_blocking(move || {
-            shared
+            let started = std::time::Instant::now();
+            let bytes = shared
                 .state
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .snapshot()
+                .snapshot();
+            (bytes, started.elapsed())
         }))
     }
 
@@ -868,12 +870,13 @@ impl<S: StateMachine> Driver<S> {
     /// was installed meanwhile) and the log compacted; then the held entries are applied.
     fn snapshot_serialized(
         &mut self,
-        done: Result<Vec<u8>, tokio::task::JoinError>,
+        done: Result<(Vec<u8>, Duration), tokio::task::JoinError>,
     ) -> Result<(), LogError> {
         let Some(applied) = self.snapshotting.take() else {
             return Ok(());
         };
-        let data = done.map_err(|e| LogError::Storage(format!("raft snapshot task: {e}")))?;
+        let (data, serialized) =
+            done.map_err(|e| LogError::Storage(format!("raft snapshot task: {e}")))?;
         let last_snapshot = self.node.store().latest_snapshot().get_metadata().index;
         if applied > last_snapshot {
             let started = std::time::Instant::now();
@@ -889,6 +892,7 @@ impl<S: StateMachine> Driver<S> {
                 node = self.config.id,
                 applied,
                 bytes,
+                serialize_ms = serialized.as_secs_f64() * 1e3,
                 write_ms = started.elapsed().as_secs_f64() * 1e3,
                 "snapshot taken, log compacted"
             );
