@@ -11,6 +11,7 @@
 //! ```
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +88,92 @@ impl StateMachine for TestMachine {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
         *self = postcard::from_bytes(snapshot).map_err(|e| SnapshotError(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// Where a [`GatedMachine`]'s `snapshot` waits while the gate is closed: tests of what a log
+/// does while one replica is taking a snapshot.
+#[derive(Debug)]
+pub struct SnapshotGate {
+    open: AtomicBool,
+    entered: AtomicBool,
+}
+
+impl SnapshotGate {
+    /// A gate, open or closed.
+    pub fn new(open: bool) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicBool::new(open),
+            entered: AtomicBool::new(false),
+        })
+    }
+
+    /// Snapshots started from now on wait.
+    pub fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+    }
+
+    /// Lets every waiting and later snapshot through.
+    pub fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a snapshot has reached the gate while it was closed.
+    pub fn entered(&self) -> bool {
+        self.entered.load(Ordering::SeqCst)
+    }
+}
+
+/// [`TestMachine`] whose `snapshot` waits (10 s at most) while its gate, if any, is closed.
+#[derive(Debug, Default)]
+pub struct GatedMachine {
+    inner: TestMachine,
+    gate: Option<Arc<SnapshotGate>>,
+}
+
+impl GatedMachine {
+    /// An empty machine behind `gate`.
+    pub fn new(gate: Option<Arc<SnapshotGate>>) -> Self {
+        Self {
+            inner: TestMachine::default(),
+            gate,
+        }
+    }
+}
+
+impl StateMachine for GatedMachine {
+    type Command = TestCommand;
+    type Output = u64;
+    type Query = TestQuery;
+    type Answer = TestAnswer;
+
+    fn apply(&mut self, command: TestCommand) -> u64 {
+        self.inner.apply(command)
+    }
+
+    fn query(&self, query: &TestQuery) -> TestAnswer {
+        self.inner.query(query)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        if let Some(gate) = self
+            .gate
+            .as_ref()
+            .filter(|g| !g.open.load(Ordering::SeqCst))
+        {
+            gate.entered.store(true, Ordering::SeqCst);
+            for _ in 0..10_000 {
+                if gate.open.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.inner.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
+        self.inner.restore(snapshot)
     }
 }
 

@@ -9,62 +9,18 @@
 
 mod abcast_support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use abcast_support::Hub;
 use replication::abcast::{AbcastConfig, AbcastLog};
-use replication::conformance::{TestAnswer, TestCommand, TestMachine, TestQuery};
-use replication::{ReadConsistency, ReplicatedLog, RequestId, SnapshotError, StateMachine};
+use replication::conformance::{
+    GatedMachine as Gated, SnapshotGate, TestAnswer, TestCommand, TestQuery,
+};
+use replication::{ReadConsistency, ReplicatedLog, RequestId};
 
 const MEMBERS: u64 = 5;
 const SNAPSHOT_EVERY: u64 = 16;
-
-/// Where member 0's snapshot waits.
-#[derive(Default)]
-struct Gate {
-    entered: AtomicBool,
-    open: AtomicBool,
-}
-
-/// [`TestMachine`] whose `snapshot` waits (at most 10 s) for its gate, if it has one.
-struct Gated {
-    inner: TestMachine,
-    gate: Option<Arc<Gate>>,
-}
-
-impl StateMachine for Gated {
-    type Command = TestCommand;
-    type Output = u64;
-    type Query = TestQuery;
-    type Answer = TestAnswer;
-
-    fn apply(&mut self, command: TestCommand) -> u64 {
-        self.inner.apply(command)
-    }
-
-    fn query(&self, query: &TestQuery) -> TestAnswer {
-        self.inner.query(query)
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        if let Some(gate) = &self.gate {
-            gate.entered.store(true, Ordering::SeqCst);
-            for _ in 0..10_000 {
-                if gate.open.load(Ordering::SeqCst) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        self.inner.snapshot()
-    }
-
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        self.inner.restore(snapshot)
-    }
-}
 
 fn config(id: u64) -> AbcastConfig {
     let mut cfg = AbcastConfig::new(id, MEMBERS);
@@ -90,13 +46,10 @@ async fn a_snapshot_in_progress_holds_only_its_own_members_applying() {
     let dirs: Vec<_> = (0..MEMBERS)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let gate = Arc::new(Gate::default());
+    let gate = SnapshotGate::new(false);
     let members: Vec<Arc<AbcastLog<Gated>>> = (0..MEMBERS)
         .map(|i| {
-            let machine = Gated {
-                inner: TestMachine::default(),
-                gate: (i == 0).then(|| Arc::clone(&gate)),
-            };
+            let machine = Gated::new((i == 0).then(|| Arc::clone(&gate)));
             Arc::new(
                 AbcastLog::open(config(i), dirs[i as usize].path(), hub.attach(i), machine)
                     .expect("open"),
@@ -106,14 +59,11 @@ async fn a_snapshot_in_progress_holds_only_its_own_members_applying() {
 
     // Enough writes for member 0 (whose count starts at 0) to start its snapshot.
     let mut seq = 0;
-    while !gate.entered.load(Ordering::SeqCst) && seq < 10 * SNAPSHOT_EVERY {
+    while !gate.entered() && seq < 10 * SNAPSHOT_EVERY {
         seq += 1;
         append(&members[1], 1, seq).await;
     }
-    assert!(
-        gate.entered.load(Ordering::SeqCst),
-        "member 0 never started a snapshot"
-    );
+    assert!(gate.entered(), "member 0 never started a snapshot");
 
     // Its snapshot is blocked: writes through every other member go on.
     let before = seq;
@@ -135,7 +85,7 @@ async fn a_snapshot_in_progress_holds_only_its_own_members_applying() {
         0,
         "the snapshot is not written yet"
     );
-    gate.open.store(true, Ordering::SeqCst);
+    gate.open();
     let history = match reader.await.expect("reader") {
         Ok(TestAnswer::History(h)) => h,
         other => panic!("read through member 0: {other:?}"),
@@ -161,16 +111,8 @@ async fn a_snapshot_in_progress_holds_only_its_own_members_applying() {
     assert_eq!(restarted_from, 0, "member 0 started empty");
     drop(members);
     hub.detach(0);
-    let reopened = AbcastLog::open(
-        config(0),
-        dirs[0].path(),
-        hub.attach(0),
-        Gated {
-            inner: TestMachine::default(),
-            gate: None,
-        },
-    )
-    .expect("reopen");
+    let reopened = AbcastLog::open(config(0), dirs[0].path(), hub.attach(0), Gated::new(None))
+        .expect("reopen");
     assert!(
         reopened.stats().resumed_at >= SNAPSHOT_EVERY,
         "member 0 resumed from its snapshot: {:?}",

@@ -8,63 +8,20 @@
 //! the leader went silent and its writes waited for an election. Once the gate opens, the
 //! leader answers every held write and holds the same history.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use replication::conformance::{TestAnswer, TestCommand, TestMachine, TestQuery};
+use replication::conformance::{
+    GatedMachine as Gated, SnapshotGate, TestAnswer, TestCommand, TestQuery,
+};
 use replication::raft::{RaftConfig, RaftLog};
-use replication::{ReadConsistency, ReplicatedLog, RequestId, Role, SnapshotError, StateMachine};
+use replication::{ReadConsistency, ReplicatedLog, RequestId, Role};
 use transport::sim::{LinkConfig, SimHub};
 use transport::Network;
 
 const N: u64 = 3;
 const SNAPSHOT_EVERY: u64 = 32;
 const POLL: Duration = Duration::from_millis(10);
-
-/// Where a replica's snapshot waits; open unless the test closes it.
-struct Gate {
-    entered: AtomicBool,
-    open: AtomicBool,
-}
-
-/// [`TestMachine`] whose `snapshot` waits (at most 10 s) while its gate is closed.
-struct Gated {
-    inner: TestMachine,
-    gate: Arc<Gate>,
-}
-
-impl StateMachine for Gated {
-    type Command = TestCommand;
-    type Output = u64;
-    type Query = TestQuery;
-    type Answer = TestAnswer;
-
-    fn apply(&mut self, command: TestCommand) -> u64 {
-        self.inner.apply(command)
-    }
-
-    fn query(&self, query: &TestQuery) -> TestAnswer {
-        self.inner.query(query)
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        if !self.gate.open.load(Ordering::SeqCst) {
-            self.gate.entered.store(true, Ordering::SeqCst);
-            for _ in 0..10_000 {
-                if self.gate.open.load(Ordering::SeqCst) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        self.inner.snapshot()
-    }
-
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        self.inner.restore(snapshot)
-    }
-}
 
 async fn history(log: &RaftLog<Gated>) -> Vec<u64> {
     match log.read(TestQuery::History, ReadConsistency::Stale).await {
@@ -79,14 +36,7 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
     let dirs: Vec<_> = (0..N)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let gates: Vec<Arc<Gate>> = (0..N)
-        .map(|_| {
-            Arc::new(Gate {
-                entered: AtomicBool::new(false),
-                open: AtomicBool::new(true),
-            })
-        })
-        .collect();
+    let gates: Vec<Arc<SnapshotGate>> = (0..N).map(|_| SnapshotGate::new(true)).collect();
     let logs: Vec<Arc<RaftLog<Gated>>> = (0..N)
         .map(|i| {
             let mut c = RaftConfig::new(i, (0..N).collect(), dirs[i as usize].path());
@@ -96,10 +46,7 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
             c.snapshot_every = SNAPSHOT_EVERY;
             c.propose_timeout = Duration::from_secs(5);
             let net: Arc<dyn Network> = Arc::new(hub.node(i).expect("node"));
-            let machine = Gated {
-                inner: TestMachine::default(),
-                gate: Arc::clone(&gates[i as usize]),
-            };
+            let machine = Gated::new(Some(Arc::clone(&gates[i as usize])));
             RaftLog::start(c, net, machine).expect("start")
         })
         .collect();
@@ -114,7 +61,7 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
     let leader = leader.expect("no leader elected");
     let term = logs[leader].status().term;
     let gate = Arc::clone(&gates[leader]);
-    gate.open.store(false, Ordering::SeqCst);
+    gate.close();
 
     // Writes through the leader until it starts its snapshot.
     let propose = |seq: u64| {
@@ -131,7 +78,7 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
         seq += 1;
         let write = tokio::spawn(propose(seq));
         for _ in 0..500 {
-            if write.is_finished() || gate.entered.load(Ordering::SeqCst) {
+            if write.is_finished() || gate.entered() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -139,17 +86,14 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
         if write.is_finished() {
             let out = write.await.expect("proposer");
             assert!(out.is_ok(), "write {seq}: {out:?}");
-            if gate.entered.load(Ordering::SeqCst) {
+            if gate.entered() {
                 break;
             }
         } else {
             held.push(write);
         }
     }
-    assert!(
-        gate.entered.load(Ordering::SeqCst),
-        "the leader never snapshotted"
-    );
+    assert!(gate.entered(), "the leader never snapshotted");
     let before = seq - held.len() as u64;
 
     // Its snapshot is blocked: writes proposed now are replicated and committed, and the
@@ -191,7 +135,7 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
         "the leader kept its followers and its term"
     );
 
-    gate.open.store(true, Ordering::SeqCst);
+    gate.open();
     for (k, h) in held.into_iter().enumerate() {
         let out = h.await.expect("proposer");
         assert!(out.is_ok(), "held write {}: {out:?}", before + 1 + k as u64);
