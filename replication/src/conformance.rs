@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -95,7 +95,8 @@ impl StateMachine for TestMachine {
 /// does while one replica is taking a snapshot.
 #[derive(Debug)]
 pub struct SnapshotGate {
-    open: AtomicBool,
+    open: Mutex<bool>,
+    opened: Condvar,
     entered: AtomicBool,
 }
 
@@ -103,24 +104,38 @@ impl SnapshotGate {
     /// A gate, open or closed.
     pub fn new(open: bool) -> Arc<Self> {
         Arc::new(Self {
-            open: AtomicBool::new(open),
+            open: Mutex::new(open),
+            opened: Condvar::new(),
             entered: AtomicBool::new(false),
         })
     }
 
     /// Snapshots started from now on wait.
     pub fn close(&self) {
-        self.open.store(false, Ordering::SeqCst);
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = false;
     }
 
     /// Lets every waiting and later snapshot through.
     pub fn open(&self) {
-        self.open.store(true, Ordering::SeqCst);
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.opened.notify_all();
     }
 
     /// Whether a snapshot has reached the gate while it was closed.
     pub fn entered(&self) -> bool {
         self.entered.load(Ordering::SeqCst)
+    }
+
+    /// Waits (10 s at most) while the gate is closed.
+    fn pass(&self) {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if *open {
+            return;
+        }
+        self.entered.store(true, Ordering::SeqCst);
+        let _ = self
+            .opened
+            .wait_timeout_while(open, Duration::from_secs(10), |open| !*open);
     }
 }
 
@@ -156,18 +171,8 @@ impl StateMachine for GatedMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        if let Some(gate) = self
-            .gate
-            .as_ref()
-            .filter(|g| !g.open.load(Ordering::SeqCst))
-        {
-            gate.entered.store(true, Ordering::SeqCst);
-            for _ in 0..10_000 {
-                if gate.open.load(Ordering::SeqCst) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+        if let Some(gate) = &self.gate {
+            gate.pass();
         }
         self.inner.snapshot()
     }
