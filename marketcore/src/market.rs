@@ -46,9 +46,12 @@
 //! `Reserve` every line in the product database (all or none: `insufficient_quantity` names the
 //! item); ask the [`PaymentService`]. Declined: `Release`, answer `payment_declined`; nothing
 //! else changed. Service error: `Release`, answer `unavailable`. Approved: `Confirm` in the
-//! product database, then `RecordPurchase` in the customer database (history, counters, both
-//! carts emptied). A reservation that is neither confirmed nor released (the frontend died)
-//! lapses after [`MarketConfig::reservation_ttl_ms`] and its units return.
+//! product database and, at the same time, `RecordPurchase` in the customer database
+//! (history, counters, both carts emptied); the answer waits for both. They are independent
+//! writes to two databases, so overlapping them takes one replicated write off the
+//! purchase's path. A reservation that is neither confirmed nor released (the frontend died)
+//! lapses after [`MarketConfig::reservation_ttl_ms`] and its units return; a `Confirm` that
+//! arrives after that still sells them if they are still available.
 //!
 //! **Idempotency-Key.** When the HTTP request carried a key, the reservation id is derived
 //! from (buyer, key) ([`reservation_id_for`]) instead of drawn at random. A retry of the same
@@ -67,8 +70,10 @@
 //! the reservation still *held* (the first attempt is still running, or died between the
 //! payment and `Confirm`) asks for payment again. And if the reservation lapses while the
 //! payment service is deciding (over [`MarketConfig::reservation_ttl_ms`], 2 minutes by
-//! default), an approved payment is answered `unavailable` with nothing bought; there is no
-//! refund call in API.md.
+//! default) and its units are sold to someone else meanwhile, an approved payment is answered
+//! `unavailable`: the product database sold nothing, but the purchase record written
+//! alongside the failed confirmation stays in the buyer's history (logged as an error; there
+//! is no refund call in API.md, so someone must settle it by hand).
 //!
 //! # Feedback
 //!
@@ -1280,11 +1285,12 @@ impl Market {
                 "already used for another purchase",
             ));
         }
-        match reservation.state {
+        let confirm = match reservation.state {
             ReservationState::Held { .. } => {
-                self.pay_and_confirm(&reservation, req).await?;
+                self.pay(&reservation, req).await?;
+                true
             }
-            ReservationState::Confirmed => {}
+            ReservationState::Confirmed => false,
             ReservationState::Released(ReleaseReason::Declined) => {
                 return Err(MarketError::PaymentDeclined)
             }
@@ -1293,7 +1299,7 @@ impl Market {
                     "an earlier attempt of this purchase failed ({reason:?}); retry with a new key"
                 )))
             }
-        }
+        };
         let lines = reservation
             .lines
             .iter()
@@ -1305,23 +1311,44 @@ impl Market {
                 price_cents: l.price_cents,
             })
             .collect();
-        match self
-            .customer(CustomerCommand::RecordPurchase {
-                buyer,
+        let record = self.customer(CustomerCommand::RecordPurchase {
+            buyer,
+            reservation_id,
+            reserved_at_ms: reservation.reserved_at_ms,
+            lines,
+            at_ms: self.now(),
+        });
+        // The payment said yes: the confirmation (product database) and the purchase record
+        // (customer database) are independent writes, so they go together. Both are
+        // idempotent, so a retry with the same key completes whichever one failed.
+        let recorded = if confirm {
+            let confirmed = self.product_reservation(ProductCommand::Confirm {
                 reservation_id,
-                reserved_at_ms: reservation.reserved_at_ms,
-                lines,
                 at_ms: self.now(),
-            })
-            .await?
-        {
+            });
+            let (confirmed, recorded) = tokio::join!(confirmed, record);
+            if let Err(e) = confirmed {
+                if recorded.is_ok() {
+                    tracing::error!(
+                        reservation_id,
+                        error = %e,
+                        "purchase recorded but its reservation could not be confirmed"
+                    );
+                }
+                return Err(e);
+            }
+            recorded?
+        } else {
+            record.await?
+        };
+        match recorded {
             CustomerOutput::Purchase(p) => Ok(p),
             _ => Err(unexpected("purchase")),
         }
     }
 
-    /// Asks the payment service; confirms on yes, releases otherwise.
-    async fn pay_and_confirm(
+    /// Asks the payment service; on anything but yes, releases the reservation.
+    async fn pay(
         &self,
         reservation: &Reservation,
         req: &PurchaseRequest,
@@ -1343,11 +1370,6 @@ impl Market {
         };
         match outcome {
             Ok(o) if o.approved => {
-                self.product_reservation(ProductCommand::Confirm {
-                    reservation_id: reservation.id,
-                    at_ms: self.now(),
-                })
-                .await?;
                 tracing::debug!(transaction = %o.transaction_id, "payment approved");
                 Ok(())
             }

@@ -825,6 +825,86 @@ async fn abandoned_reservations_lapse() {
     w.check_invariants();
 }
 
+/// A payment service that takes longer than a reservation lives (it moves the manual clock
+/// past the TTL) and, when told to, lets another reservation take `steal` units meanwhile.
+struct OutlastsTheReservation {
+    clock: Arc<marketcore::clock::ManualClock>,
+    products: Arc<SingleNodeLog<ProductMachine>>,
+    steal: std::sync::Mutex<Option<(ItemId, u64)>>,
+}
+
+#[async_trait]
+impl marketcore::payment::PaymentService for OutlastsTheReservation {
+    async fn process(
+        &self,
+        _request: marketcore::payment::PaymentRequest,
+    ) -> Result<marketcore::payment::PaymentOutcome, marketcore::payment::PaymentError> {
+        self.clock
+            .advance_ms(MarketConfig::default().reservation_ttl_ms + 1);
+        let now = marketcore::clock::Clock::now_ms(&*self.clock);
+        let steal = self.steal.lock().unwrap().take();
+        if let Some((item, units)) = steal {
+            self.products
+                .propose(
+                    RequestId { client: 7, seq: 1 },
+                    ProductCommand::Reserve {
+                        reservation_id: 7,
+                        buyer: BuyerId(99),
+                        lines: vec![(item, units)],
+                        at_ms: now,
+                        expires_at_ms: now + 1_000_000,
+                    },
+                )
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        Ok(marketcore::payment::PaymentOutcome {
+            approved: true,
+            transaction_id: "slow".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_payment_that_outlasts_its_reservation() {
+    let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
+    let products = Arc::new(SingleNodeLog::in_memory(ProductMachine::default()));
+    let customers = Arc::new(SingleNodeLog::in_memory(CustomerMachine::default()));
+    let pay = Arc::new(OutlastsTheReservation {
+        clock: clock.clone(),
+        products: products.clone(),
+        steal: Default::default(),
+    });
+    let mut config = MarketConfig::for_tests();
+    config.retry_backoff_ms = 1;
+    let m = Market::new(customers, products.clone(), pay.clone(), clock, config);
+    m.create_seller(&account("s")).await.unwrap();
+    let s = m.login_seller(&login("s")).await.unwrap().token;
+    let a = m.add_item(&s, &item("a", 3, &[], 10, 5)).await.unwrap().id;
+    m.create_buyer(&account("b")).await.unwrap();
+    let t = m.login_buyer(&login("b")).await.unwrap().token;
+
+    // The reservation lapsed while the payment was decided, but its units are still there:
+    // the late confirmation sells them and the purchase goes through.
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+    let p = m.make_purchase(&t, &purchase(), None).await.unwrap();
+    assert_eq!(p.total_cents, 20);
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 3);
+    assert!(m.display_cart(&t).await.unwrap().items.is_empty());
+
+    // This time another buyer takes the units meanwhile: the purchase fails (unavailable),
+    // the units are the other buyer's, and quantities never go below zero.
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+    *pay.steal.lock().unwrap() = Some((a.parse().unwrap(), 2));
+    assert_eq!(
+        code(m.make_purchase(&t, &purchase(), None).await),
+        "unavailable"
+    );
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 1);
+    products.with_state(|p| p.check_invariants()).unwrap();
+}
+
 /// A log that loses the acknowledgement of the first proposal it applies (as if the leader
 /// crashed after committing): the Market must retry with the same request id.
 struct LosesFirstAck<S: StateMachine> {

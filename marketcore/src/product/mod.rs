@@ -32,7 +32,9 @@
 //! purchase is at current prices). [`ProductCommand::Confirm`] moves them to sold;
 //! [`ProductCommand::Release`] back to available. A reservation still held when a command
 //! with `at_ms >= expires_at_ms` is applied is released then (any command advances time, so
-//! expiry is deterministic). Reserving with an existing reservation id returns that
+//! expiry is deterministic). A `Confirm` that comes after its reservation lapsed (the payment
+//! service outlasted it) still sells the units if every line's are still available, taking
+//! them from available directly; otherwise it fails and nothing changes. Reserving with an existing reservation id returns that
 //! reservation unchanged (domain-level idempotency: the Market derives the id from the
 //! buyer's `Idempotency-Key`). Finished reservations are remembered for
 //! `reservation_retain_ms` after they finish, then forgotten.
@@ -665,6 +667,33 @@ impl ProductMachine {
                         self.finished.insert((forget, reservation_id));
                     }
                     ReservationState::Confirmed => {}
+                    ReservationState::Released(ReleaseReason::Expired) => {
+                        // A late confirmation (the payment outlasted the reservation): the
+                        // sale stands if every line's units are still available.
+                        for l in &r.lines {
+                            let available = self.items.get(&l.item).map(|it| it.units.available);
+                            if available.is_none_or(|a| a < l.quantity) {
+                                return Err(MarketError::Unavailable(format!(
+                                    "reservation {reservation_id} lapsed and item {} has \
+                                     fewer than {} units left",
+                                    l.item, l.quantity
+                                )));
+                            }
+                        }
+                        r.state = ReservationState::Confirmed;
+                        for l in &r.lines {
+                            if let Some(it) = self.items.get_mut(&l.item) {
+                                it.units.available -= l.quantity;
+                                it.units.sold = it.units.sold.saturating_add(l.quantity);
+                            }
+                        }
+                        // Remembered for the full retention time from now.
+                        self.finished.retain(|&(_, id)| id != reservation_id);
+                        let forget = self
+                            .clock_ms
+                            .saturating_add(self.config.reservation_retain_ms);
+                        self.finished.insert((forget, reservation_id));
+                    }
                     ReservationState::Released(reason) => {
                         return Err(MarketError::Unavailable(format!(
                             "reservation {reservation_id} was released ({reason:?})"

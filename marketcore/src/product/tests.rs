@@ -277,6 +277,96 @@ fn reservations_all_or_none_confirm_release_expire() {
 }
 
 #[test]
+fn a_late_confirmation_sells_what_is_still_available() {
+    let mut m = ProductMachine::default();
+    let a = add(&mut m, 1, "a", 1, &[], 3);
+    let b = add(&mut m, 2, "b", 1, &[], 1);
+    // Reservation 1 lapses with its units still there: confirming it later sells them.
+    reserve(&mut m, 1, vec![(a, 2)], T0).unwrap();
+    m.apply(ProductCommand::Tick { at_ms: T0 + 1000 }).unwrap();
+    assert_eq!(units(&m, a).available, 3);
+    let late = T0 + 5000;
+    let Ok(ProductOutput::Reservation(r)) = m.apply(ProductCommand::Confirm {
+        reservation_id: 1,
+        at_ms: late,
+    }) else {
+        panic!()
+    };
+    assert_eq!(r.state, ReservationState::Confirmed);
+    assert_eq!(
+        units(&m, a),
+        Units {
+            listed: 3,
+            available: 1,
+            sold: 2,
+            removed: 0,
+            reserved: 0
+        }
+    );
+    // Confirming again changes nothing; releasing a confirmed one changes nothing.
+    m.apply(ProductCommand::Confirm {
+        reservation_id: 1,
+        at_ms: late,
+    })
+    .unwrap();
+    m.apply(ProductCommand::Release {
+        reservation_id: 1,
+        reason: ReleaseReason::Abandoned,
+        at_ms: late,
+    })
+    .unwrap();
+    assert_eq!(units(&m, a).sold, 2);
+    // Remembered for the full retention time from the late confirmation.
+    m.apply(ProductCommand::Tick {
+        at_ms: T0 + 1000 + 600_000,
+    })
+    .unwrap();
+    assert!(matches!(
+        m.query(&ProductQuery::Reservation(1)),
+        ProductAnswer::Reservation(Some(_))
+    ));
+    m.apply(ProductCommand::Tick {
+        at_ms: late + 600_000,
+    })
+    .unwrap();
+    assert_eq!(
+        m.query(&ProductQuery::Reservation(1)),
+        ProductAnswer::Reservation(None)
+    );
+    // Reservation 2 lapses and another buyer takes a line's last unit: the late
+    // confirmation fails and changes nothing, for any of its lines.
+    let now = late + 600_000;
+    reserve(&mut m, 2, vec![(a, 1), (b, 1)], now).unwrap();
+    m.apply(ProductCommand::Tick { at_ms: now + 1000 }).unwrap();
+    reserve(&mut m, 3, vec![(b, 1)], now + 1000).unwrap();
+    let before = m.snapshot();
+    assert!(matches!(
+        m.apply(ProductCommand::Confirm {
+            reservation_id: 2,
+            at_ms: now + 1000,
+        }),
+        Err(MarketError::Unavailable(_))
+    ));
+    assert_eq!(m.snapshot(), before, "nothing changes");
+    assert_eq!(units(&m, a).available, 1);
+    // Released for a declined payment: never confirmed later.
+    reserve(&mut m, 4, vec![(a, 1)], now + 1000).unwrap();
+    m.apply(ProductCommand::Release {
+        reservation_id: 4,
+        reason: ReleaseReason::Declined,
+        at_ms: now + 1000,
+    })
+    .unwrap();
+    assert!(m
+        .apply(ProductCommand::Confirm {
+            reservation_id: 4,
+            at_ms: now + 1000,
+        })
+        .is_err());
+    m.check_invariants().unwrap();
+}
+
+#[test]
 fn item_feedback_once_per_buyer() {
     let mut m = ProductMachine::default();
     let a = add(&mut m, 1, "a", 1, &[], 5);
