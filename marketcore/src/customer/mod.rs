@@ -78,7 +78,9 @@ pub struct StoredResponse {
     /// HTTP status.
     pub status: u16,
     /// Body bytes exactly as first sent (the content type follows from the status: 204 has
-    /// none, 4xx/5xx are `application/problem+json`, the rest `application/json`).
+    /// none, 4xx/5xx are `application/problem+json`, the rest `application/json`). Encoded
+    /// as one byte string (the same postcard bytes as a sequence, decoded as one copy).
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
@@ -640,12 +642,6 @@ struct Session {
     last_active_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Remembered {
-    response: StoredResponse,
-    at_ms: u64,
-}
-
 /// The customer database state machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerMachine {
@@ -664,10 +660,10 @@ pub struct CustomerMachine {
     purchases: BTreeMap<PurchaseId, (BuyerId, Purchase)>,
     /// (reservation id, reserved at) -> the purchase recorded for it.
     purchase_by_reservation: BTreeMap<(u64, u64), PurchaseId>,
-    remembered: BTreeMap<(String, String), Remembered>,
-    /// `(at_ms, scope, key)`, to expire remembered responses in order.
-    remembered_age: BTreeSet<(u64, String, String)>,
-    /// Sum of remembered body sizes.
+    /// Remembered responses and their eviction order (serialized as the two fields
+    /// `(scope, key) -> response` and `(at_ms, scope, key)` it replaced).
+    remembered: Remembered,
+    /// Sum of remembered body sizes (also kept by `remembered`; stays for the format).
     remembered_bytes: u64,
 }
 
@@ -707,8 +703,7 @@ impl CustomerMachine {
             session_idle: BTreeSet::new(),
             purchases: BTreeMap::new(),
             purchase_by_reservation: BTreeMap::new(),
-            remembered: BTreeMap::new(),
-            remembered_age: BTreeSet::new(),
+            remembered: Remembered::default(),
             remembered_bytes: 0,
         }
     }
@@ -744,7 +739,7 @@ impl CustomerMachine {
             self.end_session(&token);
         }
         let ttl = self.config.idempotency_ttl_ms;
-        while let Some((at, _, _)) = self.remembered_age.first() {
+        while let Some(at) = self.remembered.oldest_ms() {
             if now < at.saturating_add(ttl) {
                 break;
             }
@@ -754,13 +749,8 @@ impl CustomerMachine {
 
     /// Forgets the oldest remembered response.
     fn forget_oldest_response(&mut self) {
-        if let Some((_, scope, key)) = self.remembered_age.pop_first() {
-            if let Some(r) = self.remembered.remove(&(scope, key)) {
-                self.remembered_bytes = self
-                    .remembered_bytes
-                    .saturating_sub(r.response.body.len() as u64);
-            }
-        }
+        self.remembered.forget_oldest();
+        self.remembered_bytes = self.remembered.bytes();
     }
 
     /// Ends a session; a buyer's working cart goes back to the saved cart.
@@ -1029,7 +1019,7 @@ impl CustomerMachine {
             CustomerCommand::RememberResponses { entries, at_ms } => {
                 for e in entries {
                     // A body over the limit is skipped; the others are still remembered.
-                    let _ = self.remember(e.scope, e.key, e.response, at_ms);
+                    let _ = self.remember_new(e.scope, e.key, e.response, at_ms);
                 }
                 Ok(CustomerOutput::Done)
             }
@@ -1100,9 +1090,26 @@ impl CustomerMachine {
         response: StoredResponse,
         at_ms: u64,
     ) -> Result<StoredResponse, MarketError> {
-        let k = (scope, key);
-        if let Some(r) = self.remembered.get(&k) {
-            return Ok(r.response.clone());
+        if let Some((first, _)) = self.remembered.get(&scope, &key) {
+            return Ok(first.clone());
+        }
+        let kept = response.clone();
+        self.remember_new(scope, key, response, at_ms)?;
+        Ok(kept)
+    }
+
+    /// Remembers `response` for `(scope, key)` unless one is already remembered (then nothing
+    /// changes); refuses a body over the limit. Evicts the oldest to stay within the limits.
+    fn remember_new(
+        &mut self,
+        scope: String,
+        key: String,
+        response: StoredResponse,
+        at_ms: u64,
+    ) -> Result<(), MarketError> {
+        let d = remembered::digest(&scope, &key);
+        if self.remembered.taken(d) {
+            return Ok(());
         }
         if response.body.len() > self.config.idempotency_body_bytes_max {
             return Err(MarketError::invalid(
@@ -1112,23 +1119,16 @@ impl CustomerMachine {
         }
         let at = at_ms.max(self.clock_ms);
         let size = response.body.len() as u64;
-        while !self.remembered.is_empty()
+        while self.remembered.len() > 0
             && (self.remembered.len() >= self.config.idempotency_entries_max.max(1)
-                || self.remembered_bytes.saturating_add(size)
+                || self.remembered.bytes().saturating_add(size)
                     > self.config.idempotency_total_bytes_max)
         {
             self.forget_oldest_response();
         }
-        self.remembered_bytes = self.remembered_bytes.saturating_add(size);
-        self.remembered_age.insert((at, k.0.clone(), k.1.clone()));
-        self.remembered.insert(
-            k,
-            Remembered {
-                response: response.clone(),
-                at_ms: at,
-            },
-        );
-        Ok(response)
+        self.remembered.insert(d, scope, key, response, at);
+        self.remembered_bytes = self.remembered.bytes();
+        Ok(())
     }
 
     fn record_purchase(
@@ -1313,9 +1313,9 @@ impl CustomerMachine {
     fn remembered_at(&self, scope: &str, key: &str, now_ms: u64) -> Option<StoredResponse> {
         let now = now_ms.max(self.clock_ms);
         self.remembered
-            .get(&(scope.to_string(), key.to_string()))
-            .filter(|r| now < r.at_ms.saturating_add(self.config.idempotency_ttl_ms))
-            .map(|r| r.response.clone())
+            .get(scope, key)
+            .filter(|&(_, at)| now < at.saturating_add(self.config.idempotency_ttl_ms))
+            .map(|(r, _)| r.clone())
     }
 }
 
@@ -1346,3 +1346,6 @@ impl StateMachine for CustomerMachine {
 
 #[cfg(test)]
 mod tests;
+
+mod remembered;
+use remembered::Remembered;
