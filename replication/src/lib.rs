@@ -12,6 +12,7 @@
 //! * [`conformance`]: the suite every implementation passes.
 
 pub mod abcast;
+pub mod byte_strings;
 pub mod conformance;
 pub mod dedup;
 pub mod log;

@@ -40,11 +40,13 @@ pub enum LogRequest {
         /// Exactly-once identity.
         id: RequestId,
         /// Encoded command.
+        #[serde(with = "serde_bytes")]
         command: Vec<u8>,
     },
     /// Read (postcard bytes of `S::Query`).
     Read {
         /// Encoded query.
+        #[serde(with = "serde_bytes")]
         query: Vec<u8>,
         /// Consistency wanted.
         consistency: ReadConsistency,
@@ -58,9 +60,9 @@ pub enum LogRequest {
 pub enum LogResponse {
     /// Encoded `S::Output` of a proposal, and the replica the answering one knows as leader
     /// (Raft), so the client can go straight there next time.
-    Output(Vec<u8>, Option<u64>),
+    Output(#[serde(with = "serde_bytes")] Vec<u8>, Option<u64>),
     /// Encoded `S::Answer` of a read, and the leader hint.
-    Answer(Vec<u8>, Option<u64>),
+    Answer(#[serde(with = "serde_bytes")] Vec<u8>, Option<u64>),
     /// The replica's status.
     Status(LogStatus),
     /// The log refused or failed.

@@ -31,6 +31,7 @@ pub struct RequestMsg {
     /// Lets the issuing member match deliveries to its waiting proposers.
     pub base: u64,
     /// The client payloads, delivered in this order.
+    #[serde(with = "crate::byte_strings")]
     pub payloads: Vec<Vec<u8>>,
     /// `Some(from)` marks the first Request of a restarted member (it carries no payloads):
     /// its sender recovered its Requests `..from` from disk, while `from..seq` may have been

@@ -30,16 +30,16 @@ pub(crate) const RAFT_BATCH_BYTES_MAX: usize = 4 << 20;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Wire {
     /// raft-rs messages, each `protobuf::Message::write_to_bytes` of an `eraftpb::Message`.
-    Raft(Vec<Vec<u8>>),
+    Raft(#[serde(with = "crate::byte_strings")] Vec<Vec<u8>>),
     /// A proposal forwarded to the leader: a postcard `Envelope<S::Command>`.
-    ForwardPropose(Vec<u8>),
+    ForwardPropose(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// The answer to [`Wire::ForwardPropose`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum ForwardReply {
     /// Committed and applied: a postcard `dedup::Applied<S::Output>`.
-    Applied(Vec<u8>),
+    Applied(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The receiver is not the leader; its guess (a transport node id), if any.
     NotLeader(Option<u64>),
     /// The proposal may not have been committed (timeout, dropped); retry.
