@@ -11,7 +11,7 @@
 //! [`Applied::Expired`] rather than applied twice. At most `clients_max` clients are
 //! remembered; the least recently active is forgotten first.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +39,34 @@ pub enum Applied<O> {
 struct ClientSession<O> {
     last_active: u64,
     seq_max: u64,
-    outcomes: BTreeMap<u64, O>,
+    /// `(seq, outcome)` in seq order. Most sessions hold one outcome (a keyed HTTP request is
+    /// a client of its own), where a B-tree took a whole leaf node (eleven outcomes' room,
+    /// over a kilobyte, times 16,384 sessions per replica); a frontend's own session adds at
+    /// the back and trims at the front. postcard writes this exactly as the map it replaced
+    /// (a length, then the pairs), so older snapshots restore.
+    outcomes: VecDeque<(u64, O)>,
+}
+
+impl<O> ClientSession<O> {
+    fn outcome(&self, seq: u64) -> Option<&O> {
+        self.outcomes
+            .binary_search_by_key(&seq, |(s, _)| *s)
+            .ok()
+            .and_then(|i| self.outcomes.get(i))
+            .map(|(_, o)| o)
+    }
+
+    /// Keeps `output` for `seq` (not kept yet: a duplicate is answered before applying).
+    fn keep(&mut self, seq: u64, output: O) {
+        match self.outcomes.back() {
+            Some(&(last, _)) if last >= seq => {
+                if let Err(i) = self.outcomes.binary_search_by_key(&seq, |(s, _)| *s) {
+                    self.outcomes.insert(i, (seq, output));
+                }
+            }
+            _ => self.outcomes.push_back((seq, output)),
+        }
+    }
 }
 
 /// A state machine wrapped with a deterministic duplicate-request table.
@@ -114,7 +141,7 @@ impl<S: StateMachine> Deduped<S> {
             self.by_activity.remove(&(session.last_active, client));
             self.by_activity.insert((now, client));
             session.last_active = now;
-            if let Some(out) = session.outcomes.get(&seq) {
+            if let Some(out) = session.outcome(seq) {
                 return Applied::Output(out.clone());
             }
             if seq.saturating_add(self.window) <= session.seq_max {
@@ -144,16 +171,17 @@ impl<S: StateMachine> Deduped<S> {
             .or_insert_with(|| ClientSession {
                 last_active: now,
                 seq_max: 0,
-                outcomes: BTreeMap::new(),
+                outcomes: VecDeque::with_capacity(1),
             });
         session.seq_max = session.seq_max.max(seq);
-        session.outcomes.insert(seq, output);
+        session.keep(seq, output);
         let floor = session.seq_max.saturating_sub(window);
-        while let Some((&lowest, _)) = session.outcomes.first_key_value() {
-            if lowest > floor {
-                break;
-            }
-            session.outcomes.remove(&lowest);
+        while session
+            .outcomes
+            .front()
+            .is_some_and(|&(lowest, _)| lowest <= floor)
+        {
+            session.outcomes.pop_front();
         }
     }
 
@@ -277,29 +305,74 @@ mod tests {
 
     #[test]
     fn snapshots_keep_the_encoding_of_a_plain_byte_vector_and_an_owned_table() {
-        // Data directories written before the byte-string encoding must still restore: the
-        // snapshot has to be byte for byte what the plain derive of the owned form wrote.
+        // Data directories written before the byte-string encoding and the outcome lists must
+        // still restore: the snapshot has to be byte for byte what the plain derive of the
+        // owned form with a map of outcomes wrote.
+        #[derive(Serialize)]
+        struct OldSession {
+            last_active: u64,
+            seq_max: u64,
+            outcomes: BTreeMap<u64, u64>,
+        }
         #[derive(Serialize)]
         struct Plain {
             inner: Vec<u8>,
-            sessions: BTreeMap<u64, ClientSession<u64>>,
+            sessions: BTreeMap<u64, OldSession>,
             applied_count: u64,
         }
         let mut d = Deduped::with_limits(TestMachine::default(), 4, 8);
-        for (client, seq) in [(1, 1), (2, 1), (1, 2), (3, 7), (1, 1)] {
+        // Client 1 out of order (3 before 2) and a duplicate; client 4 past its window.
+        for (client, seq) in [(1, 1), (2, 1), (1, 3), (1, 2), (3, 7), (1, 1)]
+            .into_iter()
+            .chain((1..=7).map(|seq| (4, seq)))
+        {
             d.apply(env(client, seq));
         }
         let plain = Plain {
             inner: d.inner.snapshot(),
-            sessions: d.sessions.clone(),
+            sessions: d
+                .sessions
+                .iter()
+                .map(|(c, s)| {
+                    (
+                        *c,
+                        OldSession {
+                            last_active: s.last_active,
+                            seq_max: s.seq_max,
+                            outcomes: s.outcomes.iter().copied().collect(),
+                        },
+                    )
+                })
+                .collect(),
             applied_count: d.applied_count,
         };
-        assert!(!plain.inner.is_empty() && plain.sessions.len() == 3);
+        assert!(!plain.inner.is_empty() && plain.sessions.len() == 4);
+        assert_eq!(
+            plain.sessions[&1]
+                .outcomes
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            plain.sessions[&4]
+                .outcomes
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![4, 5, 6, 7],
+            "the window keeps the 4 highest"
+        );
         assert_eq!(d.snapshot(), postcard::to_stdvec(&plain).expect("encode"));
         let mut restored = Deduped::with_limits(TestMachine::default(), 4, 8);
         restored
             .restore(&postcard::to_stdvec(&plain).expect("encode"))
             .expect("an old-style snapshot restores");
         assert_eq!(restored.snapshot(), d.snapshot());
+        // The restored table answers duplicates as the original does.
+        for (client, seq) in [(1, 2), (1, 3), (4, 5), (4, 1), (3, 7)] {
+            assert_eq!(restored.apply(env(client, seq)), d.apply(env(client, seq)));
+        }
     }
 }
