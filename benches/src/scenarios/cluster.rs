@@ -17,6 +17,8 @@ use nix::unistd::Pid;
 
 /// Ports the reference cluster uses from its base port (payments at +0 … replicas up to +64).
 const PORT_SPAN: u16 = 70;
+/// Attempts at starting a cluster before the run gives up.
+pub const START_ATTEMPTS: u32 = 3;
 /// Longest wait for `market up` to report a healthy cluster.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for `market up` to stop its children after SIGTERM.
@@ -45,11 +47,38 @@ pub fn find_market(explicit: Option<&Path>) -> Result<PathBuf, String> {
     }
 }
 
+/// The range the kernel draws ephemeral ports from (Linux; elsewhere the IANA range).
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((49_152, 65_535))
+}
+
+/// Where to look for a port block: below the ephemeral range when there is room (a port the
+/// kernel hands to an outgoing connection, say a starting replica's first dial, between our
+/// check and `market up`'s bind would make the cluster fail to start), else 20,000-50,000.
+fn port_search_range() -> (u64, u64) {
+    let (ephemeral_lo, _) = ephemeral_ports();
+    let lo = 10_000u64;
+    let hi = u64::from(ephemeral_lo).saturating_sub(u64::from(PORT_SPAN));
+    if hi > lo + 1_000 {
+        (lo, hi)
+    } else {
+        (20_000, 50_000)
+    }
+}
+
 /// A block of `PORT_SPAN` consecutive loopback ports that are free for both TCP and UDP right
 /// now (the cluster uses TCP for HTTP and UDP for QUIC).
 fn free_base_port() -> Result<u16, String> {
+    let (lo, hi) = port_search_range();
+    let width = hi - lo;
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut candidate = 20_000 + (rand::random::<u64>() ^ seed) % 30_000;
+    let mut candidate = lo + (rand::random::<u64>() ^ seed) % width;
     for _ in 0..50 {
         let base = candidate as u16;
         let all_free = (base..base + PORT_SPAN).all(|p| {
@@ -59,7 +88,7 @@ fn free_base_port() -> Result<u16, String> {
         if all_free {
             return Ok(base);
         }
-        candidate = 20_000 + (candidate + 997) % 30_000;
+        candidate = lo + (candidate - lo + 997) % width;
     }
     Err("no free block of loopback ports found".into())
 }
@@ -77,8 +106,24 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `market up` in a fresh temporary directory and waits until it is healthy; with
-    /// `lease_reads`, the product database uses its opt-in lease reads.
+    /// `lease_reads`, the product database uses its opt-in lease reads. A start that fails
+    /// (a port taken between the check and the bind, say) is reported on stderr and tried
+    /// again on a fresh port block, up to [`START_ATTEMPTS`] times.
     pub fn start(market: &Path, lease_reads: bool) -> Result<Self, String> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(market, lease_reads) {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) if attempt < START_ATTEMPTS => {
+                    eprintln!("(cluster start {attempt} failed, trying again: {e})");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn start_once(market: &Path, lease_reads: bool) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("market-scenario-")
             .tempdir()

@@ -35,10 +35,12 @@ fn port_free(port: u16) -> bool {
         && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
 }
 
+/// A block of 70 free ports, below the kernel's ephemeral range (32,768 and up on Linux), so
+/// no outgoing connection of a starting replica can take one before `market up` binds it.
 fn free_base_port() -> u16 {
     let mut rng = rand::thread_rng();
     for _ in 0..50 {
-        let base = rng.gen_range(200..600u16) * 100;
+        let base = rng.gen_range(100..327u16) * 100;
         if (0..70).all(|o| port_free(base + o)) {
             return base;
         }
