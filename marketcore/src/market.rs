@@ -73,7 +73,10 @@
 //! default) and its units are sold to someone else meanwhile, an approved payment is answered
 //! `unavailable`: the product database sold nothing, but the purchase record written
 //! alongside the failed confirmation stays in the buyer's history (logged as an error; there
-//! is no refund call in API.md, so someone must settle it by hand).
+//! is no refund call in API.md, so someone must settle it by hand). In the same slow case, a
+//! retry with the same key that arrives after the lapse but before the first attempt's late
+//! confirmation is told the attempt failed (`unavailable`, retry with a new key) although
+//! that confirmation may still sell the units.
 //!
 //! # Feedback
 //!
