@@ -98,6 +98,8 @@ pub struct SnapshotGate {
     open: Mutex<bool>,
     opened: Condvar,
     entered: AtomicBool,
+    /// Wakes [`SnapshotGate::wait_entered`] when a snapshot reaches the closed gate.
+    reached: tokio::sync::Notify,
 }
 
 impl SnapshotGate {
@@ -107,6 +109,7 @@ impl SnapshotGate {
             open: Mutex::new(open),
             opened: Condvar::new(),
             entered: AtomicBool::new(false),
+            reached: tokio::sync::Notify::new(),
         })
     }
 
@@ -126,6 +129,20 @@ impl SnapshotGate {
         self.entered.load(Ordering::SeqCst)
     }
 
+    /// Returns once a snapshot has reached the gate while it was closed (at once if one has).
+    pub async fn wait_entered(&self) {
+        loop {
+            let reached = self.reached.notified();
+            tokio::pin!(reached);
+            // Registered before the check, so a snapshot arriving in between still wakes us.
+            reached.as_mut().enable();
+            if self.entered() {
+                return;
+            }
+            reached.await;
+        }
+    }
+
     /// Waits (10 s at most) while the gate is closed.
     fn pass(&self) {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
@@ -133,6 +150,7 @@ impl SnapshotGate {
             return;
         }
         self.entered.store(true, Ordering::SeqCst);
+        self.reached.notify_waiters();
         let _ = self
             .opened
             .wait_timeout_while(open, Duration::from_secs(10), |open| !*open);

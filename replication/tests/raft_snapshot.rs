@@ -76,21 +76,28 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
     let mut held = Vec::new();
     while held.is_empty() && seq < 4 * SNAPSHOT_EVERY {
         seq += 1;
-        let write = tokio::spawn(propose(seq));
-        for _ in 0..500 {
-            if write.is_finished() || gate.entered() {
-                break;
+        let mut write = tokio::spawn(propose(seq));
+        // The write's answer, unless the leader's snapshot reached the gate first (or
+        // neither happened within the bound).
+        let answered = tokio::time::timeout(Duration::from_millis(500), async {
+            tokio::select! {
+                biased;
+                out = &mut write => Some(out),
+                () = gate.wait_entered() => None,
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if write.is_finished() {
-            let out = write.await.expect("proposer");
-            assert!(out.is_ok(), "write {seq}: {out:?}");
-            if gate.entered() {
-                break;
+        })
+        .await
+        .ok()
+        .flatten();
+        match answered {
+            Some(out) => {
+                let out = out.expect("proposer");
+                assert!(out.is_ok(), "write {seq}: {out:?}");
+                if gate.entered() {
+                    break;
+                }
             }
-        } else {
-            held.push(write);
+            None => held.push(write),
         }
     }
     assert!(gate.entered(), "the leader never snapshotted");
