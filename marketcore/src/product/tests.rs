@@ -65,6 +65,26 @@ fn reserve(
     })
 }
 
+fn confirm(m: &mut ProductMachine, rid: u64, at_ms: u64) -> Result<ProductOutput, MarketError> {
+    m.apply(ProductCommand::Confirm {
+        reservation_id: rid,
+        at_ms,
+    })
+}
+
+fn release(
+    m: &mut ProductMachine,
+    rid: u64,
+    reason: ReleaseReason,
+    at_ms: u64,
+) -> Result<ProductOutput, MarketError> {
+    m.apply(ProductCommand::Release {
+        reservation_id: rid,
+        reason,
+        at_ms,
+    })
+}
+
 #[test]
 fn serials_per_category() {
     let mut m = ProductMachine::default();
@@ -207,16 +227,8 @@ fn reservations_all_or_none_confirm_release_expire() {
     };
     assert_eq!(r2, r);
     m.check_invariants().unwrap();
-    m.apply(ProductCommand::Confirm {
-        reservation_id: 1,
-        at_ms: T0,
-    })
-    .unwrap();
-    m.apply(ProductCommand::Confirm {
-        reservation_id: 1,
-        at_ms: T0,
-    })
-    .unwrap();
+    confirm(&mut m, 1, T0).unwrap();
+    confirm(&mut m, 1, T0).unwrap();
     assert_eq!(
         units(&m, a),
         Units {
@@ -228,29 +240,14 @@ fn reservations_all_or_none_confirm_release_expire() {
         }
     );
     // Release after confirm changes nothing.
-    m.apply(ProductCommand::Release {
-        reservation_id: 1,
-        reason: ReleaseReason::Abandoned,
-        at_ms: T0,
-    })
-    .unwrap();
+    release(&mut m, 1, ReleaseReason::Abandoned, T0).unwrap();
     assert_eq!(units(&m, a).sold, 2);
     // Declined: units come back.
     reserve(&mut m, 2, vec![(a, 3)], T0).unwrap();
     assert_eq!(units(&m, a).available, 0);
-    m.apply(ProductCommand::Release {
-        reservation_id: 2,
-        reason: ReleaseReason::Declined,
-        at_ms: T0,
-    })
-    .unwrap();
+    release(&mut m, 2, ReleaseReason::Declined, T0).unwrap();
     assert_eq!(units(&m, a).available, 3);
-    assert!(m
-        .apply(ProductCommand::Confirm {
-            reservation_id: 2,
-            at_ms: T0
-        })
-        .is_err());
+    assert!(confirm(&mut m, 2, T0).is_err());
     // Expiry by command time.
     reserve(&mut m, 3, vec![(a, 1)], T0).unwrap();
     m.apply(ProductCommand::Tick { at_ms: T0 + 999 }).unwrap();
@@ -286,10 +283,7 @@ fn a_late_confirmation_sells_what_is_still_available() {
     m.apply(ProductCommand::Tick { at_ms: T0 + 1000 }).unwrap();
     assert_eq!(units(&m, a).available, 3);
     let late = T0 + 5000;
-    let Ok(ProductOutput::Reservation(r)) = m.apply(ProductCommand::Confirm {
-        reservation_id: 1,
-        at_ms: late,
-    }) else {
+    let Ok(ProductOutput::Reservation(r)) = confirm(&mut m, 1, late) else {
         panic!()
     };
     assert_eq!(r.state, ReservationState::Confirmed);
@@ -304,17 +298,8 @@ fn a_late_confirmation_sells_what_is_still_available() {
         }
     );
     // Confirming again changes nothing; releasing a confirmed one changes nothing.
-    m.apply(ProductCommand::Confirm {
-        reservation_id: 1,
-        at_ms: late,
-    })
-    .unwrap();
-    m.apply(ProductCommand::Release {
-        reservation_id: 1,
-        reason: ReleaseReason::Abandoned,
-        at_ms: late,
-    })
-    .unwrap();
+    confirm(&mut m, 1, late).unwrap();
+    release(&mut m, 1, ReleaseReason::Abandoned, late).unwrap();
     assert_eq!(units(&m, a).sold, 2);
     // Remembered for the full retention time from the late confirmation.
     m.apply(ProductCommand::Tick {
@@ -341,28 +326,15 @@ fn a_late_confirmation_sells_what_is_still_available() {
     reserve(&mut m, 3, vec![(b, 1)], now + 1000).unwrap();
     let before = m.snapshot();
     assert!(matches!(
-        m.apply(ProductCommand::Confirm {
-            reservation_id: 2,
-            at_ms: now + 1000,
-        }),
+        confirm(&mut m, 2, now + 1000),
         Err(MarketError::Unavailable(_))
     ));
     assert_eq!(m.snapshot(), before, "nothing changes");
     assert_eq!(units(&m, a).available, 1);
     // Released for a declined payment: never confirmed later.
     reserve(&mut m, 4, vec![(a, 1)], now + 1000).unwrap();
-    m.apply(ProductCommand::Release {
-        reservation_id: 4,
-        reason: ReleaseReason::Declined,
-        at_ms: now + 1000,
-    })
-    .unwrap();
-    assert!(m
-        .apply(ProductCommand::Confirm {
-            reservation_id: 4,
-            at_ms: now + 1000,
-        })
-        .is_err());
+    release(&mut m, 4, ReleaseReason::Declined, now + 1000).unwrap();
+    assert!(confirm(&mut m, 4, now + 1000).is_err());
     m.check_invariants().unwrap();
 }
 
