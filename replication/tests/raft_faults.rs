@@ -942,3 +942,63 @@ async fn reads_survive_the_death_of_the_followers_they_asked() {
         }
     }
 }
+
+/// Quorum-first appends: a leader sends its appends at once only to the followers a commit
+/// needs and holds the others' back for a moment. The held appends must still arrive (every
+/// replica ends with the whole history), the leader must really have held some back (else
+/// this proves nothing), and with two of the four followers killed (the two with the highest
+/// ids, which the tie-break prefers for the quorum) writes must go on with the two left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_held_back_from_followers_still_arrive() {
+    let c = Cluster::start(5, 23, LinkConfig::default(), |cfg| {
+        cfg.propose_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let (leader, _) = c.wait_leader(500).await.expect("a leader");
+    let followers: Vec<usize> = (0..c.n).filter(|i| *i != leader).collect();
+    let mut written = 0u64;
+    for victims in [vec![], vec![followers[2], followers[3]]] {
+        for v in victims {
+            c.crash(v);
+        }
+        for _ in 0..40 {
+            written += 1;
+            c.node(leader)
+                .propose(
+                    RequestId {
+                        client: 9,
+                        seq: written,
+                    },
+                    TestCommand::Append(written),
+                )
+                .await
+                .expect("a write with a majority alive");
+        }
+        let history = converge(&c, written as usize, 500).await;
+        assert_eq!(history, (1..=written).collect::<Vec<_>>());
+        if written == 40 {
+            assert!(
+                c.node(leader).stats().appends_deferred > 0,
+                "with every follower up, the leader never held an append back"
+            );
+        }
+    }
+}
+
+/// `defer_appends = 0` sends every append to every follower at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_go_to_everyone_at_once_when_deferring_is_off() {
+    let c = Cluster::start(5, 24, LinkConfig::default(), |cfg| {
+        cfg.defer_appends = Duration::ZERO;
+    })
+    .await;
+    let (leader, _) = c.wait_leader(500).await.expect("a leader");
+    for seq in 1..=20u64 {
+        c.node(leader)
+            .propose(RequestId { client: 9, seq }, TestCommand::Append(seq))
+            .await
+            .expect("a write");
+    }
+    converge(&c, 20, 500).await;
+    assert_eq!(c.node(leader).stats().appends_deferred, 0);
+}

@@ -137,6 +137,27 @@ pub(crate) struct Driver<S: StateMachine> {
     pub(crate) snapshotting: Option<u64>,
     /// Committed entries waiting for the snapshot in flight, in order.
     pub(crate) held: Vec<Entry>,
+    /// Appends held back for the followers a commit does not need (see [`Driver::send`]).
+    pub(crate) deferred: Deferred,
+}
+
+/// Appends a leader holds back for the followers a commit does not need ("Quorum-first
+/// appends" in the module docs).
+#[derive(Default)]
+pub(crate) struct Deferred {
+    /// Encoded messages per follower (raft id), in the order raft-rs produced them.
+    by_peer: BTreeMap<u64, Vec<Vec<u8>>>,
+    /// When the oldest of them was held back.
+    since: Option<Instant>,
+}
+
+/// One destination's share of a Ready's messages, encoded.
+#[derive(Default)]
+struct PeerBatch {
+    messages: Vec<Vec<u8>>,
+    has_snapshot: bool,
+    /// Holds appends and nothing else.
+    appends_only: bool,
 }
 
 /// The task serializing the state for a snapshot: the bytes and how long it took.
@@ -200,8 +221,14 @@ pub(crate) async fn drive<S: StateMachine>(
             }
             return;
         }
-        if sleep.deadline() != next_tick {
-            sleep.as_mut().reset(next_tick);
+        // Held appends leave once their hold is over, whether or not anything else happens.
+        let deferred_due = match cell.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(driver) => driver.flush_deferred(Instant::now()),
+            None => return,
+        };
+        let wake = deferred_due.map_or(next_tick, |due| due.min(next_tick));
+        if sleep.deadline() != wake {
+            sleep.as_mut().reset(wake);
         }
     }
 }
@@ -623,7 +650,6 @@ impl<S: StateMachine> Driver<S> {
         Ok(())
     }
 
-    /// Sends messages, one network payload per destination.
     /// Sends a ReadIndex round's heartbeats to a majority and one spare only.
     ///
     /// raft-rs confirms a read index with a heartbeat to every follower, but the leader needs
@@ -648,6 +674,17 @@ impl<S: StateMachine> Driver<S> {
         }
         // A majority, less the leader itself, plus one spare.
         let needed = (self.config.peers.len() / 2 + 1).min(self.config.peers.len() - 1);
+        let recent = self.recently_heard();
+        if recent.len() < needed {
+            return;
+        }
+        let chosen = &recent[..needed];
+        msgs.retain(|m| !is_read_beat(m) || chosen.contains(&m.to));
+    }
+
+    /// The peers (raft ids, not this node) heard within [`HEARD_RECENTLY_TICKS`], most
+    /// recently heard first; ties broken by id so the order is deterministic.
+    fn recently_heard(&self) -> Vec<u64> {
         let me = self.node.raft.id;
         let mut recent: Vec<(u64, u64)> = self
             .heard
@@ -657,64 +694,134 @@ impl<S: StateMachine> Driver<S> {
             })
             .map(|(id, at)| (*at, *id))
             .collect();
-        if recent.len() < needed {
-            return;
-        }
-        // Most recently heard first; ties broken by id so the choice is deterministic.
         recent.sort_unstable_by(|a, b| b.cmp(a));
-        let chosen: Vec<u64> = recent.iter().take(needed).map(|(_, id)| *id).collect();
-        msgs.retain(|m| !is_read_beat(m) || chosen.contains(&m.to));
+        recent.into_iter().map(|(_, id)| id).collect()
     }
 
+    /// The followers (raft ids) a leader sends its appends to at once: the recently heard
+    /// ones a commit needs (half of the followers), provided every follower was heard
+    /// recently. `None` (everyone at once) when deferring is off, this node does not lead,
+    /// or some follower has gone quiet.
+    fn append_quorum(&self) -> Option<Vec<u64>> {
+        if self.config.defer_appends.is_zero() || self.node.raft.state != StateRole::Leader {
+            return None;
+        }
+        let followers = self.config.peers.len().saturating_sub(1);
+        let needed = self.config.peers.len() / 2;
+        if needed == 0 || needed >= followers {
+            return None;
+        }
+        let recent = self.recently_heard();
+        if recent.len() < followers {
+            return None;
+        }
+        Some(recent[..needed].to_vec())
+    }
+
+    /// Sends the held appends once the oldest has waited [`RaftConfig::defer_appends`];
+    /// returns when that will be if they are still held.
+    pub(crate) fn flush_deferred(&mut self, now: Instant) -> Option<Instant> {
+        let due = self.deferred.since? + self.config.defer_appends;
+        if now < due {
+            return Some(due);
+        }
+        self.deferred.since = None;
+        let mut after = AfterReady::default();
+        for (to, messages) in std::mem::take(&mut self.deferred.by_peer) {
+            self.transmit(to, messages, false, &mut after);
+        }
+        for id in after.unreachable {
+            self.node.report_unreachable(id);
+        }
+        None
+    }
+
+    /// Sends messages, one network payload per destination; a leader's appends to the
+    /// followers a commit does not need are held back ([`Driver::append_quorum`],
+    /// [`Driver::flush_deferred`]), and whatever is held for a destination goes first.
     fn send(&mut self, mut msgs: Vec<Message>, after: &mut AfterReady) {
         self.narrow_read_heartbeats(&mut msgs);
         if msgs.is_empty() {
             return;
         }
-        let mut by_peer: BTreeMap<u64, (Vec<Vec<u8>>, bool)> = BTreeMap::new();
+        let mut by_peer: BTreeMap<u64, PeerBatch> = BTreeMap::new();
         for m in msgs {
             let to = m.to;
-            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            let kind = m.get_msg_type();
             match m.write_to_bytes() {
                 Ok(bytes) => {
-                    let slot = by_peer.entry(to).or_default();
-                    slot.0.push(bytes);
-                    slot.1 |= is_snapshot;
+                    let slot = by_peer.entry(to).or_insert_with(|| PeerBatch {
+                        appends_only: true,
+                        ..PeerBatch::default()
+                    });
+                    slot.messages.push(bytes);
+                    slot.has_snapshot |= kind == MessageType::MsgSnapshot;
+                    slot.appends_only &= kind == MessageType::MsgAppend;
                 }
                 Err(e) => tracing::error!(error = %e, "cannot encode a raft message"),
             }
         }
-        for (to, (batch, has_snapshot)) in by_peer {
-            let mut ok = true;
-            for chunk in split_batch(batch) {
-                let payload = match transport::encode(&Wire::Raft(chunk)) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot encode a raft batch");
-                        ok = false;
-                        continue;
-                    }
-                };
-                if let Err(e) = self.network.send(to_node(to), payload) {
-                    tracing::debug!(to = to_node(to), error = %e, "raft send failed");
-                    ok = false;
-                }
-            }
-            if !ok {
-                after.unreachable.push(to);
-            }
-            if has_snapshot {
+        let quorum = self.append_quorum();
+        for (to, batch) in by_peer {
+            if batch.appends_only && quorum.as_ref().is_some_and(|q| !q.contains(&to)) {
+                self.deferred
+                    .by_peer
+                    .entry(to)
+                    .or_default()
+                    .extend(batch.messages);
+                self.deferred.since.get_or_insert_with(Instant::now);
                 self.shared
                     .stats
-                    .snapshots_sent
+                    .appends_deferred
                     .fetch_add(1, Ordering::Relaxed);
-                let status = if ok {
-                    SnapshotStatus::Finish
-                } else {
-                    SnapshotStatus::Failure
-                };
-                after.snapshots.push((to, status));
+                continue;
             }
+            let mut messages = self.deferred.by_peer.remove(&to).unwrap_or_default();
+            messages.extend(batch.messages);
+            self.transmit(to, messages, batch.has_snapshot, after);
+        }
+        if self.deferred.by_peer.is_empty() {
+            self.deferred.since = None;
+        }
+    }
+
+    /// Sends one destination's encoded messages, in payloads of bounded size.
+    fn transmit(
+        &mut self,
+        to: u64,
+        batch: Vec<Vec<u8>>,
+        has_snapshot: bool,
+        after: &mut AfterReady,
+    ) {
+        let mut ok = true;
+        for chunk in split_batch(batch) {
+            let payload = match transport::encode(&Wire::Raft(chunk)) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a raft batch");
+                    ok = false;
+                    continue;
+                }
+            };
+            if let Err(e) = self.network.send(to_node(to), payload) {
+                tracing::debug!(to = to_node(to), error = %e, "raft send failed");
+                ok = false;
+            }
+        }
+        if !ok {
+            after.unreachable.push(to);
+        }
+        if has_snapshot {
+            self.shared
+                .stats
+                .snapshots_sent
+                .fetch_add(1, Ordering::Relaxed);
+            let status = if ok {
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            after.snapshots.push((to, status));
         }
     }
 
