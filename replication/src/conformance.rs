@@ -91,6 +91,20 @@ impl StateMachine for TestMachine {
     }
 }
 
+/// One replica's applied history, read locally with no barrier ([`ReadConsistency::Stale`]),
+/// from any log of a state machine that answers [`TestQuery`] (the [`TestMachine`] or a
+/// wrapper of it). Panics on an error or another answer: for tests.
+pub async fn stale_history<S, L>(log: &L) -> Vec<u64>
+where
+    S: StateMachine<Query = TestQuery, Answer = TestAnswer>,
+    L: ReplicatedLog<S> + ?Sized,
+{
+    match log.read(TestQuery::History, ReadConsistency::Stale).await {
+        Ok(TestAnswer::History(h)) => h,
+        other => panic!("stale history read: {other:?}"),
+    }
+}
+
 /// Where a [`GatedMachine`]'s `snapshot` waits while the gate is closed: tests of what a log
 /// does while one replica is taking a snapshot.
 #[derive(Debug)]

@@ -900,6 +900,27 @@ async fn retries_across_leader_crashes_apply_once() {
     }
 }
 
+/// Five replicas whose proposals may take 3 s, once they have a leader: the cluster, the
+/// leader and the followers.
+async fn five_with_leader(seed: u64) -> (Cluster, usize, Vec<usize>) {
+    let c = Cluster::start(5, seed, LinkConfig::default(), |cfg| {
+        cfg.propose_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let (leader, _) = c.wait_leader(500).await.expect("a leader");
+    let followers = (0..c.n).filter(|i| *i != leader).collect();
+    (c, leader, followers)
+}
+
+/// Appends `value` through replica `via` as request `(client, value)`; it must succeed (a
+/// majority is alive).
+async fn append(c: &Cluster, via: usize, client: u64, value: u64) {
+    c.node(via)
+        .propose(RequestId { client, seq: value }, TestCommand::Append(value))
+        .await
+        .expect("a write with a majority alive");
+}
+
 /// A ReadIndex round asks only some of the followers (those heard from most recently).
 /// When a follower it asked has just died, the next regular heartbeat (which goes to every
 /// follower with the last pending read context) must complete the read: reads at the leader
@@ -907,12 +928,7 @@ async fn retries_across_leader_crashes_apply_once() {
 /// are killed one after the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_survive_the_death_of_the_followers_they_asked() {
-    let c = Cluster::start(5, 21, LinkConfig::default(), |cfg| {
-        cfg.propose_timeout = Duration::from_secs(3);
-    })
-    .await;
-    let (leader, _) = c.wait_leader(500).await.expect("a leader");
-    let followers: Vec<usize> = (0..c.n).filter(|i| *i != leader).collect();
+    let (c, leader, followers) = five_with_leader(21).await;
     let mut written = 0u64;
     for victim in [None, Some(followers[0]), Some(followers[1])] {
         if let Some(v) = victim {
@@ -920,16 +936,7 @@ async fn reads_survive_the_death_of_the_followers_they_asked() {
         }
         for _ in 0..25 {
             written += 1;
-            c.node(leader)
-                .propose(
-                    RequestId {
-                        client: 7,
-                        seq: written,
-                    },
-                    TestCommand::Append(written),
-                )
-                .await
-                .expect("a write with a majority alive");
+            append(&c, leader, 7, written).await;
             let answer = c
                 .node(leader)
                 .read(TestQuery::History, ReadConsistency::Linearizable)
@@ -950,12 +957,7 @@ async fn reads_survive_the_death_of_the_followers_they_asked() {
 /// ids, which the tie-break prefers for the quorum) writes must go on with the two left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_held_back_from_followers_still_arrive() {
-    let c = Cluster::start(5, 23, LinkConfig::default(), |cfg| {
-        cfg.propose_timeout = Duration::from_secs(3);
-    })
-    .await;
-    let (leader, _) = c.wait_leader(500).await.expect("a leader");
-    let followers: Vec<usize> = (0..c.n).filter(|i| *i != leader).collect();
+    let (c, leader, followers) = five_with_leader(23).await;
     let mut written = 0u64;
     for victims in [vec![], vec![followers[2], followers[3]]] {
         for v in victims {
@@ -963,16 +965,7 @@ async fn appends_held_back_from_followers_still_arrive() {
         }
         for _ in 0..40 {
             written += 1;
-            c.node(leader)
-                .propose(
-                    RequestId {
-                        client: 9,
-                        seq: written,
-                    },
-                    TestCommand::Append(written),
-                )
-                .await
-                .expect("a write with a majority alive");
+            append(&c, leader, 9, written).await;
         }
         let history = converge(&c, written as usize, 500).await;
         assert_eq!(history, (1..=written).collect::<Vec<_>>());
@@ -993,11 +986,8 @@ async fn appends_go_to_everyone_at_once_when_deferring_is_off() {
     })
     .await;
     let (leader, _) = c.wait_leader(500).await.expect("a leader");
-    for seq in 1..=20u64 {
-        c.node(leader)
-            .propose(RequestId { client: 9, seq }, TestCommand::Append(seq))
-            .await
-            .expect("a write");
+    for value in 1..=20u64 {
+        append(&c, leader, 9, value).await;
     }
     converge(&c, 20, 500).await;
     assert_eq!(c.node(leader).stats().appends_deferred, 0);

@@ -11,24 +11,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use replication::conformance::{
-    GatedMachine as Gated, SnapshotGate, TestAnswer, TestCommand, TestQuery,
-};
+use replication::conformance::{stale_history, GatedMachine as Gated, SnapshotGate, TestCommand};
 use replication::raft::{RaftConfig, RaftLog};
-use replication::{ReadConsistency, ReplicatedLog, RequestId, Role};
+use replication::{ReplicatedLog, RequestId, Role};
 use transport::sim::{LinkConfig, SimHub};
 use transport::Network;
 
 const N: u64 = 3;
 const SNAPSHOT_EVERY: u64 = 32;
 const POLL: Duration = Duration::from_millis(10);
-
-async fn history(log: &RaftLog<Gated>) -> Vec<u64> {
-    match log.read(TestQuery::History, ReadConsistency::Stale).await {
-        Ok(TestAnswer::History(h)) => h,
-        other => panic!("stale read: {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_taking_a_snapshot_keeps_replicating() {
@@ -114,7 +105,7 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
     for (i, log) in logs.iter().enumerate().filter(|(i, _)| *i != leader) {
         let mut h = Vec::new();
         for _ in 0..500 {
-            h = history(log).await;
+            h = stale_history(log.as_ref()).await;
             if h.len() >= expected.len() {
                 break;
             }
@@ -132,7 +123,7 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
         }
     }
     assert!(
-        history(&logs[leader]).await.len() as u64 <= before,
+        stale_history(logs[leader].as_ref()).await.len() as u64 <= before,
         "the leader applies nothing while its snapshot is being taken"
     );
     let status = logs[leader].status();
@@ -148,7 +139,7 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
         assert!(out.is_ok(), "held write {}: {out:?}", before + 1 + k as u64);
     }
     assert_eq!(
-        history(&logs[leader]).await,
+        stale_history(logs[leader].as_ref()).await,
         follower_history,
         "the leader applied what it held, in the log's order"
     );

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use replication::conformance::{Harness, TestAnswer, TestMachine, TestQuery};
+use replication::conformance::{Harness, TestMachine};
 use replication::raft::{RaftConfig, RaftLog};
-use replication::{ReadConsistency, ReplicatedLog, Role};
+use replication::{ReplicatedLog, Role};
 use transport::sim::{LinkConfig, SimHub, SimNetwork};
 use transport::Network;
 
@@ -143,10 +143,7 @@ impl Cluster {
 
 /// Replica `i`'s applied history (stale read).
 pub async fn stale_history(log: &Log) -> Vec<u64> {
-    match log.read(TestQuery::History, ReadConsistency::Stale).await {
-        Ok(TestAnswer::History(h)) => h,
-        other => panic!("stale read: {other:?}"),
-    }
+    replication::conformance::stale_history(log).await
 }
 
 /// Waits (bounded) until every live replica has applied the same history of at least
