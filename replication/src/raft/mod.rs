@@ -50,16 +50,20 @@
 //! A commit needs the leader and half of its followers on disk (two of four in a group of
 //! five), but raft-rs sends every append to every follower at once, and on a small machine
 //! the four followers then compete for the cores the commit is waiting on. So a leader sends
-//! an append at once only to the followers a commit needs, the most recently heard ones
-//! (ties broken by id), and holds the others' for up to [`RaftConfig::defer_appends`]
-//! (2 ms), then sends each of them everything held in one batch: they catch up a little
-//! later, with fewer wake-ups. Only appends wait; any other message to such a follower (a
-//! heartbeat, a snapshot, a vote reply) takes its held appends along first, so every
-//! follower still receives its messages in order. While some follower has not been heard
-//! within a few heartbeats (dead, partitioned, restarting), every append goes to everyone at
-//! once. Safety does not depend on any of it (Raft tolerates any delay); if a follower that
-//! gets appends at once dies, a commit waits at most the hold for the others, until the dead
-//! one no longer counts as recently heard.
+//! an append at once only to the followers a commit needs, those with the lowest ids, and
+//! holds the others' for up to [`RaftConfig::defer_appends`] (2 ms), then sends each of them
+//! everything held in one batch: they catch up a little later, with fewer wake-ups. Only
+//! appends wait; any other message to such a follower (a heartbeat, a snapshot, a vote
+//! reply) takes its held appends along first, so every follower still receives its messages
+//! in order. While some follower has not been heard within a few heartbeats (dead,
+//! partitioned, restarting) or is not replicating (a new leader's followers until each has
+//! answered, one reported unreachable, one being sent a snapshot), every append goes to
+//! everyone at once. The lowest ids because a leader's death makes the survivors campaign in
+//! id order (see "Failover"): the first candidate then has every entry and wins at once,
+//! where a follower a couple of milliseconds behind would be refused by the others'
+//! pre-votes and cost the failover a round. Safety does not depend on any of it (Raft
+//! tolerates any delay); if a follower that gets appends at once dies, a commit waits at most
+//! the hold for the others, until the dead one no longer counts as recently heard.
 //!
 //! # Failover
 //!

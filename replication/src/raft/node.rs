@@ -51,7 +51,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::raft::eraftpb::{Entry, EntryType, Message, MessageType, Snapshot};
-use ::raft::{RawNode, ReadState, SnapshotStatus, StateRole};
+use ::raft::{ProgressState, RawNode, ReadState, SnapshotStatus, StateRole};
 use protobuf::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -698,10 +698,10 @@ impl<S: StateMachine> Driver<S> {
         recent.into_iter().map(|(_, id)| id).collect()
     }
 
-    /// The followers (raft ids) a leader sends its appends to at once: the recently heard
-    /// ones a commit needs (half of the followers), provided every follower was heard
-    /// recently. `None` (everyone at once) when deferring is off, this node does not lead,
-    /// or some follower has gone quiet.
+    /// The followers (raft ids) a leader sends its appends to at once: as many as a commit
+    /// needs (half of the followers), those with the lowest ids, provided every follower was
+    /// heard recently and is replicating. `None` (everyone at once) when deferring is off, this
+    /// node does not lead, or some follower has gone quiet or is being probed.
     fn append_quorum(&self) -> Option<Vec<u64>> {
         if self.config.defer_appends.is_zero() || self.node.raft.state != StateRole::Leader {
             return None;
@@ -711,11 +711,30 @@ impl<S: StateMachine> Driver<S> {
         if needed == 0 || needed >= followers {
             return None;
         }
-        let recent = self.recently_heard();
-        if recent.len() < followers {
+        // Every follower heard lately and taking appends in the pipelined state: not one that
+        // is probing (a new leader's followers until they first answer, one that was reported
+        // unreachable) or being sent a snapshot.
+        let me = self.node.raft.id;
+        let replicating = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, p)| **id != me && p.state == ProgressState::Replicate)
+            .count();
+        if self.recently_heard().len() < followers || replicating < followers {
             return None;
         }
-        Some(recent[..needed].to_vec())
+        // The lowest ids: on a leader's death the survivors campaign in id order
+        // (`leader_died`), so the first candidate is one that got every append at once and
+        // wins; a lagging one would be refused by the others' pre-votes and cost a round.
+        let mut ids: Vec<u64> = (self.node.raft.prs().iter())
+            .map(|(id, _)| *id)
+            .filter(|id| *id != me)
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(needed);
+        Some(ids)
     }
 
     /// Sends the held appends once the oldest has waited [`RaftConfig::defer_appends`];
