@@ -930,7 +930,8 @@ async fn append(c: &Cluster, via: usize, client: u64, value: u64) {
 async fn reads_survive_the_death_of_the_followers_they_asked() {
     let (c, leader, followers) = five_with_leader(21).await;
     let mut written = 0u64;
-    for victim in [None, Some(followers[0]), Some(followers[1])] {
+    // Highest ids first: while appends go quorum-first, reads ask those followers first.
+    for victim in [None, Some(followers[3]), Some(followers[2])] {
         if let Some(v) = victim {
             c.crash(v);
         }

@@ -27,7 +27,8 @@
 //!   the duplicate table, never applied twice.
 //! * **Reads**: [`ReadConsistency::Linearizable`] uses ReadIndex (raft-rs `ReadOnlyOption::Safe`:
 //!   the leader confirms its leadership with a heartbeat round, sent to the recently heard
-//!   followers a majority needs and one spare rather than to all of them), and the read is served locally
+//!   followers a majority needs and one spare rather than to all of them, those whose appends
+//!   are held back first), and the read is served locally
 //!   once this replica has applied up to the read index; a follower's request travels to the
 //!   leader inside raft-rs messages. All reads arriving in one loop turn share one ReadIndex.
 //!   [`ReadConsistency::Lease`] is treated as `Linearizable` unless [`RaftConfig::lease_reads`]

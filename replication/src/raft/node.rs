@@ -659,7 +659,11 @@ impl<S: StateMachine> Driver<S> {
     /// heard from most recently, one more than a majority needs (with exactly a majority the
     /// read waits for the slower of two busy followers, which cost 12% of the 100+100
     /// scenario's throughput), provided that many were heard within
-    /// [`HEARD_RECENTLY_TICKS`]; otherwise to everyone. Safety is unchanged: the read
+    /// [`HEARD_RECENTLY_TICKS`]; otherwise to everyone. While appends go quorum-first
+    /// ([`Driver::append_quorum`]), the followers whose appends are held back come first
+    /// (highest ids first): they are idle between their batches, where the ones that get
+    /// every append at once are often in the middle of an fsync on their loop (1 + 1
+    /// scenario, 7 interleaved pairs: reads 2-5% faster, +4% calls/s). Safety is unchanged: the read
     /// completes only on a majority's acknowledgement. If a chosen follower has just died,
     /// the next regular heartbeat (which carries the last pending read context to every
     /// follower) completes the read, at most one heartbeat interval later.
@@ -674,9 +678,13 @@ impl<S: StateMachine> Driver<S> {
         }
         // A majority, less the leader itself, plus one spare.
         let needed = (self.config.peers.len() / 2 + 1).min(self.config.peers.len() - 1);
-        let recent = self.recently_heard();
+        let mut recent = self.recently_heard();
         if recent.len() < needed {
             return;
+        }
+        if self.append_quorum().is_some() {
+            // Every follower is in `recent`; the held-back ones have the highest ids.
+            recent.sort_unstable_by(|a, b| b.cmp(a));
         }
         let chosen = &recent[..needed];
         msgs.retain(|m| !is_read_beat(m) || chosen.contains(&m.to));
