@@ -46,10 +46,12 @@
 //! `Reserve` every line in the product database (all or none: `insufficient_quantity` names the
 //! item); ask the [`PaymentService`]. Declined: `Release`, answer `payment_declined`; nothing
 //! else changed. Service error: `Release`, answer `unavailable`. Approved: `Confirm` in the
-//! product database and, at the same time, `RecordPurchase` in the customer database
-//! (history, counters, both carts emptied); the answer waits for both. They are independent
-//! writes to two databases, so overlapping them takes one replicated write off the
-//! purchase's path. A reservation that is neither confirmed nor released (the frontend died)
+//! product database, then `RecordPurchase` in the customer database (history, counters,
+//! both carts emptied). Not side by side, though they are writes to two databases: a retry
+//! that finds the reservation still held pays again and, on a decline, releases it, so a
+//! frontend that died with the record written and the confirmation not would leave a
+//! recorded purchase whose units went back on sale (the failover test caught it once in
+//! many runs). A purchase is recorded only once its units are sold for good. A reservation that is neither confirmed nor released (the frontend died)
 //! lapses after [`MarketConfig::reservation_ttl_ms`] and its units return; a `Confirm` that
 //! arrives after that still sells them if they are still available.
 //!
@@ -71,9 +73,9 @@
 //! payment and `Confirm`) asks for payment again. And if the reservation lapses while the
 //! payment service is deciding (over [`MarketConfig::reservation_ttl_ms`], 2 minutes by
 //! default) and its units are sold to someone else meanwhile, an approved payment is answered
-//! `unavailable`: the product database sold nothing, but the purchase record written
-//! alongside the failed confirmation stays in the buyer's history (logged as an error; there
-//! is no refund call in API.md, so someone must settle it by hand). In the same slow case, a
+//! `unavailable`: the product database sold nothing and no purchase is recorded, but the
+//! payment was taken (there is no refund call in API.md, so someone must settle it by hand).
+//! In the same slow case, a
 //! retry with the same key that arrives after the lapse but before the first attempt's late
 //! confirmation is told the attempt failed (`unavailable`, retry with a new key) although
 //! that confirmation may still sell the units.
@@ -1314,36 +1316,29 @@ impl Market {
                 price_cents: l.price_cents,
             })
             .collect();
-        let record = self.customer(CustomerCommand::RecordPurchase {
-            buyer,
-            reservation_id,
-            reserved_at_ms: reservation.reserved_at_ms,
-            lines,
-            at_ms: self.now(),
-        });
-        // The payment said yes: the confirmation (product database) and the purchase record
-        // (customer database) are independent writes, so they go together. Both are
-        // idempotent, so a retry with the same key completes whichever one failed.
-        let recorded = if confirm {
-            let confirmed = self.product_reservation(ProductCommand::Confirm {
+        // The payment said yes: confirm the reservation, then record the purchase. Not side by
+        // side: a retry with the same key that finds the reservation still held pays again
+        // (the payment service takes no key) and on a decline releases the units, so a
+        // frontend that died with the record written and the confirmation not would leave a
+        // recorded purchase whose units went back on sale. In this order a purchase is recorded
+        // only once its units are sold for good. Both writes are idempotent: a retry with the
+        // same key completes whichever is missing.
+        if confirm {
+            self.product_reservation(ProductCommand::Confirm {
                 reservation_id,
                 at_ms: self.now(),
-            });
-            let (confirmed, recorded) = tokio::join!(confirmed, record);
-            if let Err(e) = confirmed {
-                if recorded.is_ok() {
-                    tracing::error!(
-                        reservation_id,
-                        error = %e,
-                        "purchase recorded but its reservation could not be confirmed"
-                    );
-                }
-                return Err(e);
-            }
-            recorded?
-        } else {
-            record.await?
-        };
+            })
+            .await?;
+        }
+        let recorded = self
+            .customer(CustomerCommand::RecordPurchase {
+                buyer,
+                reservation_id,
+                reserved_at_ms: reservation.reserved_at_ms,
+                lines,
+                at_ms: self.now(),
+            })
+            .await?;
         match recorded {
             CustomerOutput::Purchase(p) => Ok(p),
             _ => Err(unexpected("purchase")),

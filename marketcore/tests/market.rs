@@ -1026,3 +1026,81 @@ async fn durable_embedded_market_survives_a_restart() {
     assert_eq!(m.all_items_by_seller(&t).await.unwrap().items[0].id, id);
     assert_eq!(m.get_item(&id).await.unwrap().name, "kept");
 }
+
+/// A product log that refuses every `Confirm` while `refuse` is set, applying nothing: the
+/// purchase's frontend as if it died between the payment and the confirmation.
+struct RefusesConfirm {
+    inner: SingleNodeLog<ProductMachine>,
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl ReplicatedLog<ProductMachine> for RefusesConfirm {
+    async fn propose(
+        &self,
+        id: RequestId,
+        command: ProductCommand,
+    ) -> Result<<ProductMachine as StateMachine>::Output, LogError> {
+        if matches!(command, ProductCommand::Confirm { .. }) && self.refuse.load(Ordering::SeqCst) {
+            return Err(LogError::Unavailable("confirmation refused".into()));
+        }
+        self.inner.propose(id, command).await
+    }
+    async fn read(
+        &self,
+        q: <ProductMachine as StateMachine>::Query,
+        c: ReadConsistency,
+    ) -> Result<<ProductMachine as StateMachine>::Answer, LogError> {
+        self.inner.read(q, c).await
+    }
+    fn status(&self) -> LogStatus {
+        self.inner.status()
+    }
+}
+
+/// A purchase paid but never confirmed, then retried with the same key and declined (the
+/// payment service takes no key, so the retry pays again): the retry releases the units, so
+/// no purchase may be recorded. (With the record written beside the confirmation, the first
+/// attempt left one in the history.)
+#[tokio::test]
+async fn a_retry_declined_after_an_unconfirmed_payment_records_nothing() {
+    let products = Arc::new(RefusesConfirm {
+        inner: SingleNodeLog::in_memory(ProductMachine::default()),
+        refuse: std::sync::atomic::AtomicBool::new(true),
+    });
+    let customers = Arc::new(SingleNodeLog::in_memory(CustomerMachine::default()));
+    let pay = Arc::new(Scripted::default());
+    let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
+    let mut config = MarketConfig::for_tests();
+    config.retry_backoff_ms = 1;
+    let m = Market::new(customers, products.clone(), pay.clone(), clock, config);
+    m.create_seller(&account("s")).await.unwrap();
+    let s = m.login_seller(&login("s")).await.unwrap().token;
+    let a = m.add_item(&s, &item("a", 3, &[], 10, 5)).await.unwrap().id;
+    m.create_buyer(&account("b")).await.unwrap();
+    let t = m.login_buyer(&login("b")).await.unwrap().token;
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+
+    assert_eq!(
+        code(m.make_purchase(&t, &purchase(), Some("k")).await),
+        "unavailable"
+    );
+    products.refuse.store(false, Ordering::SeqCst);
+    pay.mode.store(1, Ordering::SeqCst);
+    assert_eq!(
+        code(m.make_purchase(&t, &purchase(), Some("k")).await),
+        "payment_declined"
+    );
+    assert_eq!(pay.calls.load(Ordering::SeqCst), 2);
+    assert!(m
+        .get_purchase_history(&t)
+        .await
+        .unwrap()
+        .purchases
+        .is_empty());
+    assert_eq!(
+        m.get_item(&a).await.unwrap().quantity,
+        5,
+        "every unit back on sale"
+    );
+}
