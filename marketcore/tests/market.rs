@@ -866,6 +866,25 @@ impl marketcore::payment::PaymentService for OutlastsTheReservation {
     }
 }
 
+/// A Market over these logs (1 ms pauses between retries) where seller "s" sells item "a"
+/// (5 units at 10) and buyer "b" is logged in: the market, the buyer's token, the item id.
+async fn one_item_market(
+    customers: Arc<dyn ReplicatedLog<CustomerMachine>>,
+    products: Arc<dyn ReplicatedLog<ProductMachine>>,
+    pay: Arc<dyn marketcore::payment::PaymentService>,
+    clock: Arc<marketcore::clock::ManualClock>,
+) -> (Market, String, String) {
+    let mut config = MarketConfig::for_tests();
+    config.retry_backoff_ms = 1;
+    let m = Market::new(customers, products, pay, clock, config);
+    m.create_seller(&account("s")).await.unwrap();
+    let s = m.login_seller(&login("s")).await.unwrap().token;
+    let a = m.add_item(&s, &item("a", 3, &[], 10, 5)).await.unwrap().id;
+    m.create_buyer(&account("b")).await.unwrap();
+    let t = m.login_buyer(&login("b")).await.unwrap().token;
+    (m, t, a)
+}
+
 #[tokio::test]
 async fn a_payment_that_outlasts_its_reservation() {
     let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
@@ -876,14 +895,7 @@ async fn a_payment_that_outlasts_its_reservation() {
         products: products.clone(),
         steal: Default::default(),
     });
-    let mut config = MarketConfig::for_tests();
-    config.retry_backoff_ms = 1;
-    let m = Market::new(customers, products.clone(), pay.clone(), clock, config);
-    m.create_seller(&account("s")).await.unwrap();
-    let s = m.login_seller(&login("s")).await.unwrap().token;
-    let a = m.add_item(&s, &item("a", 3, &[], 10, 5)).await.unwrap().id;
-    m.create_buyer(&account("b")).await.unwrap();
-    let t = m.login_buyer(&login("b")).await.unwrap().token;
+    let (m, t, a) = one_item_market(customers, products.clone(), pay.clone(), clock).await;
 
     // The reservation lapsed while the payment was decided, but its units are still there:
     // the late confirmation sells them and the purchase goes through.
@@ -905,18 +917,47 @@ async fn a_payment_that_outlasts_its_reservation() {
     products.with_state(|p| p.check_invariants()).unwrap();
 }
 
-/// A log that loses the acknowledgement of the first proposal it applies (as if the leader
-/// crashed after committing): the Market must retry with the same request id.
-struct LosesFirstAck<S: StateMachine> {
+/// A log that fails some proposals with `Unavailable`: while `refusing` is set, those that
+/// `refuses` picks are refused before anything is applied (a frontend that died before the
+/// step); unless `ack_lost` starts set, the first applied proposal loses its acknowledgement
+/// (as if the leader crashed after committing).
+struct Faulty<S: StateMachine> {
     inner: SingleNodeLog<S>,
-    lost: std::sync::atomic::AtomicBool,
+    refusing: std::sync::atomic::AtomicBool,
+    refuses: fn(&S::Command) -> bool,
+    ack_lost: std::sync::atomic::AtomicBool,
+}
+
+impl<S: StateMachine> Faulty<S> {
+    /// Loses the acknowledgement of the first proposal it applies.
+    fn loses_first_ack(initial: S) -> Self {
+        Self {
+            inner: SingleNodeLog::in_memory(initial),
+            refusing: false.into(),
+            refuses: |_| false,
+            ack_lost: false.into(),
+        }
+    }
+
+    /// Refuses the proposals `refuses` picks until `refusing` is cleared.
+    fn refusing(initial: S, refuses: fn(&S::Command) -> bool) -> Self {
+        Self {
+            inner: SingleNodeLog::in_memory(initial),
+            refusing: true.into(),
+            refuses,
+            ack_lost: true.into(),
+        }
+    }
 }
 
 #[async_trait]
-impl<S: StateMachine> ReplicatedLog<S> for LosesFirstAck<S> {
+impl<S: StateMachine> ReplicatedLog<S> for Faulty<S> {
     async fn propose(&self, id: RequestId, command: S::Command) -> Result<S::Output, LogError> {
+        if self.refusing.load(Ordering::SeqCst) && (self.refuses)(&command) {
+            return Err(LogError::Unavailable("refused".into()));
+        }
         let out = self.inner.propose(id, command).await;
-        if !self.lost.swap(true, Ordering::SeqCst) {
+        if !self.ack_lost.swap(true, Ordering::SeqCst) {
             return Err(LogError::Unavailable("ack lost".into()));
         }
         out
@@ -931,14 +972,8 @@ impl<S: StateMachine> ReplicatedLog<S> for LosesFirstAck<S> {
 
 #[tokio::test]
 async fn retried_steps_reuse_their_request_id_and_apply_once() {
-    let customers = Arc::new(LosesFirstAck {
-        inner: SingleNodeLog::in_memory(CustomerMachine::default()),
-        lost: false.into(),
-    });
-    let products = Arc::new(LosesFirstAck {
-        inner: SingleNodeLog::in_memory(ProductMachine::default()),
-        lost: false.into(),
-    });
+    let customers = Arc::new(Faulty::loses_first_ack(CustomerMachine::default()));
+    let products = Arc::new(Faulty::loses_first_ack(ProductMachine::default()));
     let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
     let mut config = MarketConfig::for_tests();
     config.retry_backoff_ms = 1;
@@ -1027,65 +1062,26 @@ async fn durable_embedded_market_survives_a_restart() {
     assert_eq!(m.get_item(&id).await.unwrap().name, "kept");
 }
 
-/// A product log that refuses every `Confirm` while `refuse` is set, applying nothing: the
-/// purchase's frontend as if it died between the payment and the confirmation.
-struct RefusesConfirm {
-    inner: SingleNodeLog<ProductMachine>,
-    refuse: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait]
-impl ReplicatedLog<ProductMachine> for RefusesConfirm {
-    async fn propose(
-        &self,
-        id: RequestId,
-        command: ProductCommand,
-    ) -> Result<<ProductMachine as StateMachine>::Output, LogError> {
-        if matches!(command, ProductCommand::Confirm { .. }) && self.refuse.load(Ordering::SeqCst) {
-            return Err(LogError::Unavailable("confirmation refused".into()));
-        }
-        self.inner.propose(id, command).await
-    }
-    async fn read(
-        &self,
-        q: <ProductMachine as StateMachine>::Query,
-        c: ReadConsistency,
-    ) -> Result<<ProductMachine as StateMachine>::Answer, LogError> {
-        self.inner.read(q, c).await
-    }
-    fn status(&self) -> LogStatus {
-        self.inner.status()
-    }
-}
-
 /// A purchase paid but never confirmed, then retried with the same key and declined (the
 /// payment service takes no key, so the retry pays again): the retry releases the units, so
 /// no purchase may be recorded. (With the record written beside the confirmation, the first
 /// attempt left one in the history.)
 #[tokio::test]
 async fn a_retry_declined_after_an_unconfirmed_payment_records_nothing() {
-    let products = Arc::new(RefusesConfirm {
-        inner: SingleNodeLog::in_memory(ProductMachine::default()),
-        refuse: std::sync::atomic::AtomicBool::new(true),
-    });
+    let products = Arc::new(Faulty::refusing(ProductMachine::default(), |c| {
+        matches!(c, ProductCommand::Confirm { .. })
+    }));
     let customers = Arc::new(SingleNodeLog::in_memory(CustomerMachine::default()));
     let pay = Arc::new(Scripted::default());
     let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
-    let mut config = MarketConfig::for_tests();
-    config.retry_backoff_ms = 1;
-    let m = Market::new(customers, products.clone(), pay.clone(), clock, config);
-    m.create_seller(&account("s")).await.unwrap();
-    let s = m.login_seller(&login("s")).await.unwrap().token;
-    let a = m.add_item(&s, &item("a", 3, &[], 10, 5)).await.unwrap().id;
-    m.create_buyer(&account("b")).await.unwrap();
-    let t = m.login_buyer(&login("b")).await.unwrap().token;
+    let (m, t, a) = one_item_market(customers, products.clone(), pay.clone(), clock).await;
     m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
 
     assert_eq!(
         code(m.make_purchase(&t, &purchase(), Some("k")).await),
         "unavailable"
     );
-    products.refuse.store(false, Ordering::SeqCst);
+    products.refusing.store(false, Ordering::SeqCst);
     pay.mode.store(1, Ordering::SeqCst);
     assert_eq!(
         code(m.make_purchase(&t, &purchase(), Some("k")).await),
