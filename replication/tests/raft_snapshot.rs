@@ -92,7 +92,15 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
         }
     }
     assert!(gate.entered(), "the leader never snapshotted");
-    let before = seq - held.len() as u64;
+    // What the leader applied before its snapshot started: every answered write, and maybe
+    // the one in flight (applied and answered, but its proposer not yet run when the gate
+    // was seen entered).
+    let before = stale_history(logs[leader].as_ref()).await.len() as u64;
+    let answered = seq - held.len() as u64;
+    assert!(
+        (answered..=seq).contains(&before),
+        "the leader applied {before} writes, {answered} answered of {seq}"
+    );
 
     // Its snapshot is blocked: writes proposed now are replicated and committed, and the
     // followers apply them, while the leader holds them.
@@ -122,8 +130,9 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
             follower_history = h;
         }
     }
-    assert!(
-        stale_history(logs[leader].as_ref()).await.len() as u64 <= before,
+    assert_eq!(
+        stale_history(logs[leader].as_ref()).await.len() as u64,
+        before,
         "the leader applies nothing while its snapshot is being taken"
     );
     let status = logs[leader].status();
@@ -136,7 +145,11 @@ async fn a_leader_taking_a_snapshot_keeps_replicating() {
     gate.open();
     for (k, h) in held.into_iter().enumerate() {
         let out = h.await.expect("proposer");
-        assert!(out.is_ok(), "held write {}: {out:?}", before + 1 + k as u64);
+        assert!(
+            out.is_ok(),
+            "held write {}: {out:?}",
+            answered + 1 + k as u64
+        );
     }
     assert_eq!(
         stale_history(logs[leader].as_ref()).await,
