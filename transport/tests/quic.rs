@@ -12,8 +12,17 @@ use transport::{Incoming, Network, NodeId, PeerInfo, QuicConfig, QuicNetwork, Tr
 
 const LONG: Duration = Duration::from_secs(20);
 
+/// A UDP socket on a port whose TCP twin is free too: a node's liveness listener binds the
+/// TCP port of its QUIC address, and an ephemeral port of another test's TCP connection may
+/// hold that number (the listener is then missing and a probe is refused).
 fn reserve() -> UdpSocket {
-    UdpSocket::bind("127.0.0.1:0").expect("bind udp")
+    for _ in 0..100 {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        if std::net::TcpListener::bind(addr(&udp)).is_ok() {
+            return udp;
+        }
+    }
+    panic!("no port free for both UDP and TCP in 100 tries");
 }
 
 fn addr(s: &UdpSocket) -> SocketAddr {
