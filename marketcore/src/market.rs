@@ -46,12 +46,36 @@
 //! `Reserve` every line in the product database (all or none: `insufficient_quantity` names the
 //! item); ask the [`PaymentService`]. Declined: `Release`, answer `payment_declined`; nothing
 //! else changed. Service error: `Release`, answer `unavailable`. Approved: `Confirm` in the
-//! product database, then `RecordPurchase` in the customer database (history, counters,
-//! both carts emptied). Not side by side, though they are writes to two databases: a retry
-//! that finds the reservation still held pays again and, on a decline, releases it, so a
-//! frontend that died with the record written and the confirmation not would leave a
-//! recorded purchase whose units went back on sale (the failover test caught it once in
-//! many runs). A purchase is recorded only once its units are sold for good. A reservation that is neither confirmed nor released (the frontend died)
+//! product database and `RecordPurchase` in the customer database (history, counters, both
+//! carts emptied), side by side: two writes to two databases, one round of waiting.
+//!
+//! Side by side needs a fence. A frontend can die with the record written and the
+//! confirmation not; a retry with the same key then finds the reservation still held, and
+//! (the payment service takes no key) would pay again and, on a decline, release the units
+//! of a recorded purchase (the failover test caught that once, when nothing fenced it). So
+//! every attempt marks its `Reserve` with a random `attempt`; a retry answered with a
+//! reservation that another attempt made and that was held then (`Reservation::attempt`
+//! differs) first writes `ClaimPurchase` to the customer database. The claim answers the
+//! purchase if an earlier attempt recorded it (that attempt was paid: the retry confirms and
+//! answers it, without a second payment); otherwise it fences every earlier attempt: a
+//! `RecordPurchase` sent beside a confirmation names its attempt and is refused
+//! (`Superseded`) once another attempt holds the claim. An attempt whose record was refused
+//! waits for its confirmation and then records with no attempt named, which is never refused
+//! (the units are sold). The customer database's total order decides which of a claim and an
+//! earlier record came first, so a recorded purchase is never one whose units a declined
+//! retry released. Two more cases: a retry whose second payment is declined but whose release
+//! finds the reservation confirmed (an earlier attempt paid and confirmed, its record lost)
+//! records the purchase and answers it; and when the payment took over half of
+//! [`MarketConfig::reservation_ttl_ms`], the record waits for the confirmation, which may
+//! come too late to sell the units. First attempts, the common case, pay nothing for the
+//! fence: only retries write a claim.
+//!
+//! What remains: a frontend that dies after its record but before its confirmation, whose
+//! client never retries, leaves a recorded (and paid) purchase whose reservation lapses and
+//! whose units go back on sale; with the record after the confirmation the same double
+//! failure left a paid, sold purchase missing from the history instead.
+//!
+//! A reservation that is neither confirmed nor released (the frontend died)
 //! lapses after [`MarketConfig::reservation_ttl_ms`] and its units return; a `Confirm` that
 //! arrives after that still sells them if they are still available.
 //!
@@ -69,8 +93,8 @@
 //! other mutating route and answers most retries before they reach this code.
 //!
 //! What is not covered: the payment service takes no idempotency key, so a retry that finds
-//! the reservation still *held* (the first attempt is still running, or died between the
-//! payment and `Confirm`) asks for payment again. And if the reservation lapses while the
+//! the reservation still *held* and no purchase recorded (the first attempt is still
+//! running, or died between the payment and its two writes) asks for payment again. And if the reservation lapses while the
 //! payment service is deciding (over [`MarketConfig::reservation_ttl_ms`], 2 minutes by
 //! default) and its units are sold to someone else meanwhile, an approved payment is answered
 //! `unavailable`: the product database sold nothing and no purchase is recorded, but the
@@ -270,6 +294,14 @@ fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How a purchase's payment stands once the payment service has been asked.
+enum Paid {
+    /// Approved for this attempt.
+    Now,
+    /// Refused for this attempt, but another attempt was paid and confirmed the reservation.
+    Earlier,
 }
 
 /// The reservation id of a purchase retried with `key` by `buyer` (FNV-1a, 64 bits): the same
@@ -1275,6 +1307,9 @@ impl Market {
         for l in &cart.items {
             lines.push((validate::item_id("item_id", &l.item_id)?, l.quantity));
         }
+        // This attempt's mark on the reservation: a retry whose Reserve is answered with a
+        // reservation another attempt made knows it is a retry.
+        let attempt: u64 = rand::random();
         let reservation = self
             .product_reservation(ProductCommand::Reserve {
                 reservation_id,
@@ -1282,6 +1317,7 @@ impl Market {
                 lines,
                 at_ms: now,
                 expires_at_ms: now.saturating_add(self.config.reservation_ttl_ms),
+                attempt,
             })
             .await?;
         if reservation.buyer != buyer {
@@ -1290,22 +1326,7 @@ impl Market {
                 "already used for another purchase",
             ));
         }
-        let confirm = match reservation.state {
-            ReservationState::Held { .. } => {
-                self.pay(&reservation, req).await?;
-                true
-            }
-            ReservationState::Confirmed => false,
-            ReservationState::Released(ReleaseReason::Declined) => {
-                return Err(MarketError::PaymentDeclined)
-            }
-            ReservationState::Released(reason) => {
-                return Err(MarketError::Unavailable(format!(
-                    "an earlier attempt of this purchase failed ({reason:?}); retry with a new key"
-                )))
-            }
-        };
-        let lines = reservation
+        let lines: Vec<PurchaseLine> = reservation
             .lines
             .iter()
             .map(|l| PurchaseLine {
@@ -1316,41 +1337,94 @@ impl Market {
                 price_cents: l.price_cents,
             })
             .collect();
-        // The payment said yes: confirm the reservation, then record the purchase. Not side by
-        // side: a retry with the same key that finds the reservation still held pays again
-        // (the payment service takes no key) and on a decline releases the units, so a
-        // frontend that died with the record written and the confirmation not would leave a
-        // recorded purchase whose units went back on sale. In this order a purchase is recorded
-        // only once its units are sold for good. Both writes are idempotent: a retry with the
-        // same key completes whichever is missing.
-        if confirm {
-            self.product_reservation(ProductCommand::Confirm {
-                reservation_id,
-                at_ms: self.now(),
-            })
-            .await?;
+        let record = |attempt: Option<u64>| CustomerCommand::RecordPurchase {
+            buyer,
+            reservation_id,
+            reserved_at_ms: reservation.reserved_at_ms,
+            lines: lines.clone(),
+            attempt,
+            at_ms: self.now(),
+        };
+        match reservation.state {
+            ReservationState::Held { expires_at_ms } => {
+                if reservation.attempt != attempt {
+                    // A retry, and the reservation was held when the first attempt made it:
+                    // fence off the earlier attempts' records, or learn that one of them
+                    // was paid and recorded the purchase.
+                    let claim = CustomerCommand::ClaimPurchase {
+                        buyer,
+                        reservation_id,
+                        reserved_at_ms: reservation.reserved_at_ms,
+                        attempt,
+                        at_ms: self.now(),
+                    };
+                    if let CustomerOutput::Purchase(p) = self.customer(claim).await? {
+                        self.confirm(reservation_id).await?;
+                        return Ok(p);
+                    }
+                }
+                let paid = self.pay(&reservation, req).await?;
+                // Approved: confirm the reservation and record the purchase side by side,
+                // unless the payment took so long that the confirmation might come too late
+                // (then a record must wait for it). The record is refused if a retry of this
+                // purchase claimed it meanwhile (that retry pays again and, on a decline,
+                // releases the units): then it waits for the confirmation.
+                let beside = self
+                    .now()
+                    .saturating_add(self.config.reservation_ttl_ms / 2)
+                    < expires_at_ms;
+                match paid {
+                    Paid::Now if beside => {
+                        let (confirmed, recorded) = tokio::join!(
+                            self.confirm(reservation_id),
+                            self.customer(record(Some(attempt)))
+                        );
+                        confirmed?;
+                        match recorded? {
+                            CustomerOutput::Purchase(p) => return Ok(p),
+                            CustomerOutput::Superseded => {}
+                            _ => return Err(unexpected("purchase")),
+                        }
+                    }
+                    Paid::Now => {
+                        self.confirm(reservation_id).await?;
+                    }
+                    Paid::Earlier => {}
+                }
+            }
+            ReservationState::Confirmed => {}
+            ReservationState::Released(ReleaseReason::Declined) => {
+                return Err(MarketError::PaymentDeclined)
+            }
+            ReservationState::Released(reason) => {
+                return Err(MarketError::Unavailable(format!(
+                    "an earlier attempt of this purchase failed ({reason:?}); retry with a new key"
+                )))
+            }
         }
-        let recorded = self
-            .customer(CustomerCommand::RecordPurchase {
-                buyer,
-                reservation_id,
-                reserved_at_ms: reservation.reserved_at_ms,
-                lines,
-                at_ms: self.now(),
-            })
-            .await?;
-        match recorded {
+        // The reservation is confirmed: the purchase is recorded whatever claims say.
+        match self.customer(record(None)).await? {
             CustomerOutput::Purchase(p) => Ok(p),
             _ => Err(unexpected("purchase")),
         }
     }
 
-    /// Asks the payment service; on anything but yes, releases the reservation.
+    /// Sells a reservation's units.
+    async fn confirm(&self, reservation_id: u64) -> Result<Reservation, MarketError> {
+        self.product_reservation(ProductCommand::Confirm {
+            reservation_id,
+            at_ms: self.now(),
+        })
+        .await
+    }
+
+    /// Asks the payment service; on anything but yes, releases the reservation. If the release
+    /// finds it confirmed, another attempt of the purchase was paid: [`Paid::Earlier`].
     async fn pay(
         &self,
         reservation: &Reservation,
         req: &PurchaseRequest,
-    ) -> Result<(), MarketError> {
+    ) -> Result<Paid, MarketError> {
         let outcome = self
             .payments
             .process(PaymentRequest {
@@ -1361,27 +1435,32 @@ impl Market {
                 amount_cents: reservation.total_cents,
             })
             .await;
-        let release = |reason| ProductCommand::Release {
-            reservation_id: reservation.id,
-            reason,
-            at_ms: self.now(),
-        };
-        match outcome {
+        let (reason, error) = match outcome {
             Ok(o) if o.approved => {
                 tracing::debug!(transaction = %o.transaction_id, "payment approved");
-                Ok(())
+                return Ok(Paid::Now);
             }
-            Ok(_) => {
-                if let Err(e) = self.product(release(ReleaseReason::Declined)).await {
-                    tracing::warn!(error = %e, "release after decline failed; it will lapse");
-                }
-                Err(MarketError::PaymentDeclined)
+            Ok(_) => (ReleaseReason::Declined, MarketError::PaymentDeclined),
+            Err(e) => (
+                ReleaseReason::PaymentFailed,
+                MarketError::Unavailable(e.to_string()),
+            ),
+        };
+        let released = self
+            .product(ProductCommand::Release {
+                reservation_id: reservation.id,
+                reason,
+                at_ms: self.now(),
+            })
+            .await;
+        match released {
+            Ok(ProductOutput::Reservation(r)) if r.state == ReservationState::Confirmed => {
+                Ok(Paid::Earlier)
             }
+            Ok(_) => Err(error),
             Err(e) => {
-                if let Err(e) = self.product(release(ReleaseReason::PaymentFailed)).await {
-                    tracing::warn!(error = %e, "release after payment failure failed; it will lapse");
-                }
-                Err(MarketError::Unavailable(e.to_string()))
+                tracing::warn!(error = %e, "release after a refused payment failed; it will lapse");
+                Err(error)
             }
         }
     }

@@ -8,15 +8,18 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use common::*;
+use marketcore::api::PurchaseLine;
 use marketcore::api::{
     AddToCart, FeedbackRequest, Login, PriceChange, PurchaseRequest, SearchQuery, Vote,
 };
-use marketcore::customer::{CustomerMachine, CustomerQuery};
+use marketcore::customer::{CustomerCommand, CustomerMachine, CustomerOutput, CustomerQuery};
 use marketcore::ids::{BuyerId, ItemId, Role, UserId};
+use marketcore::market::reservation_id_for;
 use marketcore::payment::{AlwaysApprove, AlwaysDecline, AlwaysFail};
-use marketcore::product::{ProductCommand, ProductMachine};
+use marketcore::product::{ProductAnswer, ProductCommand, ProductMachine, ProductQuery};
 use marketcore::{
-    with_remembered_lookup, EmbeddedMarket, EmbeddedOptions, Market, MarketConfig, MarketError,
+    with_idempotency_key, with_remembered_lookup, EmbeddedMarket, EmbeddedOptions, Market,
+    MarketConfig, MarketError,
 };
 use replication::{
     LogError, LogStatus, ReadConsistency, ReplicatedLog, RequestId, SingleNodeLog, StateMachine,
@@ -813,6 +816,7 @@ async fn abandoned_reservations_lapse() {
                 lines: vec![(id, 4)],
                 at_ms: T0,
                 expires_at_ms: T0 + 120_000,
+                attempt: 1,
             },
         )
         .await
@@ -853,6 +857,7 @@ impl marketcore::payment::PaymentService for OutlastsTheReservation {
                         lines: vec![(item, units)],
                         at_ms: now,
                         expires_at_ms: now + 1_000_000,
+                        attempt: 1,
                     },
                 )
                 .await
@@ -1062,12 +1067,19 @@ async fn durable_embedded_market_survives_a_restart() {
     assert_eq!(m.get_item(&id).await.unwrap().name, "kept");
 }
 
-/// A purchase paid but never confirmed, then retried with the same key and declined (the
-/// payment service takes no key, so the retry pays again): the retry releases the units, so
-/// no purchase may be recorded. (With the record written beside the confirmation, the first
-/// attempt left one in the history.)
+/// `make_purchase` as the HTTP layer runs it for a request with `Idempotency-Key: k`: every
+/// attempt proposes its steps with the same ids, so a retry's `Reserve` is answered with the
+/// first attempt's outcome.
+async fn keyed_purchase(m: &Market, t: &str) -> Result<marketcore::api::Purchase, MarketError> {
+    with_idempotency_key("buyer:1", "k", m.make_purchase(t, &purchase(), Some("k"))).await
+}
+
+/// The first attempt of a keyed purchase was paid and recorded, but its confirmation never
+/// landed (its frontend died): the retry finds the record through its claim, confirms, and
+/// answers the same purchase without asking for payment again (a second payment, declined,
+/// would have released the units of a recorded purchase).
 #[tokio::test]
-async fn a_retry_declined_after_an_unconfirmed_payment_records_nothing() {
+async fn a_retry_of_a_recorded_but_unconfirmed_purchase_only_confirms() {
     let products = Arc::new(Faulty::refusing(ProductMachine::default(), |c| {
         matches!(c, ProductCommand::Confirm { .. })
     }));
@@ -1077,26 +1089,112 @@ async fn a_retry_declined_after_an_unconfirmed_payment_records_nothing() {
     let (m, t, a) = one_item_market(customers, products.clone(), pay.clone(), clock).await;
     m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
 
-    assert_eq!(
-        code(m.make_purchase(&t, &purchase(), Some("k")).await),
-        "unavailable"
-    );
+    assert_eq!(code(keyed_purchase(&m, &t).await), "unavailable");
     products.refusing.store(false, Ordering::SeqCst);
     pay.mode.store(1, Ordering::SeqCst);
+    let p = keyed_purchase(&m, &t).await.unwrap();
+    assert_eq!(p.total_cents, 20);
+    assert_eq!(pay.calls.load(Ordering::SeqCst), 1, "paid once");
+    let history = m.get_purchase_history(&t).await.unwrap().purchases;
+    assert_eq!(history, vec![p]);
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 3, "two units sold");
+    products.inner.with_state(|p| p.check_invariants()).unwrap();
+}
+
+/// The first attempt was paid, but neither its confirmation nor its record landed (yet). The
+/// retry claims the record, pays again, is declined and releases the units: the first
+/// attempt's record, arriving late, is refused, so no purchase is recorded for units that
+/// went back on sale.
+#[tokio::test]
+async fn a_retry_that_pays_again_fences_the_first_attempts_late_record() {
+    let products = Arc::new(Faulty::refusing(ProductMachine::default(), |c| {
+        matches!(c, ProductCommand::Confirm { .. })
+    }));
+    let customers = Arc::new(Faulty::refusing(CustomerMachine::default(), |c| {
+        matches!(c, CustomerCommand::RecordPurchase { .. })
+    }));
+    let pay = Arc::new(Scripted::default());
+    let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
+    let (m, t, a) = one_item_market(customers.clone(), products.clone(), pay.clone(), clock).await;
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+
+    assert_eq!(code(keyed_purchase(&m, &t).await), "unavailable");
+    products.refusing.store(false, Ordering::SeqCst);
+    customers.refusing.store(false, Ordering::SeqCst);
+    pay.mode.store(1, Ordering::SeqCst);
+    assert_eq!(code(keyed_purchase(&m, &t).await), "payment_declined");
+    assert_eq!(pay.calls.load(Ordering::SeqCst), 2, "the retry paid again");
     assert_eq!(
-        code(m.make_purchase(&t, &purchase(), Some("k")).await),
-        "payment_declined"
+        m.get_item(&a).await.unwrap().quantity,
+        5,
+        "units back on sale"
     );
-    assert_eq!(pay.calls.load(Ordering::SeqCst), 2);
+
+    // The first attempt's record, still in flight, lands now.
+    let rid = reservation_id_for(BuyerId(1), "k");
+    let first = match products
+        .inner
+        .read(
+            ProductQuery::Reservation(rid),
+            ReadConsistency::Linearizable,
+        )
+        .await
+    {
+        Ok(ProductAnswer::Reservation(Some(r))) => r,
+        other => panic!("{other:?}"),
+    };
+    let late = customers
+        .inner
+        .propose(
+            RequestId { client: 77, seq: 1 },
+            CustomerCommand::RecordPurchase {
+                buyer: BuyerId(1),
+                reservation_id: rid,
+                reserved_at_ms: first.reserved_at_ms,
+                lines: vec![PurchaseLine {
+                    item_id: a.clone(),
+                    name: "a".into(),
+                    seller_id: 1,
+                    quantity: 2,
+                    price_cents: 10,
+                }],
+                attempt: Some(first.attempt),
+                at_ms: T0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(late, Ok(CustomerOutput::Superseded));
     assert!(m
         .get_purchase_history(&t)
         .await
         .unwrap()
         .purchases
         .is_empty());
-    assert_eq!(
-        m.get_item(&a).await.unwrap().quantity,
-        5,
-        "every unit back on sale"
-    );
+}
+
+/// The first attempt was paid and confirmed, but its record never landed; the retry pays
+/// again and is declined. Its release finds the units sold: the first payment stands, so the
+/// retry records the purchase and answers it (not `payment_declined` for a sale that
+/// happened).
+#[tokio::test]
+async fn a_declined_retry_of_a_confirmed_purchase_records_it() {
+    let products = Arc::new(SingleNodeLog::in_memory(ProductMachine::default()));
+    let customers = Arc::new(Faulty::refusing(CustomerMachine::default(), |c| {
+        matches!(c, CustomerCommand::RecordPurchase { .. })
+    }));
+    let pay = Arc::new(Scripted::default());
+    let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
+    let (m, t, a) = one_item_market(customers.clone(), products, pay.clone(), clock).await;
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+
+    assert_eq!(code(keyed_purchase(&m, &t).await), "unavailable");
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 3, "confirmed: sold");
+    customers.refusing.store(false, Ordering::SeqCst);
+    pay.mode.store(1, Ordering::SeqCst);
+    let p = keyed_purchase(&m, &t).await.unwrap();
+    assert_eq!(p.total_cents, 20);
+    assert_eq!(pay.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(m.get_purchase_history(&t).await.unwrap().purchases, vec![p]);
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 3);
 }

@@ -191,6 +191,7 @@ fn product_commands(ops: &[POp]) -> Vec<ProductCommand> {
                 lines: lines.iter().map(|(i, q)| (pick(&ids, *i), *q)).collect(),
                 at_ms,
                 expires_at_ms: at_ms + ttl_ms,
+                attempt: *rid,
             },
             POp::Confirm { rid } => ProductCommand::Confirm {
                 reservation_id: *rid,
@@ -303,6 +304,12 @@ enum COp {
         rid: u64,
         item: u64,
         seller: u64,
+        attempt: Option<u64>,
+    },
+    Claim {
+        buyer: u64,
+        rid: u64,
+        attempt: u64,
     },
     Feedback {
         buyer: u64,
@@ -347,11 +354,24 @@ fn cop() -> impl Strategy<Value = COp> {
         }),
         (1..4u64).prop_map(|buyer| COp::Save { buyer }),
         (1..4u64).prop_map(|buyer| COp::Clear { buyer }),
-        (1..4u64, 0..5u64, 1..4u64, 1..4u64).prop_map(|(buyer, rid, item, seller)| COp::Record {
+        (
+            1..4u64,
+            0..5u64,
+            1..4u64,
+            1..4u64,
+            proptest::option::of(0..3u64)
+        )
+            .prop_map(|(buyer, rid, item, seller, attempt)| COp::Record {
+                buyer,
+                rid,
+                item,
+                seller,
+                attempt
+            }),
+        (1..4u64, 0..5u64, 0..3u64).prop_map(|(buyer, rid, attempt)| COp::Claim {
             buyer,
             rid,
-            item,
-            seller
+            attempt
         }),
         (1..4u64, 1..4u64, any::<bool>()).prop_map(|(buyer, item, up)| COp::Feedback {
             buyer,
@@ -437,6 +457,7 @@ fn customer_commands(ops: &[COp]) -> Vec<CustomerCommand> {
                 rid,
                 item,
                 seller,
+                attempt,
             } => CustomerCommand::RecordPurchase {
                 buyer: BuyerId(*buyer),
                 reservation_id: *rid,
@@ -448,6 +469,18 @@ fn customer_commands(ops: &[COp]) -> Vec<CustomerCommand> {
                     quantity: 1,
                     price_cents: 10,
                 }],
+                attempt: *attempt,
+                at_ms,
+            },
+            COp::Claim {
+                buyer,
+                rid,
+                attempt,
+            } => CustomerCommand::ClaimPurchase {
+                buyer: BuyerId(*buyer),
+                reservation_id: *rid,
+                reserved_at_ms: T0,
+                attempt: *attempt,
                 at_ms,
             },
             COp::Feedback { buyer, item, up } => CustomerCommand::GiveFeedback {

@@ -58,6 +58,12 @@ pub struct CustomerConfig {
     pub cart_lines_max: usize,
 }
 
+/// How long a claim on a purchase record ([`CustomerCommand::ClaimPurchase`]) is kept: longer
+/// than an earlier attempt's record can stay in flight.
+pub const PURCHASE_CLAIM_TTL_MS: u64 = 600_000;
+/// Most claims kept at once (only retries of held purchases make them); the oldest goes first.
+pub const PURCHASE_CLAIMS_MAX: usize = 100_000;
+
 impl Default for CustomerConfig {
     fn default() -> Self {
         Self {
@@ -254,7 +260,9 @@ pub enum CustomerCommand {
     },
     /// Records a paid purchase (idempotent per (`reservation_id`, `reserved_at_ms`)): history,
     /// counters, and the
-    /// working and saved carts emptied. Output: [`CustomerOutput::Purchase`].
+    /// working and saved carts emptied. Output: [`CustomerOutput::Purchase`], or
+    /// [`CustomerOutput::Superseded`] for a record sent beside the confirmation that a later
+    /// attempt has fenced off.
     RecordPurchase {
         /// The buyer.
         buyer: BuyerId,
@@ -264,7 +272,30 @@ pub enum CustomerCommand {
         reserved_at_ms: u64,
         /// What was bought, at the prices paid.
         lines: Vec<PurchaseLine>,
+        /// `None`: the reservation is known to be confirmed, so the purchase is recorded in
+        /// any case. `Some(attempt)`: sent beside the confirmation, before it is known to have
+        /// landed: refused if another attempt of the purchase has claimed it since
+        /// ([`CustomerCommand::ClaimPurchase`]), because that attempt may pay again and, on a
+        /// decline, release the units.
+        attempt: Option<u64>,
         /// Proposer's time (the purchase's `created_at`).
+        at_ms: u64,
+    },
+    /// A retry of a purchase whose reservation an earlier attempt made and left held: answers
+    /// the purchase if an earlier attempt already recorded it (it was paid: the retry only has
+    /// to confirm), and otherwise claims the record for `attempt`, so any earlier attempt's
+    /// record sent beside its confirmation is refused from now on. Output:
+    /// [`CustomerOutput::Purchase`] or [`CustomerOutput::Done`] (claimed).
+    ClaimPurchase {
+        /// The buyer.
+        buyer: BuyerId,
+        /// The reservation.
+        reservation_id: u64,
+        /// When that reservation was made.
+        reserved_at_ms: u64,
+        /// The retrying attempt.
+        attempt: u64,
+        /// Proposer's time.
         at_ms: u64,
     },
     /// Records feedback on a purchased item and updates its seller's rating.
@@ -357,6 +388,7 @@ impl CustomerCommand {
             | Self::ClearCart { at_ms, .. }
             | Self::SaveCart { at_ms, .. }
             | Self::RecordPurchase { at_ms, .. }
+            | Self::ClaimPurchase { at_ms, .. }
             | Self::GiveFeedback { at_ms, .. }
             | Self::RememberResponse { at_ms, .. }
             | Self::RememberResponses { at_ms, .. }
@@ -381,7 +413,12 @@ impl CustomerCommand {
             Self::RemoveFromCart { .. } => Some(6),
             Self::ClearCart { .. } => Some(7),
             Self::SaveCart { .. } => Some(8),
-            Self::RecordPurchase { .. } => Some(9),
+            // A record beside the confirmation and one after it have different ids: a retry
+            // must not be answered with a refusal the first kind got.
+            Self::RecordPurchase {
+                attempt: Some(_), ..
+            } => Some(9),
+            Self::RecordPurchase { attempt: None, .. } => Some(11),
             Self::GiveFeedback { .. } => Some(10),
             // The step of the command it runs: a retry proposes the same id either way.
             Self::ForSession { command, .. } | Self::ForKeyedSession { command, .. } => {
@@ -393,7 +430,9 @@ impl CustomerCommand {
                     SessionCommand::GiveFeedback { .. } => 10,
                 })
             }
+            // Each attempt claims afresh (a retry of the claim must fence the attempt before it).
             Self::Touch { .. }
+            | Self::ClaimPurchase { .. }
             | Self::RememberResponse { .. }
             | Self::RememberResponses { .. }
             | Self::Tick { .. } => None,
@@ -414,6 +453,9 @@ pub enum CustomerOutput {
     Cart(Cart),
     /// The recorded purchase.
     Purchase(Purchase),
+    /// A [`CustomerCommand::RecordPurchase`] sent beside the confirmation was refused: a later
+    /// attempt of the purchase claimed the record. Nothing changed.
+    Superseded,
     /// Feedback outcome.
     Feedback {
         /// The item's seller.
@@ -660,6 +702,11 @@ pub struct CustomerMachine {
     purchases: BTreeMap<PurchaseId, (BuyerId, Purchase)>,
     /// (reservation id, reserved at) -> the purchase recorded for it.
     purchase_by_reservation: BTreeMap<(u64, u64), PurchaseId>,
+    /// Reservation id -> (attempt, claimed at): the attempt that may record it beside its
+    /// confirmation ([`CustomerCommand::ClaimPurchase`]).
+    purchase_claims: BTreeMap<u64, (u64, u64)>,
+    /// `(claimed at, reservation id)`, to forget claims in order.
+    claim_order: BTreeSet<(u64, u64)>,
     /// Remembered responses and their eviction order (serialized as the two fields
     /// `(scope, key) -> response` and `(at_ms, scope, key)` it replaced).
     remembered: Remembered,
@@ -703,6 +750,8 @@ impl CustomerMachine {
             session_idle: BTreeSet::new(),
             purchases: BTreeMap::new(),
             purchase_by_reservation: BTreeMap::new(),
+            purchase_claims: BTreeMap::new(),
+            claim_order: BTreeSet::new(),
             remembered: Remembered::default(),
             remembered_bytes: 0,
         }
@@ -738,12 +787,25 @@ impl CustomerMachine {
             }
             self.end_session(&token);
         }
+        while let Some(&(at, rid)) = self.claim_order.first() {
+            if now < at.saturating_add(PURCHASE_CLAIM_TTL_MS) {
+                break;
+            }
+            self.forget_claim(rid);
+        }
         let ttl = self.config.idempotency_ttl_ms;
         while let Some(at) = self.remembered.oldest_ms() {
             if now < at.saturating_add(ttl) {
                 break;
             }
             self.forget_oldest_response();
+        }
+    }
+
+    /// Forgets the claim on a reservation's record.
+    fn forget_claim(&mut self, reservation_id: u64) {
+        if let Some((_, at)) = self.purchase_claims.remove(&reservation_id) {
+            self.claim_order.remove(&(at, reservation_id));
         }
     }
 
@@ -977,8 +1039,41 @@ impl CustomerMachine {
                 reservation_id,
                 reserved_at_ms,
                 lines,
+                attempt,
                 at_ms,
-            } => self.record_purchase(buyer, (reservation_id, reserved_at_ms), lines, at_ms),
+            } => {
+                let reservation = (reservation_id, reserved_at_ms);
+                if let Some(p) = self.recorded_purchase(buyer, reservation)? {
+                    return Ok(CustomerOutput::Purchase(p));
+                }
+                let claimed = self.purchase_claims.get(&reservation_id).map(|c| c.0);
+                if matches!((attempt, claimed), (Some(a), Some(c)) if a != c) {
+                    return Ok(CustomerOutput::Superseded);
+                }
+                self.record_purchase(buyer, reservation, lines, at_ms)
+            }
+            CustomerCommand::ClaimPurchase {
+                buyer,
+                reservation_id,
+                reserved_at_ms,
+                attempt,
+                at_ms,
+            } => {
+                if let Some(p) = self.recorded_purchase(buyer, (reservation_id, reserved_at_ms))? {
+                    return Ok(CustomerOutput::Purchase(p));
+                }
+                self.buyer_mut(buyer)?;
+                self.forget_claim(reservation_id);
+                if self.purchase_claims.len() >= PURCHASE_CLAIMS_MAX {
+                    if let Some(&(_, oldest)) = self.claim_order.first() {
+                        self.forget_claim(oldest);
+                    }
+                }
+                let at = at_ms.max(self.clock_ms);
+                self.purchase_claims.insert(reservation_id, (attempt, at));
+                self.claim_order.insert((at, reservation_id));
+                Ok(CustomerOutput::Done)
+            }
             CustomerCommand::GiveFeedback {
                 buyer, item, vote, ..
             } => {
@@ -1131,6 +1226,25 @@ impl CustomerMachine {
         Ok(())
     }
 
+    /// The purchase recorded for `reservation`, if any (another buyer's: invalid).
+    fn recorded_purchase(
+        &self,
+        buyer: BuyerId,
+        reservation: (u64, u64),
+    ) -> Result<Option<Purchase>, MarketError> {
+        let Some(pid) = self.purchase_by_reservation.get(&reservation) else {
+            return Ok(None);
+        };
+        match self.purchases.get(pid) {
+            Some((owner, p)) if *owner == buyer => Ok(Some(p.clone())),
+            _ => Err(MarketError::invalid(
+                "reservation_id",
+                "belongs to another purchase",
+            )),
+        }
+    }
+
+    /// Records a purchase not recorded yet.
     fn record_purchase(
         &mut self,
         buyer: BuyerId,
@@ -1138,15 +1252,6 @@ impl CustomerMachine {
         lines: Vec<PurchaseLine>,
         at_ms: u64,
     ) -> Result<CustomerOutput, MarketError> {
-        if let Some(pid) = self.purchase_by_reservation.get(&reservation) {
-            return match self.purchases.get(pid) {
-                Some((owner, p)) if *owner == buyer => Ok(CustomerOutput::Purchase(p.clone())),
-                _ => Err(MarketError::invalid(
-                    "reservation_id",
-                    "belongs to another purchase",
-                )),
-            };
-        }
         if lines.is_empty() {
             return Err(MarketError::CartEmpty);
         }

@@ -263,6 +263,7 @@ fn purchases_are_recorded_once_per_reservation_and_gate_feedback() {
             reservation_id: rid,
             reserved_at_ms: T0,
             lines: vec![line("1-1", s.0, 2, 100), line("2-1", s.0, 1, 50)],
+            attempt: None,
             at_ms,
         })
     };
@@ -282,6 +283,7 @@ fn purchases_are_recorded_once_per_reservation_and_gate_feedback() {
         reservation_id: 77,
         reserved_at_ms: T0 + 700_000,
         lines: vec![line("1-1", s.0, 1, 100)],
+        attempt: None,
         at_ms: T0 + 700_000,
     });
     assert!(matches!(
@@ -348,6 +350,7 @@ fn purchases_are_recorded_once_per_reservation_and_gate_feedback() {
             reservation_id: 99,
             reserved_at_ms: T0,
             lines: vec![],
+            attempt: None,
             at_ms: T0
         }),
         Err(MarketError::CartEmpty)
@@ -518,6 +521,7 @@ fn snapshot_restore_and_determinism() {
             reservation_id: 5,
             reserved_at_ms: T0,
             lines: vec![line("4-1", s.0, 2, 10)],
+            attempt: None,
             at_ms: T0 + 2,
         });
         let _ = m.apply(CustomerCommand::GiveFeedback {
@@ -720,6 +724,93 @@ fn a_cart_command_checks_its_session_in_the_same_write() {
     assert_eq!(cart(&m, b, expired).items[0].quantity, 2, "saved cart kept");
 }
 
+/// A retry's claim fences earlier attempts' records sent beside their confirmations, tells
+/// a retry about a record that landed first, never stops a record made after the
+/// confirmation, and is forgotten after its time.
+#[test]
+fn purchase_claims_fence_records_sent_beside_the_confirmation() {
+    let mut m = m();
+    let s = seller(&mut m, "s", T0);
+    let b = buyer(&mut m, "b", T0);
+    let record = |rid, attempt, at_ms| CustomerCommand::RecordPurchase {
+        buyer: b,
+        reservation_id: rid,
+        reserved_at_ms: T0,
+        lines: vec![line("1-1", s.0, 1, 100)],
+        attempt,
+        at_ms,
+    };
+    let claim = |rid, attempt, at_ms| CustomerCommand::ClaimPurchase {
+        buyer: b,
+        reservation_id: rid,
+        reserved_at_ms: T0,
+        attempt,
+        at_ms,
+    };
+    let history = |m: &CustomerMachine| match m.query(&CustomerQuery::Purchases { buyer: b }) {
+        CustomerAnswer::Purchases(Some(ps)) => ps.len(),
+        other => panic!("{other:?}"),
+    };
+
+    // Attempt 2 claims reservation 7: attempt 1's record beside its confirmation is refused
+    // (nothing changes), attempt 2's own is taken.
+    assert_eq!(m.apply(claim(7, 2, T0 + 1)), Ok(CustomerOutput::Done));
+    assert_eq!(
+        m.apply(record(7, Some(1), T0 + 2)),
+        Ok(CustomerOutput::Superseded)
+    );
+    assert_eq!(history(&m), 0);
+    let Ok(CustomerOutput::Purchase(p)) = m.apply(record(7, Some(2), T0 + 3)) else {
+        panic!("the claiming attempt records")
+    };
+    // Once recorded, a claim answers the purchase (the retry only confirms), and every kind
+    // of record answers it again.
+    assert_eq!(
+        m.apply(claim(7, 3, T0 + 4)),
+        Ok(CustomerOutput::Purchase(p.clone()))
+    );
+    assert_eq!(
+        m.apply(record(7, Some(1), T0 + 5)),
+        Ok(CustomerOutput::Purchase(p.clone()))
+    );
+    assert_eq!(history(&m), 1);
+
+    // A record made after the confirmation is never refused.
+    m.apply(claim(8, 5, T0 + 6)).unwrap();
+    assert!(matches!(
+        m.apply(record(8, None, T0 + 7)),
+        Ok(CustomerOutput::Purchase(_))
+    ));
+    assert_eq!(history(&m), 2);
+
+    // A claim is forgotten after its time: a later record beside a confirmation is taken.
+    m.apply(claim(9, 5, T0 + 8)).unwrap();
+    let survives = m.clone();
+    let later = T0 + 8 + PURCHASE_CLAIM_TTL_MS;
+    m.apply(CustomerCommand::Tick { at_ms: later }).unwrap();
+    assert!(matches!(
+        m.apply(record(9, Some(1), later)),
+        Ok(CustomerOutput::Purchase(_))
+    ));
+    // ... and it survives a snapshot until then.
+    let mut restored = CustomerMachine::default();
+    restored.restore(&survives.snapshot()).unwrap();
+    assert_eq!(
+        restored.apply(record(9, Some(1), later - 1)),
+        Ok(CustomerOutput::Superseded)
+    );
+    // An unknown buyer cannot claim.
+    assert!(m
+        .apply(CustomerCommand::ClaimPurchase {
+            buyer: BuyerId(99),
+            reservation_id: 10,
+            reserved_at_ms: T0,
+            attempt: 1,
+            at_ms: later,
+        })
+        .is_err());
+}
+
 #[test]
 fn feedback_checks_its_session_in_the_same_write_and_names_the_buyer() {
     let (mut m, b, s, item) = buyer_and_seller_logged_in();
@@ -728,6 +819,7 @@ fn feedback_checks_its_session_in_the_same_write_and_names_the_buyer() {
         reservation_id: 5,
         reserved_at_ms: T0,
         lines: vec![line("1-1", s.0, 1, 100)],
+        attempt: None,
         at_ms: T0 + 1,
     })
     .expect("purchase");

@@ -118,6 +118,8 @@ pub struct Reservation {
     /// When it was made (the machine's clock then). With `id` it names this reservation
     /// uniquely, even if the id is reused after the reservation was forgotten.
     pub reserved_at_ms: u64,
+    /// The purchase attempt that made it (see [`ProductCommand::Reserve`]).
+    pub attempt: u64,
     /// Lines in item id order.
     pub lines: Vec<ReservedLine>,
     /// Sum of quantity times price.
@@ -208,6 +210,10 @@ pub enum ProductCommand {
         at_ms: u64,
         /// When the reservation lapses if neither confirmed nor released.
         expires_at_ms: u64,
+        /// The proposer's purchase attempt (random): kept with the reservation, so a retry
+        /// whose `Reserve` is answered with an existing reservation sees that an earlier
+        /// attempt made it ([`Reservation::attempt`]).
+        attempt: u64,
     },
     /// Sells the reserved units. Output: [`ProductOutput::Reservation`] (also when already
     /// confirmed); released already: unavailable.
@@ -338,6 +344,7 @@ struct ItemRecord {
 struct ReservationRecord {
     buyer: BuyerId,
     reserved_at_ms: u64,
+    attempt: u64,
     lines: Vec<ReservedLine>,
     state: ReservationState,
 }
@@ -493,6 +500,7 @@ impl ProductMachine {
             id,
             buyer: r.buyer,
             reserved_at_ms: r.reserved_at_ms,
+            attempt: r.attempt,
             lines: r.lines.clone(),
             total_cents: r.lines.iter().fold(0u64, |acc, l| {
                 acc.saturating_add(l.quantity.saturating_mul(l.price_cents))
@@ -590,6 +598,7 @@ impl ProductMachine {
                 buyer,
                 lines,
                 expires_at_ms,
+                attempt,
                 ..
             } => {
                 if let Some(existing) = self.reservation_view(reservation_id) {
@@ -636,6 +645,7 @@ impl ProductMachine {
                     ReservationRecord {
                         buyer,
                         reserved_at_ms: self.clock_ms,
+                        attempt,
                         lines: reserved,
                         state: ReservationState::Held { expires_at_ms },
                     },

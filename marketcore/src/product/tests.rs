@@ -62,6 +62,7 @@ fn reserve(
         lines,
         at_ms,
         expires_at_ms: at_ms + 1000,
+        attempt: 1,
     })
 }
 
