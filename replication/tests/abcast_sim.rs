@@ -73,6 +73,37 @@ fn clean_network_delivers_everything() {
     }
 }
 
+/// A read barrier asks one peer more than a majority needs: with a peer that stopped
+/// answering (still counted as heard from lately, so still asked in its turn), every read
+/// completes at network speed instead of waiting to ask again after `retransmit_after_ms`.
+#[test]
+fn reads_do_not_wait_for_one_silent_peer() {
+    for seed in seeds(2) {
+        let mut sim = Sim::new(2000 + 2 * seed, 5, Faults::none());
+        sim.run_for(200);
+        sim.set_link(0, 1, false);
+        let patience = sim.core(0).expect("alive").config().retransmit_after_ms;
+        // Probes rotate over the peers: six reads ask member 1 several times.
+        for read in 0..6 {
+            let (before, start) = (sim.reads_done, sim.now_ms);
+            sim.read(0);
+            for _ in 0..200 {
+                if sim.reads_done > before {
+                    break;
+                }
+                sim.run_for(1);
+            }
+            let took = sim.now_ms - start;
+            assert!(
+                sim.reads_done > before && took < patience,
+                "seed {seed}: read {read} took {took} ms (re-ask after {patience} ms)"
+            );
+        }
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("silent peer", seed, e));
+    }
+}
+
 #[test]
 fn isolated_minority_never_delivers() {
     for seed in seeds(6) {

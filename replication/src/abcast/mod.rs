@@ -110,10 +110,11 @@
 //! # Reads
 //!
 //! A linearizable read runs a barrier: the member asks peers for their progress
-//! (`ReadProbe`): just enough of them to make a majority with itself, in turn among those it
-//! heard from lately (every peer if too few were heard from; every unanswered peer again after
-//! [`CoreConfig::retransmit_after_ms`]), which halves the messages of a read in a group of
-//! five. Once a majority (itself included) has answered, the target is the largest
+//! (`ReadProbe`): enough of them to make a majority with itself plus
+//! [`CoreConfig::read_probe_spare`] (one), in turn among those it heard from lately (every
+//! peer if too few were heard from; every unanswered peer again after
+//! [`CoreConfig::retransmit_after_ms`]): three of four peers in a group of five, so the
+//! barrier waits for the faster two answers rather than for both of two peers asked. Once a majority (itself included) has answered, the target is the largest
 //! `stable` among the answers; the member waits until it has delivered up to the target, then
 //! reads its local state. Why it is enough: a write acknowledged before the read began was
 //! delivered at its proposer, so a majority had it on disk (`stable > k`); that majority meets
