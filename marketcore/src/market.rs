@@ -70,10 +70,15 @@
 //! come too late to sell the units. First attempts, the common case, pay nothing for the
 //! fence: only retries write a claim.
 //!
-//! What remains: a frontend that dies after its record but before its confirmation, whose
-//! client never retries, leaves a recorded (and paid) purchase whose reservation lapses and
-//! whose units go back on sale; with the record after the confirmation the same double
-//! failure left a paid, sold purchase missing from the history instead.
+//! A frontend that dies after its record but before its confirmation, whose client never
+//! retries, is covered by the *purchase sweeper* ([`Market::sweep_purchases`], run by every
+//! [`Market::tick`]; buyer servers tick every 5 s): it claims each reservation still held
+//! within [`MarketConfig::sweep_ahead_ms`] of its lapse. A claim that answers a purchase
+//! means the dead attempt was paid and recorded: the sweeper confirms, so the units stay
+//! sold. Otherwise the claim refuses that attempt's record if it is still on its way, and the
+//! reservation lapses. What remains: if no buyer server ticks during those last seconds
+//! (all of them down), a recorded purchase's reservation can lapse and its units go back on
+//! sale.
 //!
 //! A reservation that is neither confirmed nor released (the frontend died)
 //! lapses after [`MarketConfig::reservation_ttl_ms`] and its units return; a `Confirm` that
@@ -209,6 +214,10 @@ pub struct MarketConfig {
     pub touch_after_ms: u64,
     /// A purchase reservation lapses after this long if neither confirmed nor released.
     pub reservation_ttl_ms: u64,
+    /// The purchase sweeper ([`Market::sweep_purchases`]) looks at held reservations that
+    /// lapse within this long (at most a quarter of `reservation_ttl_ms`): more than the
+    /// interval between ticks, so each is seen before it lapses.
+    pub sweep_ahead_ms: u64,
     /// Attempts per step when the log answers `Unavailable` (same request id each time).
     pub propose_attempts: u32,
     /// Pause before the second attempt; doubles per attempt.
@@ -226,6 +235,7 @@ impl Default for MarketConfig {
             password: PasswordParams::PRODUCTION,
             touch_after_ms: 5_000,
             reservation_ttl_ms: 120_000,
+            sweep_ahead_ms: 15_000,
             propose_attempts: 3,
             retry_backoff_ms: 50,
             public_reads: ReadConsistency::Linearizable,
@@ -295,6 +305,9 @@ fn random_token() -> String {
     rand::thread_rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Most reservations one sweep ([`Market::sweep_purchases`]) looks at.
+pub const SWEEP_BATCH: usize = 64;
 
 /// How a purchase's payment stands once the payment service has been asked.
 enum Paid {
@@ -1661,6 +1674,54 @@ impl Market {
         let at_ms = self.now();
         self.customer(CustomerCommand::Tick { at_ms }).await?;
         self.product(ProductCommand::Tick { at_ms }).await?;
+        self.sweep_purchases(at_ms).await
+    }
+
+    /// The purchase sweeper: for each reservation still held within
+    /// [`MarketConfig::sweep_ahead_ms`] of its lapse (at most [`SWEEP_BATCH`] per call), claims
+    /// its purchase record ([`CustomerCommand::ClaimPurchase`]). If the attempt that made it
+    /// recorded the purchase beside a confirmation that never landed (its frontend died and
+    /// its client did not retry), the claim answers the purchase and the sweeper confirms
+    /// the reservation, so the units of a recorded purchase do not go back on sale; otherwise
+    /// the claim refuses that attempt's record from now on, and the reservation lapses as
+    /// before. [`Market::tick`] runs it; the buyer servers tick every 5 seconds.
+    pub async fn sweep_purchases(&self, now_ms: u64) -> Result<(), MarketError> {
+        // A reservation a quarter of its lifetime from lapsing is long past the point (half
+        // its lifetime left) up to which its purchase may be recorded beside the
+        // confirmation, so a claim never sends a live attempt down the slower path.
+        let ahead = self
+            .config
+            .sweep_ahead_ms
+            .min(self.config.reservation_ttl_ms / 4);
+        let query = ProductQuery::HeldLapsing {
+            before_ms: now_ms.saturating_add(ahead),
+            limit: SWEEP_BATCH,
+        };
+        let ProductAnswer::Reservations(held) = self.read_product(query).await? else {
+            return Err(unexpected("reservations"));
+        };
+        for r in held {
+            let claim = CustomerCommand::ClaimPurchase {
+                buyer: r.buyer,
+                reservation_id: r.id,
+                reserved_at_ms: r.reserved_at_ms,
+                attempt: rand::random(),
+                at_ms: self.now(),
+            };
+            match self.customer(claim).await {
+                Ok(CustomerOutput::Purchase(_)) => {
+                    tracing::info!(
+                        reservation = r.id,
+                        "sweeper: confirming a recorded purchase"
+                    );
+                    self.confirm(r.id).await?;
+                }
+                Ok(_) => {}
+                // A buyer that no longer exists: nothing to record or fence.
+                Err(MarketError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 }

@@ -16,7 +16,9 @@ use marketcore::customer::{CustomerCommand, CustomerMachine, CustomerOutput, Cus
 use marketcore::ids::{BuyerId, ItemId, Role, UserId};
 use marketcore::market::reservation_id_for;
 use marketcore::payment::{AlwaysApprove, AlwaysDecline, AlwaysFail};
-use marketcore::product::{ProductAnswer, ProductCommand, ProductMachine, ProductQuery};
+use marketcore::product::{
+    ProductAnswer, ProductCommand, ProductMachine, ProductQuery, ReservationState,
+};
 use marketcore::{
     with_idempotency_key, with_remembered_lookup, EmbeddedMarket, EmbeddedOptions, Market,
     MarketConfig, MarketError,
@@ -1071,7 +1073,51 @@ async fn durable_embedded_market_survives_a_restart() {
 /// attempt proposes its steps with the same ids, so a retry's `Reserve` is answered with the
 /// first attempt's outcome.
 async fn keyed_purchase(m: &Market, t: &str) -> Result<marketcore::api::Purchase, MarketError> {
-    with_idempotency_key("buyer:1", "k", m.make_purchase(t, &purchase(), Some("k"))).await
+    purchase_with_key(m, t, "k").await
+}
+
+async fn purchase_with_key(
+    m: &Market,
+    t: &str,
+    key: &str,
+) -> Result<marketcore::api::Purchase, MarketError> {
+    with_idempotency_key("buyer:1", key, m.make_purchase(t, &purchase(), Some(key))).await
+}
+
+/// The reservation a purchase with `key` made (buyer 1).
+async fn reservation_of(
+    products: &SingleNodeLog<ProductMachine>,
+    key: &str,
+) -> marketcore::product::Reservation {
+    let rid = reservation_id_for(BuyerId(1), key);
+    match products
+        .read(
+            ProductQuery::Reservation(rid),
+            ReadConsistency::Linearizable,
+        )
+        .await
+    {
+        Ok(ProductAnswer::Reservation(Some(r))) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A purchase record as the attempt that made `r` would send it beside its confirmation.
+fn record_beside(r: &marketcore::product::Reservation, item: &str) -> CustomerCommand {
+    CustomerCommand::RecordPurchase {
+        buyer: r.buyer,
+        reservation_id: r.id,
+        reserved_at_ms: r.reserved_at_ms,
+        lines: vec![PurchaseLine {
+            item_id: item.into(),
+            name: "a".into(),
+            seller_id: 1,
+            quantity: r.lines[0].quantity,
+            price_cents: 10,
+        }],
+        attempt: Some(r.attempt),
+        at_ms: T0,
+    }
 }
 
 /// The first attempt of a keyed purchase was paid and recorded, but its confirmation never
@@ -1131,37 +1177,10 @@ async fn a_retry_that_pays_again_fences_the_first_attempts_late_record() {
     );
 
     // The first attempt's record, still in flight, lands now.
-    let rid = reservation_id_for(BuyerId(1), "k");
-    let first = match products
-        .inner
-        .read(
-            ProductQuery::Reservation(rid),
-            ReadConsistency::Linearizable,
-        )
-        .await
-    {
-        Ok(ProductAnswer::Reservation(Some(r))) => r,
-        other => panic!("{other:?}"),
-    };
+    let first = reservation_of(&products.inner, "k").await;
     let late = customers
         .inner
-        .propose(
-            RequestId { client: 77, seq: 1 },
-            CustomerCommand::RecordPurchase {
-                buyer: BuyerId(1),
-                reservation_id: rid,
-                reserved_at_ms: first.reserved_at_ms,
-                lines: vec![PurchaseLine {
-                    item_id: a.clone(),
-                    name: "a".into(),
-                    seller_id: 1,
-                    quantity: 2,
-                    price_cents: 10,
-                }],
-                attempt: Some(first.attempt),
-                at_ms: T0,
-            },
-        )
+        .propose(RequestId { client: 77, seq: 1 }, record_beside(&first, &a))
         .await
         .unwrap();
     assert_eq!(late, Ok(CustomerOutput::Superseded));
@@ -1197,4 +1216,74 @@ async fn a_declined_retry_of_a_confirmed_purchase_records_it() {
     assert_eq!(pay.calls.load(Ordering::SeqCst), 2);
     assert_eq!(m.get_purchase_history(&t).await.unwrap().purchases, vec![p]);
     assert_eq!(m.get_item(&a).await.unwrap().quantity, 3);
+}
+
+/// A first attempt recorded its purchase beside a confirmation that never landed, and its
+/// client never retried. The sweeper (`tick`) finds the reservation held near its lapse, its
+/// claim answers the purchase, and it confirms: the units stay sold. For a purchase with
+/// nothing recorded, the sweeper's claim refuses the attempt's late record and the units go
+/// back on sale when the reservation lapses.
+#[tokio::test]
+async fn the_sweeper_confirms_recorded_purchases_before_they_lapse_and_fences_the_rest() {
+    let products = Arc::new(Faulty::refusing(ProductMachine::default(), |c| {
+        matches!(c, ProductCommand::Confirm { .. })
+    }));
+    let customers = Arc::new(Faulty::refusing(CustomerMachine::default(), |c| {
+        matches!(c, CustomerCommand::RecordPurchase { .. })
+    }));
+    customers.refusing.store(false, Ordering::SeqCst);
+    let pay = Arc::new(Scripted::default());
+    let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
+    let (m, t, a) = one_item_market(customers.clone(), products.clone(), pay, clock.clone()).await;
+    let ttl = MarketConfig::default().reservation_ttl_ms;
+    let quantity = || async { m.get_item(&a).await.unwrap().quantity };
+
+    // Recorded, never confirmed; a tick well before the lapse leaves it alone.
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+    assert_eq!(code(purchase_with_key(&m, &t, "k").await), "unavailable");
+    products.refusing.store(false, Ordering::SeqCst);
+    assert_eq!(m.get_purchase_history(&t).await.unwrap().purchases.len(), 1);
+    m.tick().await.unwrap();
+    assert!(matches!(
+        reservation_of(&products.inner, "k").await.state,
+        ReservationState::Held { .. }
+    ));
+    // Near its lapse the sweeper confirms it, and the lapse then changes nothing.
+    clock.advance_ms(ttl - 10_000);
+    m.tick().await.unwrap();
+    assert_eq!(
+        reservation_of(&products.inner, "k").await.state,
+        ReservationState::Confirmed
+    );
+    clock.advance_ms(20_000);
+    m.tick().await.unwrap();
+    assert_eq!(
+        quantity().await,
+        3,
+        "the recorded purchase's units stay sold"
+    );
+
+    // Neither written: the sweeper fences the attempt, its late record is refused, and the
+    // reservation lapses.
+    m.add_to_cart(&t, &add(&a, 1)).await.unwrap();
+    products.refusing.store(true, Ordering::SeqCst);
+    customers.refusing.store(true, Ordering::SeqCst);
+    assert_eq!(code(purchase_with_key(&m, &t, "k2").await), "unavailable");
+    products.refusing.store(false, Ordering::SeqCst);
+    customers.refusing.store(false, Ordering::SeqCst);
+    assert_eq!(quantity().await, 2, "one unit held");
+    let held = reservation_of(&products.inner, "k2").await;
+    clock.advance_ms(ttl - 10_000);
+    m.tick().await.unwrap();
+    let late = customers
+        .inner
+        .propose(RequestId { client: 78, seq: 1 }, record_beside(&held, &a))
+        .await
+        .unwrap();
+    assert_eq!(late, Ok(CustomerOutput::Superseded));
+    clock.advance_ms(20_000);
+    m.tick().await.unwrap();
+    assert_eq!(quantity().await, 3, "the lapsed reservation's unit is back");
+    assert_eq!(m.get_purchase_history(&t).await.unwrap().purchases.len(), 1);
+    products.inner.with_state(|p| p.check_invariants()).unwrap();
 }

@@ -20,7 +20,9 @@ use marketcore::api::{AddToCart, Condition, FeedbackRequest, PurchaseLine, Purch
 use marketcore::customer::{CustomerCommand, CustomerMachine, CustomerQuery, StoredResponse};
 use marketcore::ids::{BuyerId, ItemId, Role, SellerId, UserId};
 use marketcore::payment::SeededApproveRate;
-use marketcore::product::{ProductCommand, ProductMachine, ProductQuery, ReleaseReason};
+use marketcore::product::{
+    ProductAnswer, ProductCommand, ProductMachine, ProductQuery, ReleaseReason, ReservationState,
+};
 use marketcore::MarketError;
 use proptest::prelude::*;
 use replication::{ReplicatedLog, RequestId, SingleNodeLog, StateMachine};
@@ -254,6 +256,21 @@ proptest! {
         queries.push(ProductQuery::Search { category: Some(1), keywords: vec![], limit: 3 });
         for s in 1..4 { queries.push(ProductQuery::BySeller(SellerId(s))); }
         for rid in 0..6 { queries.push(ProductQuery::Reservation(rid)); }
+        for before_ms in [T0 + 2_000, u64::MAX] {
+            queries.push(ProductQuery::HeldLapsing { before_ms, limit: 100 });
+            // The sweeper's query lists held reservations lapsing before the bound, soonest first.
+            let ProductAnswer::Reservations(held) = a.query(&ProductQuery::HeldLapsing { before_ms, limit: 100 }) else {
+                panic!("reservations");
+            };
+            let mut last = 0;
+            for h in &held {
+                let ReservationState::Held { expires_at_ms } = h.state else {
+                    panic!("not held: {h:?}");
+                };
+                prop_assert!(expires_at_ms < before_ms && expires_at_ms >= last);
+                last = expires_at_ms;
+            }
+        }
         for q in &queries {
             prop_assert_eq!(r.query(q), a.query(q));
         }

@@ -312,6 +312,15 @@ pub enum ProductQuery {
     },
     /// A reservation. Answer: [`ProductAnswer::Reservation`].
     Reservation(u64),
+    /// Held reservations that lapse before `before_ms`, soonest first, at most `limit`
+    /// (the purchase sweeper's look at reservations a dead frontend may have left).
+    /// Answer: [`ProductAnswer::Reservations`].
+    HeldLapsing {
+        /// Lapse time bound (exclusive).
+        before_ms: u64,
+        /// At most this many.
+        limit: usize,
+    },
     /// Unit accounting of every item. Answer: [`ProductAnswer::Units`].
     Units,
 }
@@ -325,6 +334,8 @@ pub enum ProductAnswer {
     Items(Vec<Item>),
     /// `None`: unknown or forgotten.
     Reservation(Option<Reservation>),
+    /// Reservations.
+    Reservations(Vec<Reservation>),
     /// Every item's units, by id.
     Units(Vec<(ItemId, Units)>),
 }
@@ -817,6 +828,14 @@ impl ProductMachine {
                 limit,
             } => ProductAnswer::Items(self.search(*category, keywords, *limit)),
             ProductQuery::Reservation(id) => ProductAnswer::Reservation(self.reservation_view(*id)),
+            ProductQuery::HeldLapsing { before_ms, limit } => ProductAnswer::Reservations(
+                self.held
+                    .iter()
+                    .take_while(|(expires, _)| expires < before_ms)
+                    .take(*limit)
+                    .filter_map(|(_, id)| self.reservation_view(*id))
+                    .collect(),
+            ),
             ProductQuery::Units => {
                 ProductAnswer::Units(self.items.iter().map(|(id, it)| (*id, it.units)).collect())
             }
