@@ -1102,6 +1102,26 @@ async fn reservation_of(
     }
 }
 
+/// The record that the attempt which made `r` sent beside its confirmation lands now, late,
+/// and is refused.
+async fn assert_late_record_refused(
+    customers: &SingleNodeLog<CustomerMachine>,
+    r: &marketcore::product::Reservation,
+    item: &str,
+) {
+    let late = customers
+        .propose(
+            RequestId {
+                client: 77,
+                seq: r.id,
+            },
+            record_beside(r, item),
+        )
+        .await
+        .unwrap();
+    assert_eq!(late, Ok(CustomerOutput::Superseded));
+}
+
 /// A purchase record as the attempt that made `r` would send it beside its confirmation.
 fn record_beside(r: &marketcore::product::Reservation, item: &str) -> CustomerCommand {
     CustomerCommand::RecordPurchase {
@@ -1147,18 +1167,25 @@ async fn a_retry_of_a_recorded_but_unconfirmed_purchase_only_confirms() {
     products.inner.with_state(|p| p.check_invariants()).unwrap();
 }
 
-/// The first attempt was paid, but neither its confirmation nor its record landed (yet). The
-/// retry claims the record, pays again, is declined and releases the units: the first
-/// attempt's record, arriving late, is refused, so no purchase is recorded for units that
-/// went back on sale.
-#[tokio::test]
-async fn a_retry_that_pays_again_fences_the_first_attempts_late_record() {
+/// A product log refusing confirmations and a customer log refusing purchase records (both
+/// until their `refusing` is cleared): a frontend that dies once the payment said yes.
+fn last_writes_refused() -> (Arc<Faulty<ProductMachine>>, Arc<Faulty<CustomerMachine>>) {
     let products = Arc::new(Faulty::refusing(ProductMachine::default(), |c| {
         matches!(c, ProductCommand::Confirm { .. })
     }));
     let customers = Arc::new(Faulty::refusing(CustomerMachine::default(), |c| {
         matches!(c, CustomerCommand::RecordPurchase { .. })
     }));
+    (products, customers)
+}
+
+/// The first attempt was paid, but neither its confirmation nor its record landed (yet). The
+/// retry claims the record, pays again, is declined and releases the units: the first
+/// attempt's record, arriving late, is refused, so no purchase is recorded for units that
+/// went back on sale.
+#[tokio::test]
+async fn a_retry_that_pays_again_fences_the_first_attempts_late_record() {
+    let (products, customers) = last_writes_refused();
     let pay = Arc::new(Scripted::default());
     let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
     let (m, t, a) = one_item_market(customers.clone(), products.clone(), pay.clone(), clock).await;
@@ -1178,12 +1205,7 @@ async fn a_retry_that_pays_again_fences_the_first_attempts_late_record() {
 
     // The first attempt's record, still in flight, lands now.
     let first = reservation_of(&products.inner, "k").await;
-    let late = customers
-        .inner
-        .propose(RequestId { client: 77, seq: 1 }, record_beside(&first, &a))
-        .await
-        .unwrap();
-    assert_eq!(late, Ok(CustomerOutput::Superseded));
+    assert_late_record_refused(&customers.inner, &first, &a).await;
     assert!(m
         .get_purchase_history(&t)
         .await
@@ -1225,12 +1247,7 @@ async fn a_declined_retry_of_a_confirmed_purchase_records_it() {
 /// back on sale when the reservation lapses.
 #[tokio::test]
 async fn the_sweeper_confirms_recorded_purchases_before_they_lapse_and_fences_the_rest() {
-    let products = Arc::new(Faulty::refusing(ProductMachine::default(), |c| {
-        matches!(c, ProductCommand::Confirm { .. })
-    }));
-    let customers = Arc::new(Faulty::refusing(CustomerMachine::default(), |c| {
-        matches!(c, CustomerCommand::RecordPurchase { .. })
-    }));
+    let (products, customers) = last_writes_refused();
     customers.refusing.store(false, Ordering::SeqCst);
     let pay = Arc::new(Scripted::default());
     let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
@@ -1275,12 +1292,7 @@ async fn the_sweeper_confirms_recorded_purchases_before_they_lapse_and_fences_th
     let held = reservation_of(&products.inner, "k2").await;
     clock.advance_ms(ttl - 10_000);
     m.tick().await.unwrap();
-    let late = customers
-        .inner
-        .propose(RequestId { client: 78, seq: 1 }, record_beside(&held, &a))
-        .await
-        .unwrap();
-    assert_eq!(late, Ok(CustomerOutput::Superseded));
+    assert_late_record_refused(&customers.inner, &held, &a).await;
     clock.advance_ms(20_000);
     m.tick().await.unwrap();
     assert_eq!(quantity().await, 3, "the lapsed reservation's unit is back");
