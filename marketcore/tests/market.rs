@@ -1140,6 +1140,11 @@ fn record_beside(r: &marketcore::product::Reservation, item: &str) -> CustomerCo
     }
 }
 
+/// The buyer's purchase history.
+async fn purchases(m: &Market, t: &str) -> Vec<marketcore::api::Purchase> {
+    m.get_purchase_history(t).await.unwrap().purchases
+}
+
 /// The first attempt of a keyed purchase was paid and recorded, but its confirmation never
 /// landed (its frontend died): the retry finds the record through its claim, confirms, and
 /// answers the same purchase without asking for payment again (a second payment, declined,
@@ -1161,7 +1166,7 @@ async fn a_retry_of_a_recorded_but_unconfirmed_purchase_only_confirms() {
     let p = keyed_purchase(&m, &t).await.unwrap();
     assert_eq!(p.total_cents, 20);
     assert_eq!(pay.calls.load(Ordering::SeqCst), 1, "paid once");
-    let history = m.get_purchase_history(&t).await.unwrap().purchases;
+    let history = purchases(&m, &t).await;
     assert_eq!(history, vec![p]);
     assert_eq!(m.get_item(&a).await.unwrap().quantity, 3, "two units sold");
     products.inner.with_state(|p| p.check_invariants()).unwrap();
@@ -1206,12 +1211,7 @@ async fn a_retry_that_pays_again_fences_the_first_attempts_late_record() {
     // The first attempt's record, still in flight, lands now.
     let first = reservation_of(&products.inner, "k").await;
     assert_late_record_refused(&customers.inner, &first, &a).await;
-    assert!(m
-        .get_purchase_history(&t)
-        .await
-        .unwrap()
-        .purchases
-        .is_empty());
+    assert!(purchases(&m, &t).await.is_empty());
 }
 
 /// The first attempt was paid and confirmed, but its record never landed; the retry pays
@@ -1236,7 +1236,7 @@ async fn a_declined_retry_of_a_confirmed_purchase_records_it() {
     let p = keyed_purchase(&m, &t).await.unwrap();
     assert_eq!(p.total_cents, 20);
     assert_eq!(pay.calls.load(Ordering::SeqCst), 2);
-    assert_eq!(m.get_purchase_history(&t).await.unwrap().purchases, vec![p]);
+    assert_eq!(purchases(&m, &t).await, vec![p]);
     assert_eq!(m.get_item(&a).await.unwrap().quantity, 3);
 }
 
@@ -1259,7 +1259,7 @@ async fn the_sweeper_confirms_recorded_purchases_before_they_lapse_and_fences_th
     m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
     assert_eq!(code(purchase_with_key(&m, &t, "k").await), "unavailable");
     products.refusing.store(false, Ordering::SeqCst);
-    assert_eq!(m.get_purchase_history(&t).await.unwrap().purchases.len(), 1);
+    assert_eq!(purchases(&m, &t).await.len(), 1);
     m.tick().await.unwrap();
     assert!(matches!(
         reservation_of(&products.inner, "k").await.state,
@@ -1296,6 +1296,6 @@ async fn the_sweeper_confirms_recorded_purchases_before_they_lapse_and_fences_th
     clock.advance_ms(20_000);
     m.tick().await.unwrap();
     assert_eq!(quantity().await, 3, "the lapsed reservation's unit is back");
-    assert_eq!(m.get_purchase_history(&t).await.unwrap().purchases.len(), 1);
+    assert_eq!(purchases(&m, &t).await.len(), 1);
     products.inner.with_state(|p| p.check_invariants()).unwrap();
 }
