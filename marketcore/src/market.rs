@@ -1364,15 +1364,7 @@ impl Market {
                     // A retry, and the reservation was held when the first attempt made it:
                     // fence off the earlier attempts' records, or learn that one of them
                     // was paid and recorded the purchase.
-                    let claim = CustomerCommand::ClaimPurchase {
-                        buyer,
-                        reservation_id,
-                        reserved_at_ms: reservation.reserved_at_ms,
-                        attempt,
-                        at_ms: self.now(),
-                    };
-                    if let CustomerOutput::Purchase(p) = self.customer(claim).await? {
-                        self.confirm(reservation_id).await?;
+                    if let Some(p) = self.claim_purchase(&reservation, attempt).await? {
                         return Ok(p);
                     }
                 }
@@ -1419,6 +1411,31 @@ impl Market {
         match self.customer(record(None)).await? {
             CustomerOutput::Purchase(p) => Ok(p),
             _ => Err(unexpected("purchase")),
+        }
+    }
+
+    /// Claims the purchase record of a held reservation for `attempt`
+    /// ([`CustomerCommand::ClaimPurchase`]). If an earlier attempt recorded the purchase, it
+    /// was paid: confirms the reservation and returns the purchase. Otherwise the claim now
+    /// refuses every other attempt's record sent beside its confirmation: `None`.
+    async fn claim_purchase(
+        &self,
+        reservation: &Reservation,
+        attempt: u64,
+    ) -> Result<Option<Purchase>, MarketError> {
+        let claim = CustomerCommand::ClaimPurchase {
+            buyer: reservation.buyer,
+            reservation_id: reservation.id,
+            reserved_at_ms: reservation.reserved_at_ms,
+            attempt,
+            at_ms: self.now(),
+        };
+        match self.customer(claim).await? {
+            CustomerOutput::Purchase(p) => {
+                self.confirm(reservation.id).await?;
+                Ok(Some(p))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -1701,22 +1718,11 @@ impl Market {
             return Err(unexpected("reservations"));
         };
         for r in held {
-            let claim = CustomerCommand::ClaimPurchase {
-                buyer: r.buyer,
-                reservation_id: r.id,
-                reserved_at_ms: r.reserved_at_ms,
-                attempt: rand::random(),
-                at_ms: self.now(),
-            };
-            match self.customer(claim).await {
-                Ok(CustomerOutput::Purchase(_)) => {
-                    tracing::info!(
-                        reservation = r.id,
-                        "sweeper: confirming a recorded purchase"
-                    );
-                    self.confirm(r.id).await?;
+            match self.claim_purchase(&r, rand::random()).await {
+                Ok(Some(_)) => {
+                    tracing::info!(reservation = r.id, "sweeper: confirmed a recorded purchase");
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 // A buyer that no longer exists: nothing to record or fence.
                 Err(MarketError::NotFound(_)) => {}
                 Err(e) => return Err(e),
