@@ -343,11 +343,14 @@ tokio::task_local! {
 }
 
 /// Runs `f` (one Market call) with request ids derived from `(scope, key)`: each effect step
-/// of the call (creating an account, adding an item, reserving, confirming, recording a
-/// purchase, ...) is proposed with `RequestId { client: hash(scope, key), seq: step }`. A retry
-/// of the same request — on another frontend, while the first attempt is still running, or
-/// after it died mid-way — proposes the same ids, so the logs apply each step once and answer
-/// the retry with the first outcome. Session touches and ticks keep fresh ids.
+/// of the call (creating an account, adding an item, changing a cart, recording a purchase,
+/// ...) is proposed with `RequestId { client: hash(scope, key), seq: step }`. A retry of the
+/// same request — on another frontend, while the first attempt is still running, or after it
+/// died mid-way — proposes the same ids, so the logs apply each step once and answer the
+/// retry with the first outcome. Session touches, ticks, purchase claims and the reservation
+/// commands keep fresh ids: a reservation is idempotent by its own id (derived from the key)
+/// and a retry must see its state now, not the first attempt's answer (see
+/// [`ProductCommand::step`]).
 ///
 /// The logs remember a bounded number of such request ids (see
 /// `replication::dedup::CLIENTS_MAX_DEFAULT`); the HTTP layer's remembered responses cover

@@ -1070,8 +1070,8 @@ async fn durable_embedded_market_survives_a_restart() {
 }
 
 /// `make_purchase` as the HTTP layer runs it for a request with `Idempotency-Key: k`: every
-/// attempt proposes its steps with the same ids, so a retry's `Reserve` is answered with the
-/// first attempt's outcome.
+/// attempt proposes its effect steps with the same ids and reserves under the same
+/// reservation id, so a retry's `Reserve` is answered with the reservation as it is now.
 async fn keyed_purchase(m: &Market, t: &str) -> Result<marketcore::api::Purchase, MarketError> {
     purchase_with_key(m, t, "k").await
 }
@@ -1214,12 +1214,10 @@ async fn a_retry_that_pays_again_fences_the_first_attempts_late_record() {
     assert!(purchases(&m, &t).await.is_empty());
 }
 
-/// The first attempt was paid and confirmed, but its record never landed; the retry pays
-/// again and is declined. Its release finds the units sold: the first payment stands, so the
-/// retry records the purchase and answers it (not `payment_declined` for a sale that
-/// happened).
+/// The first attempt was paid and confirmed, but its record never landed: the retry sees the
+/// reservation confirmed, records the purchase and answers it without asking for payment.
 #[tokio::test]
-async fn a_declined_retry_of_a_confirmed_purchase_records_it() {
+async fn a_retry_of_a_confirmed_but_unrecorded_purchase_only_records() {
     let products = Arc::new(SingleNodeLog::in_memory(ProductMachine::default()));
     let customers = Arc::new(Faulty::refusing(CustomerMachine::default(), |c| {
         matches!(c, CustomerCommand::RecordPurchase { .. })
@@ -1235,9 +1233,106 @@ async fn a_declined_retry_of_a_confirmed_purchase_records_it() {
     pay.mode.store(1, Ordering::SeqCst);
     let p = keyed_purchase(&m, &t).await.unwrap();
     assert_eq!(p.total_cents, 20);
-    assert_eq!(pay.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(pay.calls.load(Ordering::SeqCst), 1, "paid once");
     assert_eq!(purchases(&m, &t).await, vec![p]);
     assert_eq!(m.get_item(&a).await.unwrap().quantity, 3);
+}
+
+/// A payment service that declines, after letting the first attempt's late confirmation of
+/// reservation `id` land in `products` while it decides.
+struct ConfirmsWhileDeclining {
+    products: Arc<Faulty<ProductMachine>>,
+    id: u64,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl marketcore::payment::PaymentService for ConfirmsWhileDeclining {
+    async fn process(
+        &self,
+        _r: marketcore::payment::PaymentRequest,
+    ) -> Result<marketcore::payment::PaymentOutcome, marketcore::payment::PaymentError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let confirm = ProductCommand::Confirm {
+            reservation_id: self.id,
+            at_ms: T0,
+        };
+        let id = RequestId {
+            client: 78,
+            seq: self.id,
+        };
+        let confirmed = self.products.inner.propose(id, confirm).await.unwrap();
+        assert!(confirmed.is_ok(), "{confirmed:?}");
+        Ok(marketcore::payment::PaymentOutcome {
+            approved: false,
+            transaction_id: "t".into(),
+        })
+    }
+}
+
+/// The first attempt was paid, and its confirmation lands while the retry (which found the
+/// reservation held) is paying again and is declined. The retry's release finds the units
+/// sold: the first payment stands, so the retry records the purchase and answers it (not
+/// `payment_declined` for a sale that happened).
+#[tokio::test]
+async fn a_declined_retry_whose_release_finds_the_units_sold_records_the_purchase() {
+    let (products, customers) = last_writes_refused();
+    let pay = Arc::new(ConfirmsWhileDeclining {
+        products: products.clone(),
+        id: reservation_id_for(BuyerId(1), "k"),
+        calls: 0.into(),
+    });
+    let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
+    let first: Arc<dyn marketcore::payment::PaymentService> = Arc::new(AlwaysApprove::default());
+    let (m, t, a) =
+        one_item_market(customers.clone(), products.clone(), first, clock.clone()).await;
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+    assert_eq!(code(keyed_purchase(&m, &t).await), "unavailable");
+    customers.refusing.store(false, Ordering::SeqCst);
+
+    let retry = Market::new(
+        customers.clone(),
+        products.clone(),
+        pay.clone(),
+        clock,
+        MarketConfig::for_tests(),
+    );
+    let p = keyed_purchase(&retry, &t).await.unwrap();
+    assert_eq!(p.total_cents, 20);
+    assert_eq!(pay.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(purchases(&m, &t).await, vec![p]);
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 3);
+    products.inner.with_state(|p| p.check_invariants()).unwrap();
+}
+
+/// The first attempt of a keyed purchase was declined and released its reservation, but its
+/// answer never reached the client (the frontend died just then). Every retry with the same
+/// key answers `payment_declined` again without asking for payment: the retry's `Reserve`
+/// must show the reservation as it is now, not the first attempt's remembered answer (held),
+/// which once sent each retry to pay and then fail to confirm released units.
+#[tokio::test]
+async fn a_retry_of_a_declined_purchase_is_declined_without_paying_again() {
+    let products = Arc::new(SingleNodeLog::in_memory(ProductMachine::default()));
+    let customers = Arc::new(SingleNodeLog::in_memory(CustomerMachine::default()));
+    let pay = Arc::new(Scripted::default());
+    let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
+    let (m, t, a) = one_item_market(customers, products.clone(), pay.clone(), clock).await;
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+
+    pay.mode.store(1, Ordering::SeqCst);
+    assert_eq!(code(keyed_purchase(&m, &t).await), "payment_declined");
+    pay.mode.store(0, Ordering::SeqCst);
+    for _ in 0..2 {
+        assert_eq!(code(keyed_purchase(&m, &t).await), "payment_declined");
+    }
+    assert_eq!(
+        pay.calls.load(Ordering::SeqCst),
+        1,
+        "asked for payment once"
+    );
+    assert_eq!(m.get_item(&a).await.unwrap().quantity, 5, "nothing sold");
+    assert!(purchases(&m, &t).await.is_empty());
+    products.with_state(|p| p.check_invariants()).unwrap();
 }
 
 /// A first attempt recorded its purchase beside a confirmation that never landed, and its

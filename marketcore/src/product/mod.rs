@@ -268,17 +268,23 @@ impl ProductCommand {
     }
 
     /// The command's step number within one client request (see
-    /// [`CustomerCommand::step`](crate::customer::CustomerCommand::step)); `None` for ticks.
+    /// [`CustomerCommand::step`](crate::customer::CustomerCommand::step)); `None` for ticks
+    /// and for the reservation commands. `Reserve`, `Confirm` and `Release` are idempotent by
+    /// reservation id in the machine itself, and the purchase workflow branches on the
+    /// reservation they answer with, so a retry must see it as it is now: with an id derived
+    /// from the key, the log would answer a retry's `Reserve` with the first attempt's
+    /// remembered "held" after that attempt's decline had released it, and send the retry to
+    /// pay again.
     pub fn step(&self) -> Option<u64> {
         match self {
             Self::AddItem { .. } => Some(1),
             Self::ChangePrice { .. } => Some(2),
             Self::RemoveUnits { .. } => Some(3),
-            Self::Reserve { .. } => Some(4),
-            Self::Confirm { .. } => Some(5),
-            Self::Release { .. } => Some(6),
             Self::ItemFeedback { .. } => Some(7),
-            Self::Tick { .. } => None,
+            Self::Reserve { .. }
+            | Self::Confirm { .. }
+            | Self::Release { .. }
+            | Self::Tick { .. } => None,
         }
     }
 }
