@@ -72,12 +72,12 @@
 //!
 //! A frontend that dies after its record but before its confirmation, whose client never
 //! retries, is covered by the *purchase sweeper* ([`Market::sweep_purchases`], run by every
-//! [`Market::tick`]; buyer servers tick every 5 s): it claims each reservation still held
-//! within [`MarketConfig::sweep_ahead_ms`] of its lapse. A claim that answers a purchase
+//! [`Market::tick`]; every seller and buyer server ticks every 5 s): it claims each
+//! reservation still held within [`MarketConfig::sweep_ahead_ms`] of its lapse. A claim that answers a purchase
 //! means the dead attempt was paid and recorded: the sweeper confirms, so the units stay
 //! sold. Otherwise the claim refuses that attempt's record if it is still on its way, and the
-//! reservation lapses. What remains: if no buyer server ticks during those last seconds
-//! (all of them down), a recorded purchase's reservation can lapse and its units go back on
+//! reservation lapses. What remains: if no server ticks during those last seconds
+//! (all eight down), a recorded purchase's reservation can lapse and its units go back on
 //! sale.
 //!
 //! A reservation that is neither confirmed nor released (the frontend died)
@@ -1704,7 +1704,7 @@ impl Market {
     /// its client did not retry), the claim answers the purchase and the sweeper confirms
     /// the reservation, so the units of a recorded purchase do not go back on sale; otherwise
     /// the claim refuses that attempt's record from now on, and the reservation lapses as
-    /// before. [`Market::tick`] runs it; the buyer servers tick every 5 seconds.
+    /// before. [`Market::tick`] runs it; every seller and buyer server ticks every 5 seconds.
     pub async fn sweep_purchases(&self, now_ms: u64) -> Result<(), MarketError> {
         // A reservation a quarter of its lifetime from lapsing is long past the point (half
         // its lifetime left) up to which its purchase may be recorded beside the

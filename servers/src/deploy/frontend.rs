@@ -26,6 +26,9 @@ use crate::frontend::buyer::BuyerApi;
 use crate::frontend::seller::SellerApi;
 use crate::frontend::ApiServer;
 use crate::http::{self, Limits};
+
+/// How often every frontend runs [`Market::tick`].
+const TICK_EVERY: Duration = Duration::from_secs(5);
 use crate::payments::client::SoapPaymentClient;
 
 /// The client-network peer table: every database replica's client endpoint, plus the
@@ -238,6 +241,19 @@ pub async fn run(cluster: Cluster, role: RoleKind, id: u64) -> Result<(), String
         .map_err(|e| format!("{listen}: {e}"))?;
     tracing::info!(role = role.name(), id, %addr, "frontend listening");
     let limits = Limits::default();
+    // Every frontend ticks: stale reservations lapse while the product database is idle, and
+    // the purchase sweeper ([`Market::sweep_purchases`]) runs while any frontend of either
+    // kind is up.
+    let ticker = Arc::clone(&market);
+    let tick = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(TICK_EVERY);
+        loop {
+            interval.tick().await;
+            if let Err(e) = ticker.tick().await {
+                tracing::debug!(error = %e, "tick failed");
+            }
+        }
+    });
     let result = match role {
         RoleKind::Seller => {
             let server = Arc::new(
@@ -251,22 +267,10 @@ pub async fn run(cluster: Cluster, role: RoleKind, id: u64) -> Result<(), String
                 ApiServer::<BuyerApi>::new(Arc::clone(&market), limits.clone())
                     .with_extra_metrics(extra),
             );
-            // Buyer frontends also lapse stale reservations while the product database is idle.
-            let ticker = Arc::clone(&market);
-            let tick = tokio::spawn(async move {
-                let mut interval = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    interval.tick().await;
-                    if let Err(e) = ticker.tick().await {
-                        tracing::debug!(error = %e, "tick failed");
-                    }
-                }
-            });
-            let r = http::serve(listener, server, limits, http::shutdown_signal()).await;
-            tick.abort();
-            r
+            http::serve(listener, server, limits, http::shutdown_signal()).await
         }
     };
+    tick.abort();
     network.shutdown();
     result.map_err(|e| e.to_string())
 }
