@@ -12,6 +12,7 @@
 //! * [`customer`]: the customer database state machine (accounts, sessions, carts, history,
 //!   ratings, remembered responses for `Idempotency-Key` retries).
 //! * [`product`]: the product database state machine (items, search, reservations).
+//! * [`snapshot`]: the two machines' snapshot format (a versioned header, then postcard).
 //! * [`market`]: the [`Market`], which validates, stamps time, hashes, and drives the two
 //!   databases through any `replication::ReplicatedLog`.
 //! * [`embedded`]: a whole marketplace in one process (see its example).
@@ -33,6 +34,7 @@ pub mod market;
 pub mod password;
 pub mod payment;
 pub mod product;
+pub mod snapshot;
 pub mod validate;
 
 pub use embedded::{EmbeddedMarket, EmbeddedOptions};

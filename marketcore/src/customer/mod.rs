@@ -1424,6 +1424,13 @@ impl CustomerMachine {
     }
 }
 
+/// The customer machine's snapshot format (see [`crate::snapshot`]). Bump `version` whenever
+/// the serialized state changes shape.
+pub const SNAPSHOT_FORMAT: crate::snapshot::Format = crate::snapshot::Format {
+    magic: *b"MKCU",
+    version: crate::snapshot::UNHEADED_VERSION,
+};
+
 impl StateMachine for CustomerMachine {
     type Command = CustomerCommand;
     type Output = Result<CustomerOutput, MarketError>;
@@ -1439,12 +1446,11 @@ impl StateMachine for CustomerMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        // Serializing plain maps and strings into a Vec cannot fail.
-        postcard::to_stdvec(self).unwrap_or_default()
+        crate::snapshot::encode(SNAPSHOT_FORMAT, self)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        *self = postcard::from_bytes(snapshot).map_err(|e| SnapshotError(e.to_string()))?;
+        *self = crate::snapshot::decode(SNAPSHOT_FORMAT, snapshot)?;
         Ok(())
     }
 }

@@ -849,6 +849,13 @@ impl ProductMachine {
     }
 }
 
+/// The product machine's snapshot format (see [`crate::snapshot`]). Bump `version` whenever
+/// the serialized state changes shape.
+pub const SNAPSHOT_FORMAT: crate::snapshot::Format = crate::snapshot::Format {
+    magic: *b"MKPR",
+    version: crate::snapshot::UNHEADED_VERSION,
+};
+
 impl StateMachine for ProductMachine {
     type Command = ProductCommand;
     type Output = Result<ProductOutput, MarketError>;
@@ -864,11 +871,11 @@ impl StateMachine for ProductMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).unwrap_or_default()
+        crate::snapshot::encode(SNAPSHOT_FORMAT, self)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        *self = postcard::from_bytes(snapshot).map_err(|e| SnapshotError(e.to_string()))?;
+        *self = crate::snapshot::decode(SNAPSHOT_FORMAT, snapshot)?;
         Ok(())
     }
 }

@@ -374,6 +374,18 @@ fn snapshot_restore_same_answers() {
     let mut r = ProductMachine::default();
     r.restore(&m.snapshot()).unwrap();
     assert_eq!(r.snapshot(), m.snapshot());
+    assert!(m.snapshot().starts_with(b"MKPR\x01\x00"));
+    let mut legacy = ProductMachine::default();
+    legacy.restore(&postcard::to_stdvec(&m).unwrap()).unwrap();
+    assert_eq!(
+        legacy.snapshot(),
+        m.snapshot(),
+        "a snapshot without the header restores"
+    );
+    let e = ProductMachine::default()
+        .restore(&crate::customer::CustomerMachine::default().snapshot())
+        .unwrap_err();
+    assert!(e.0.contains("not a MKPR snapshot"), "{e}");
     for q in [
         ProductQuery::Search {
             category: None,
