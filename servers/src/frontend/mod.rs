@@ -11,7 +11,8 @@
 //!    ids derived from (scope, key) ([`marketcore::with_idempotency_key`]), so a retry on any
 //!    replica — after a lost response, while the first attempt is still running, or after it
 //!    died mid-way — takes effect once and gets the same outcome from the logs' duplicate
-//!    tables. Every answer except 5xx is also remembered in the customer database for 10
+//!    tables (a purchase's reservation steps instead from its reservation id, derived from
+//!    the key, so that a retry sees the reservation as it is now). Every answer except 5xx is also remembered in the customer database for 10
 //!    minutes (written off the response path, many per write: [`remember`]) and replayed as
 //!    it was, covering retries that come after the duplicate tables have forgotten the
 //!    request. The scope is the bearer
