@@ -500,3 +500,51 @@ fn backpressure_and_bounded_batches() {
     assert!(messages >= 2, "batches were not split");
     assert_eq!(core.outbox_len(), 70);
 }
+
+/// The latency of the protocol itself, in message delays: one proposer, one write at a time,
+/// every link exactly `D` ms, writes instantaneous. A write takes three delays (Request to the
+/// next turn's owner, its Sequence to everyone, progress back to the proposer) and two when
+/// the proposer owns the next turn (Request and Sequence leave together): never more. The
+/// log benchmark's one-proposer gap to Raft (two delays: append, acknowledgement) is this
+/// third delay; a change that adds a hop to the write path fails here.
+#[test]
+fn a_lone_proposers_write_takes_at_most_three_message_delays() {
+    const D: u64 = 2;
+    let mut sim = Sim::new(
+        77,
+        5,
+        Faults {
+            loss: 0.0,
+            dup: 0.0,
+            delay_min_ms: D,
+            delay_max_ms: D,
+        },
+    );
+    sim.write_delay_ms = None;
+    let mut delays = Vec::new();
+    for _ in 0..40 {
+        let before = sim.delivered[1].len();
+        let start = sim.now_ms;
+        sim.propose(1).expect("accepted");
+        for _ in 0..100 {
+            if sim.delivered[1].len() > before {
+                break;
+            }
+            sim.run_for(1);
+        }
+        assert!(sim.delivered[1].len() > before, "a write was not delivered");
+        delays.push((sim.now_ms - start) as f64 / D as f64);
+        sim.run_for(3 * D);
+    }
+    let most = delays.iter().cloned().fold(0.0, f64::max);
+    let fewest = delays.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(
+        most <= 3.0,
+        "a write took {most} message delays: {delays:?}"
+    );
+    assert!(
+        fewest <= 2.0,
+        "no write took two delays (the proposer's own turn): {delays:?}"
+    );
+    sim.check_safety().expect("safe");
+}

@@ -163,7 +163,9 @@
 //!   sequencing and draining (later persists queue behind, merged; what waits for a write,
 //!   deliveries included, happens after it, in order). Every run asserts validity, uniform
 //!   agreement, integrity, total order, per-sender FIFO, read-barrier freshness and that
-//!   no own Sequence goes out while an earlier one is unwritten. `ABCAST_SEEDS=n` runs seeds `0..n`,
+//!   no own Sequence goes out while an earlier one is unwritten; one test pins a lone
+//!   proposer's write at three message delays at most (two when it owns the next turn).
+//!   `ABCAST_SEEDS=n` runs seeds `0..n`,
 //!   `ABCAST_SEED=s` one seed; a failure names its seed.
 //! * `tests/abcast_conformance.rs`: the replicated-log conformance suite on five
 //!   [`AbcastLog`]s with raft-engine in tempdirs, and client histories through stateright's
