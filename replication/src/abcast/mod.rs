@@ -177,7 +177,9 @@
 //!
 //! # Not done yet
 //!
-//! No view change (the ring stalls while a member is down, see above); no state transfer, so
+//! No view change (the ring stalls while a member is down, see above; a design for one, and
+//! why a member may not simply take a dead member's turns, is in the repository's
+//! `docs/design/abcast-reformation.md`); no state transfer, so
 //! a member that lost its disk, or one so far behind that every peer compacted what it needs,
 //! cannot rejoin (the second cannot happen: nobody compacts what a member has not delivered).
 
