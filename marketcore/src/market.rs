@@ -73,8 +73,8 @@
 //! A frontend that dies after its record but before its confirmation, whose client never
 //! retries, is covered by the *purchase sweeper* ([`Market::sweep_purchases`], run by every
 //! [`Market::tick`]; every seller and buyer server ticks every 5 s): it claims each
-//! reservation still held within [`MarketConfig::sweep_ahead_ms`] of its lapse. A claim that answers a purchase
-//! means the dead attempt was paid and recorded: the sweeper confirms, so the units stay
+//! reservation still held within [`MarketConfig::sweep_ahead_ms`] of its lapse. A claim that
+//! answers a purchase means the dead attempt was paid and recorded: the sweeper confirms, so the units stay
 //! sold. Otherwise the claim refuses that attempt's record if it is still on its way, and the
 //! reservation lapses. What remains: if no server ticks during those last seconds
 //! (all eight down), a recorded purchase's reservation can lapse and its units go back on

@@ -36,19 +36,15 @@ pub const UNHEADED_VERSION: u16 = 1;
 
 /// Serializes `state` behind `format`'s header. Equal states give equal bytes.
 pub fn encode<T: Serialize>(format: Format, state: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4096);
-    out.extend_from_slice(&format.magic);
-    out.extend_from_slice(&format.version.to_le_bytes());
+    let header = || {
+        let mut out = Vec::with_capacity(4096);
+        out.extend_from_slice(&format.magic);
+        out.extend_from_slice(&format.version.to_le_bytes());
+        out
+    };
     // Serializing plain maps, numbers and strings into a Vec cannot fail; were it ever to,
     // the header alone is written and `decode` refuses it rather than restoring nothing.
-    match postcard::to_extend(state, out) {
-        Ok(out) => out,
-        Err(_) => {
-            let mut header = format.magic.to_vec();
-            header.extend_from_slice(&format.version.to_le_bytes());
-            header
-        }
-    }
+    postcard::to_extend(state, header()).unwrap_or_else(|_| header())
 }
 
 /// Reads a snapshot made by [`encode`] with the same `format` (or an unheaded one of version

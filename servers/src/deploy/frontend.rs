@@ -26,10 +26,10 @@ use crate::frontend::buyer::BuyerApi;
 use crate::frontend::seller::SellerApi;
 use crate::frontend::ApiServer;
 use crate::http::{self, Limits};
+use crate::payments::client::SoapPaymentClient;
 
 /// How often every frontend runs [`Market::tick`].
 const TICK_EVERY: Duration = Duration::from_secs(5);
-use crate::payments::client::SoapPaymentClient;
 
 /// The client-network peer table: every database replica's client endpoint, plus the
 /// identities that may connect to them (all frontends and the admin tool).

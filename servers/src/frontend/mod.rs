@@ -12,10 +12,10 @@
 //!    replica — after a lost response, while the first attempt is still running, or after it
 //!    died mid-way — takes effect once and gets the same outcome from the logs' duplicate
 //!    tables (a purchase's reservation steps instead from its reservation id, derived from
-//!    the key, so that a retry sees the reservation as it is now). Every answer except 5xx is also remembered in the customer database for 10
-//!    minutes (written off the response path, many per write: [`remember`]) and replayed as
-//!    it was, covering retries that come after the duplicate tables have forgotten the
-//!    request. The scope is the bearer
+//!    the key, so that a retry sees the reservation as it is now). Every answer except 5xx
+//!    is also remembered in the customer database for 10 minutes (written off the response
+//!    path, many per write: [`remember`]) and replayed as it was, covering retries that come
+//!    after the duplicate tables have forgotten the request. The scope is the bearer
 //!    token's digest for authenticated routes (a user's retries reuse their session) and the
 //!    username's digest for account creation and login. On a route that needs a session,
 //!    the session check and the lookup of the remembered response are one linearizable read
