@@ -1,9 +1,11 @@
 //! The distributed marketplace as real processes on loopback (issue 7's acceptance):
 //! kill -9 frontends, a product-db follower and the product-db leader under a steady load
-//! with no failed call and nothing doubled; kill -9 everything and restart `market up` on the
+//! with no failed call and nothing doubled, then a customer-db member killed and restarted
+//! at once (its ring waits for it meanwhile) with the same guarantees; kill -9 everything and restart `market up` on the
 //! same data with every acknowledged effect present (this one with the product database's
 //! opt-in lease reads); a purchase whose frontend dies mid-way
-//! is either complete or has its units back, never both, never neither.
+//! is either complete or has its units back, never both, never neither; `market up
+//! --restart-crashed` starting killed processes again under load with no failed call.
 
 mod cluster;
 
@@ -49,6 +51,12 @@ async fn replicas_die_under_load_and_no_call_fails() {
     c.restart_product_db(follower);
     c.restart_product_db(leader);
     wait_for_calls(&ledger, PHASE_CALLS).await;
+    // The atomic broadcast's ring stops at a dead member's turns: restarted at once (as a
+    // supervisor would), it recovers its journal, catches up and the calls waiting meanwhile
+    // complete; none fails.
+    c.kill9("customer-db-1");
+    c.restart_customer_db(1);
+    wait_for_calls(&ledger, PHASE_CALLS).await;
     stop.store(true, Ordering::Relaxed);
     load.await.expect("load");
 
@@ -92,6 +100,14 @@ async fn replicas_die_under_load_and_no_call_fails() {
                 .get(&format!("product-db-{id}"))
                 .is_some_and(|r| r.2 >= leader_applied && leader_applied > 0)
         });
+        // The load has stopped: the restarted customer-db member reaches the others.
+        let customer_applied = |id: u64| status.get(&format!("customer-db-{id}")).map(|r| r.2);
+        let customer_caught_up = (0..5).filter(|id| *id != 1).all(|id| {
+            customer_applied(1)
+                .zip(customer_applied(id))
+                .is_some_and(|(mine, theirs)| mine >= theirs && theirs > 0)
+        });
+        let caught_up = caught_up && customer_caught_up;
         if caught_up {
             break;
         }
@@ -101,6 +117,58 @@ async fn replicas_die_under_load_and_no_call_fails() {
         );
         sleep_ms(300).await;
     }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_restarts_killed_processes_and_no_call_fails() {
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start_with_args(|_| {}, &["--restart-crashed"]).await;
+    let accounts = create_accounts(&c, 2, "r").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let load = {
+        let (stop, ledger, accounts) = (stop.clone(), ledger.clone(), accounts.clone());
+        let (sellers, buyers) = (c.seller_urls(), c.buyer_urls());
+        tokio::spawn(async move { run_load(sellers, buyers, &accounts, 0, stop, ledger).await })
+    };
+    wait_for_calls(&ledger, 500).await;
+    let victims = ["customer-db-2", "buyer-0"];
+    let before: Vec<u32> = victims.iter().map(|v| c.pid(v)).collect();
+    for v in victims {
+        c.kill9(v);
+    }
+    // market up notices within its 10 ms poll and rewrites cluster.json with the new pids.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        c.reload_file();
+        let now: Vec<u32> = victims.iter().map(|v| c.pid(v)).collect();
+        if now.iter().zip(&before).all(|(n, b)| n != b && *n != 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not restarted within 30 s: {before:?} -> {now:?}"
+        );
+        sleep_ms(50).await;
+    }
+    wait_for_calls(&ledger, 1000).await;
+    let status = c.status();
+    for v in victims.iter().filter(|v| v.contains("-db-")) {
+        assert!(status.contains_key(*v), "{v} is not up again: {status:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load");
+    let ledger = Arc::try_unwrap(ledger)
+        .expect("ledger")
+        .into_inner()
+        .expect("lock");
+    assert!(
+        ledger.failures.is_empty(),
+        "failed calls: {:?}",
+        ledger.failures
+    );
+    verify(&c, &accounts, &ledger, true).await;
     c.stop().await;
 }
 

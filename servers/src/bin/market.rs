@@ -130,6 +130,10 @@ struct UpArgs {
     /// ReadIndex round (`lease_reads` in cluster.toml; applies when cluster.toml is created).
     #[arg(long)]
     lease_reads: bool,
+    /// Start a process again when it exits, as a production supervisor (systemd's
+    /// `Restart=always`) would; by default an exited process is reported and left down.
+    #[arg(long)]
+    restart_crashed: bool,
 }
 
 #[derive(clap::Args)]
@@ -291,6 +295,7 @@ fn main() -> ExitCode {
                     approve_rate: args.approve_rate,
                     lease_reads: args.lease_reads,
                     ready_timeout: Duration::from_secs(90),
+                    restart_crashed: args.restart_crashed,
                 })
                 .await
             }

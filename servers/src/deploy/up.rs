@@ -12,8 +12,13 @@
 //!    otherwise wait for the slowest member to start), then writes `cluster.json` (endpoints,
 //!    names, pids) and prints the servers.
 //! 5. Restarts nothing silently: a process that exits is reported on the terminal and left
-//!    down (tests and operators restart replicas on purpose). Ctrl-C sends SIGTERM to every
-//!    process, then SIGKILL to any still running after a grace period.
+//!    down (tests and operators restart replicas on purpose), unless `--restart-crashed`
+//!    asks for what a production supervisor (systemd's `Restart=always`) does: a process that
+//!    exits is started again at once with the same arguments (after a growing pause if it
+//!    keeps exiting within two seconds of its start), and `cluster.json` is rewritten with its
+//!    new pid. That matters most for the customer database, whose ring waits at a dead
+//!    member's turns (README, "Failure model"). Ctrl-C sends SIGTERM to every process, then
+//!    SIGKILL to any still running after a grace period.
 //!
 //! Restarting `market up` on the same data directory brings the same data back: every
 //! replica recovers from its own directory.
@@ -48,7 +53,19 @@ pub struct UpOptions {
     pub lease_reads: bool,
     /// How long to wait for the cluster to become healthy.
     pub ready_timeout: Duration,
+    /// Start a process again when it exits (see the module docs).
+    pub restart_crashed: bool,
 }
+
+/// How often the supervisor looks for exited processes when it restarts them.
+const RESTART_POLL: Duration = Duration::from_millis(10);
+/// A process that exits sooner than this after its start counts as crash-looping.
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(2);
+/// The pause before restarting a crash-looping process grows by this per quick exit after
+/// the first...
+const RESTART_BACKOFF_STEP: Duration = Duration::from_millis(200);
+/// ...up to this.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// One supervised process.
 pub struct Proc {
@@ -61,6 +78,10 @@ pub struct Proc {
     /// The arguments after the binary.
     pub args: Vec<String>,
     child: Child,
+    /// When the current child was started.
+    started: Instant,
+    /// Exits in a row that came within [`CRASH_LOOP_WINDOW`] of a start.
+    quick_exits: u32,
 }
 
 impl Proc {
@@ -297,6 +318,8 @@ pub async fn run(options: UpOptions) -> Result<(), String> {
                 addr,
                 args,
                 child,
+                started: Instant::now(),
+                quick_exits: 0,
             }),
             Err(e) => {
                 stop_all(&mut procs, Duration::from_secs(5)).await;
@@ -373,19 +396,62 @@ pub async fn run(options: UpOptions) -> Result<(), String> {
     println!("Ctrl-C stops every process.");
 
     let mut reported = vec![false; procs.len()];
+    let mut restart_at: Vec<Option<Instant>> = vec![None; procs.len()];
+    let poll = if options.restart_crashed {
+        RESTART_POLL
+    } else {
+        Duration::from_millis(500)
+    };
     let signal = crate::http::shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+            _ = tokio::time::sleep(poll) => {
+                let mut respawned = false;
                 for (i, p) in procs.iter_mut().enumerate() {
+                    if let Some(at) = restart_at[i] {
+                        if Instant::now() < at {
+                            continue;
+                        }
+                        restart_at[i] = None;
+                        match spawn(&exe, &options.data_dir, &p.name, &p.args) {
+                            Ok(child) => {
+                                p.child = child;
+                                p.started = Instant::now();
+                                reported[i] = false;
+                                respawned = true;
+                                println!("market up: {} restarted (pid {})", p.name, p.pid());
+                            }
+                            Err(e) => println!("market up: {e}; not restarting it again"),
+                        }
+                        continue;
+                    }
                     if reported[i] {
                         continue;
                     }
                     if let Ok(Some(status)) = p.child.try_wait() {
                         reported[i] = true;
-                        println!("market up: {} exited ({status}); not restarting it (run `market {}` to restart)", p.name, p.args.join(" "));
+                        if !options.restart_crashed {
+                            println!("market up: {} exited ({status}); not restarting it (run `market {}` to restart)", p.name, p.args.join(" "));
+                            continue;
+                        }
+                        // The first restart is immediate; only a process that keeps
+                        // exiting soon after its start waits longer each time.
+                        if p.started.elapsed() < CRASH_LOOP_WINDOW {
+                            p.quick_exits = p.quick_exits.saturating_add(1);
+                        } else {
+                            p.quick_exits = 0;
+                        }
+                        let pause = (RESTART_BACKOFF_STEP * p.quick_exits.saturating_sub(1))
+                            .min(RESTART_BACKOFF_MAX);
+                        println!("market up: {} exited ({status}); restarting it in {} ms", p.name, pause.as_millis());
+                        restart_at[i] = Some(Instant::now() + pause);
+                    }
+                }
+                if respawned {
+                    if let Err(e) = cluster_file(&cluster, &procs).save(&options.cluster_json) {
+                        println!("market up: cluster.json not rewritten: {e}");
                     }
                 }
             }

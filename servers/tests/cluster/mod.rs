@@ -51,6 +51,11 @@ fn free_base_port() -> u16 {
 impl TestCluster {
     /// Writes a reference cluster (tweaked by `tweak`) into a fresh directory and starts it.
     pub async fn start(tweak: impl FnOnce(&mut Cluster)) -> Self {
+        Self::start_with_args(tweak, &[]).await
+    }
+
+    /// [`TestCluster::start`] with extra `market up` arguments.
+    pub async fn start_with_args(tweak: impl FnOnce(&mut Cluster), args: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let mut cluster = Cluster::reference(PathBuf::from("."), free_base_port());
@@ -59,13 +64,18 @@ impl TestCluster {
         cluster
             .save(&dir.join("cluster.toml"))
             .expect("save cluster.toml");
-        let mut c = Self::up(&dir).await;
+        let mut c = Self::up_with_args(&dir, args).await;
         c._tmp = Some(tmp);
         c
     }
 
     /// Starts `market up` on an existing data directory and waits for cluster.json.
     pub async fn up(dir: &Path) -> Self {
+        Self::up_with_args(dir, &[]).await
+    }
+
+    /// [`TestCluster::up`] with extra `market up` arguments.
+    pub async fn up_with_args(dir: &Path, args: &[&str]) -> Self {
         let json = dir.join("cluster.json");
         let _ = std::fs::remove_file(&json);
         let log = std::fs::File::create(dir.join("up.log")).expect("up.log");
@@ -74,6 +84,7 @@ impl TestCluster {
             .arg(dir)
             .arg("--cluster-json")
             .arg(&json)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("clone")))
             .stderr(Stdio::from(log))
@@ -116,6 +127,11 @@ impl TestCluster {
             .pid
     }
 
+    /// Reads cluster.json again (`market up --restart-crashed` rewrites it with new pids).
+    pub fn reload_file(&mut self) {
+        self.file = ClusterFile::load(&self.dir.join("cluster.json")).expect("cluster.json");
+    }
+
     pub fn kill9(&self, name: &str) {
         kill9(self.pid(name));
     }
@@ -134,13 +150,22 @@ impl TestCluster {
 
     /// Starts `market node product-db --id N` again (after a kill).
     pub fn restart_product_db(&mut self, id: u64) {
+        self.restart_db("product-db", id);
+    }
+
+    /// Starts `market node customer-db --id N` again (after a kill).
+    pub fn restart_customer_db(&mut self, id: u64) {
+        self.restart_db("customer-db", id);
+    }
+
+    fn restart_db(&mut self, role: &str, id: u64) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("logs").join(format!("product-db-{id}.log")))
+            .open(self.dir.join("logs").join(format!("{role}-{id}.log")))
             .expect("log");
         let child = Command::new(MARKET)
-            .args(["node", "product-db", "--id", &id.to_string(), "--config"])
+            .args(["node", role, "--id", &id.to_string(), "--config"])
             .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("clone")))
