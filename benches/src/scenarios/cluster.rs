@@ -106,13 +106,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `market up` in a fresh temporary directory and waits until it is healthy; with
-    /// `lease_reads`, the product database uses its opt-in lease reads. A start that fails
+    /// `lease_reads`, the product database uses its opt-in lease reads; with
+    /// `restart_crashed`, `market up` starts a killed process again at once. A start that fails
     /// (a port taken between the check and the bind, say) is reported on stderr and tried
     /// again on a fresh port block, up to [`START_ATTEMPTS`] times.
-    pub fn start(market: &Path, lease_reads: bool) -> Result<Self, String> {
+    pub fn start(market: &Path, lease_reads: bool, restart_crashed: bool) -> Result<Self, String> {
         let mut attempt = 1;
         loop {
-            match Self::start_once(market, lease_reads) {
+            match Self::start_once(market, lease_reads, restart_crashed) {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) if attempt < START_ATTEMPTS => {
                     eprintln!("(cluster start {attempt} failed, trying again: {e})");
@@ -123,7 +124,7 @@ impl Cluster {
         }
     }
 
-    fn start_once(market: &Path, lease_reads: bool) -> Result<Self, String> {
+    fn start_once(market: &Path, lease_reads: bool, restart_crashed: bool) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("market-scenario-")
             .tempdir()
@@ -143,6 +144,7 @@ impl Cluster {
             .arg("--cluster-json")
             .arg(&json)
             .args(lease_reads.then_some("--lease-reads"))
+            .args(restart_crashed.then_some("--restart-crashed"))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -244,6 +246,16 @@ impl Handle {
     /// Product-db replica roles from `market status`: `(id, role)` for every replica that
     /// answered (`leader`, `follower`, `candidate`, …).
     pub fn product_db_roles(&self) -> Result<Vec<(u64, String)>, String> {
+        Ok(parse_product_roles(&self.status()?))
+    }
+
+    /// The applied index of every customer-db replica that answered `market status`.
+    pub fn customer_db_applied(&self) -> Result<Vec<(u64, u64)>, String> {
+        Ok(parse_customer_applied(&self.status()?))
+    }
+
+    /// `market status` output.
+    fn status(&self) -> Result<String, String> {
         let out = Command::new(&self.market)
             .arg("status")
             .arg("--config")
@@ -258,7 +270,7 @@ impl Handle {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        Ok(parse_product_roles(&String::from_utf8_lossy(&out.stdout)))
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The product-db leader's id, asking `market status` until one replica says it leads
@@ -297,6 +309,18 @@ fn parse_product_roles(text: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// `(id, applied)` of the customer-db rows of `market status` output that are up.
+fn parse_customer_applied(text: &str) -> Vec<(u64, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let id = cols.first()?.strip_prefix("customer-db-")?.parse().ok()?;
+            (cols.get(6) == Some(&"up")).then_some(())?;
+            Some((id, cols.get(5)?.parse().ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,5 +338,8 @@ product-db-2   -               -        -          -          -  DOWN (unreachab
             parse_product_roles(text),
             vec![(0, "follower".to_string()), (1, "leader".to_string())]
         );
+        assert_eq!(parse_customer_applied(text), vec![(0, 7)]);
+        let down = "customer-db-1  -  -  -  -  -  DOWN (not running: refused)\n";
+        assert_eq!(parse_customer_applied(down), vec![]);
     }
 }

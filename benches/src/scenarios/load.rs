@@ -156,6 +156,9 @@ pub struct Injection {
     pub new_leader_after_ms: Option<f64>,
     /// How long that `market status` query took, ms (the bound's coarseness).
     pub status_query_ms: Option<f64>,
+    /// For a replica restarted after its kill: when `market status` first showed it up again
+    /// with everything the others had delivered, ms after the kill (an upper bound).
+    pub back_after_ms: Option<f64>,
 }
 
 /// The failure injector: runs on a blocking thread when half the calls are done; gets the

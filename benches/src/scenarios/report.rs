@@ -113,6 +113,8 @@ pub struct InjectionReport {
     pub new_leader_after_ms: Option<f64>,
     /// How long that status query took, ms.
     pub status_query_ms: Option<f64>,
+    /// For a restarted replica: ms until `market status` showed it caught up (upper bound).
+    pub back_after_ms: Option<f64>,
 }
 
 /// One load level, every scenario.
@@ -240,6 +242,7 @@ pub fn summarize(id: u8, name: &str, data: &RunData) -> ScenarioResult {
             at_s: rel_s(i.at_ms * 1000.0),
             new_leader_after_ms: i.new_leader_after_ms,
             status_query_ms: i.status_query_ms,
+            back_after_ms: i.back_after_ms,
         })
         .collect();
     ScenarioResult {
@@ -448,7 +451,11 @@ pub fn markdown(report: &Report) -> String {
                             )
                         })
                         .unwrap_or_default();
-                    format!("{} at {:.2} s{elected}", i.victim, i.at_s)
+                    let back = i
+                        .back_after_ms
+                        .map(|m| format!(", restarted at once, caught up by {m:.0} ms"))
+                        .unwrap_or_default();
+                    format!("{} at {:.2} s{elected}{back}", i.victim, i.at_s)
                 })
                 .collect::<Vec<_>>()
                 .join("; ")
@@ -521,6 +528,7 @@ mod tests {
                 at_ms: 2500.0,
                 new_leader_after_ms: None,
                 status_query_ms: None,
+                back_after_ms: None,
             }],
             ..RunData::default()
         };
