@@ -1,21 +1,19 @@
 //! The distributed marketplace as real processes on loopback (issue 7's acceptance):
 //! kill -9 frontends, a product-db follower and the product-db leader under a steady load
 //! with no failed call and nothing doubled, then a customer-db member killed and restarted
-//! at once (its ring waits for it meanwhile) with the same guarantees; kill -9 everything and restart `market up` on the
-//! same data with every acknowledged effect present (this one with the product database's
-//! opt-in lease reads); a purchase whose frontend dies mid-way
-//! is either complete or has its units back, never both, never neither; `market up
+//! at once (its ring waits for it meanwhile) with the same guarantees; kill -9 everything
+//! and restart `market up` on the same data with every acknowledged effect present (this
+//! one with the product database's opt-in lease reads); a purchase whose frontend dies
+//! mid-way is either complete or has its units back, never both, never neither; `market up
 //! --restart-crashed` starting killed processes again under load with no failed call.
 
 mod cluster;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clients::api::{CreateAccount, Login, NewItem};
 use clients::{BuyerClient, SellerClient};
-use cluster::{create_accounts, run_load, verify, wait_for_calls, Ledger, TestCluster, SERIAL};
+use cluster::{create_accounts, verify, wait_for_calls, Ledger, Load, TestCluster, SERIAL};
 
 async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -26,44 +24,33 @@ async fn replicas_die_under_load_and_no_call_fails() {
     let _serial = SERIAL.lock().await;
     let mut c = TestCluster::start(|_| {}).await;
     let accounts = create_accounts(&c, 3, "f").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
     // Every client starts on replica 0, so killing seller-0 and buyer-0 hits connected clients.
-    let load = {
-        let (stop, ledger, accounts) = (stop.clone(), ledger.clone(), accounts.clone());
-        let (sellers, buyers) = (c.seller_urls(), c.buyer_urls());
-        tokio::spawn(async move { run_load(sellers, buyers, &accounts, 0, stop, ledger).await })
-    };
+    let load = Load::start(&c, &accounts, 0);
+    let ledger = &load.ledger;
     // Each fault comes once the load has made another PHASE_CALLS calls (about 1.5 s here).
     const PHASE_CALLS: u64 = 1000;
-    wait_for_calls(&ledger, PHASE_CALLS).await;
+    wait_for_calls(ledger, PHASE_CALLS).await;
     c.kill9("seller-0");
     c.kill9("buyer-0");
-    wait_for_calls(&ledger, PHASE_CALLS).await;
+    wait_for_calls(ledger, PHASE_CALLS).await;
     let leader = c.product_leader().await;
     let follower = (leader + 1) % 5;
     c.kill9(&format!("product-db-{follower}"));
-    wait_for_calls(&ledger, PHASE_CALLS).await;
+    wait_for_calls(ledger, PHASE_CALLS).await;
     c.kill9(&format!("product-db-{leader}"));
-    wait_for_calls(&ledger, PHASE_CALLS).await;
+    wait_for_calls(ledger, PHASE_CALLS).await;
     let new_leader = c.product_leader().await;
     assert_ne!(new_leader, leader, "a new leader was elected");
     c.restart_product_db(follower);
     c.restart_product_db(leader);
-    wait_for_calls(&ledger, PHASE_CALLS).await;
+    wait_for_calls(ledger, PHASE_CALLS).await;
     // The atomic broadcast's ring stops at a dead member's turns: restarted at once (as a
     // supervisor would), it recovers its journal, catches up and the calls waiting meanwhile
     // complete; none fails.
     c.kill9("customer-db-1");
     c.restart_customer_db(1);
-    wait_for_calls(&ledger, PHASE_CALLS).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.expect("load");
-
-    let ledger = Arc::try_unwrap(ledger)
-        .expect("ledger")
-        .into_inner()
-        .expect("lock");
+    wait_for_calls(ledger, PHASE_CALLS).await;
+    let ledger = load.finish().await;
     eprintln!(
         "load: {} calls, {} items, {} purchases, {} failed",
         ledger.calls,
@@ -125,14 +112,9 @@ async fn the_supervisor_restarts_killed_processes_and_no_call_fails() {
     let _serial = SERIAL.lock().await;
     let mut c = TestCluster::start_with_args(|_| {}, &["--restart-crashed"]).await;
     let accounts = create_accounts(&c, 2, "r").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let load = {
-        let (stop, ledger, accounts) = (stop.clone(), ledger.clone(), accounts.clone());
-        let (sellers, buyers) = (c.seller_urls(), c.buyer_urls());
-        tokio::spawn(async move { run_load(sellers, buyers, &accounts, 0, stop, ledger).await })
-    };
-    wait_for_calls(&ledger, 500).await;
+    let load = Load::start(&c, &accounts, 0);
+    let ledger = &load.ledger;
+    wait_for_calls(ledger, 500).await;
     let victims = ["customer-db-2", "buyer-0"];
     let before: Vec<u32> = victims.iter().map(|v| c.pid(v)).collect();
     for v in victims {
@@ -152,17 +134,12 @@ async fn the_supervisor_restarts_killed_processes_and_no_call_fails() {
         );
         sleep_ms(50).await;
     }
-    wait_for_calls(&ledger, 1000).await;
+    wait_for_calls(ledger, 1000).await;
     let status = c.status();
     for v in victims.iter().filter(|v| v.contains("-db-")) {
         assert!(status.contains_key(*v), "{v} is not up again: {status:?}");
     }
-    stop.store(true, Ordering::Relaxed);
-    load.await.expect("load");
-    let ledger = Arc::try_unwrap(ledger)
-        .expect("ledger")
-        .into_inner()
-        .expect("lock");
+    let ledger = load.finish().await;
     assert!(
         ledger.failures.is_empty(),
         "failed calls: {:?}",
@@ -179,14 +156,9 @@ async fn everything_killed_then_restarted_keeps_every_acknowledged_effect() {
     // reads from its lease, and they must still see every acknowledged write.
     let mut c = TestCluster::start(|cluster| cluster.lease_reads = true).await;
     let accounts = create_accounts(&c, 2, "k").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let load = {
-        let (stop, ledger, accounts) = (stop.clone(), ledger.clone(), accounts.clone());
-        let (sellers, buyers) = (c.seller_urls(), c.buyer_urls());
-        tokio::spawn(async move { run_load(sellers, buyers, &accounts, 1, stop, ledger).await })
-    };
-    wait_for_calls(&ledger, 1000).await;
+    let load = Load::start(&c, &accounts, 1);
+    let ledger = &load.ledger;
+    wait_for_calls(ledger, 1000).await;
     // Snapshot what was acknowledged before the crash; calls in flight may fail now.
     let before = {
         let l = ledger.lock().expect("lock");
@@ -198,8 +170,7 @@ async fn everything_killed_then_restarted_keeps_every_acknowledged_effect() {
         }
     };
     c.kill9_everything();
-    stop.store(true, Ordering::Relaxed);
-    let _ = tokio::time::timeout(Duration::from_secs(60), load).await;
+    load.abandon().await;
     assert!(
         !before.items.is_empty(),
         "nothing was acknowledged before the crash"

@@ -372,6 +372,46 @@ fn config_on(replica: usize) -> ClientConfig {
 
 /// Runs sellers and buyers until `stop` is set; every acknowledged effect goes to the ledger,
 /// every failed call (anything but an expected domain answer) to `failures`.
+/// A [`run_load`] running in the background, with its stop flag and ledger.
+pub struct Load {
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+    pub ledger: Arc<Mutex<Ledger>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    /// Starts [`run_load`] on `c`'s frontends, every client on replica `initial_replica`.
+    pub fn start(c: &TestCluster, accounts: &Accounts, initial_replica: usize) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let task = {
+            let (stop, ledger, accounts) = (stop.clone(), ledger.clone(), accounts.clone());
+            let (sellers, buyers) = (c.seller_urls(), c.buyer_urls());
+            tokio::spawn(async move {
+                run_load(sellers, buyers, &accounts, initial_replica, stop, ledger).await
+            })
+        };
+        Self { stop, ledger, task }
+    }
+
+    /// Stops the load after a crash of everything: waits up to 60 s for its clients, whose
+    /// calls may fail.
+    pub async fn abandon(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.task).await;
+    }
+
+    /// Stops the load, waits for its clients and returns what they saw.
+    pub async fn finish(self) -> Ledger {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("load");
+        Arc::try_unwrap(self.ledger)
+            .expect("ledger")
+            .into_inner()
+            .expect("lock")
+    }
+}
+
 pub async fn run_load(
     seller_urls: Vec<String>,
     buyer_urls: Vec<String>,
