@@ -157,7 +157,8 @@ pub struct Injection {
     /// How long that `market status` query took, ms (the bound's coarseness).
     pub status_query_ms: Option<f64>,
     /// For a replica restarted after its kill: when `market status` first showed it up again
-    /// with everything the others had delivered, ms after the kill (an upper bound).
+    /// and at least as far as the slowest other member was one poll before, ms after the
+    /// kill (an upper bound).
     pub back_after_ms: Option<f64>,
 }
 

@@ -140,8 +140,9 @@
 //!   (there is no view change yet; the epoch in every header leaves room for Chang and
 //!   Maxemchuk's reformation phase). Restarted at once by a supervisor, a killed member
 //!   stalls the group for about its restart: longest calls of 51-115 ms at 1 + 1 clients
-//!   and 0.33-0.57 s at 100 + 100 on a slow day (scenario 5 of the scenario benchmark). Delivery also needs a majority on disk, so a partitioned
-//!   minority delivers nothing new: delivery stops, it never diverges.
+//!   and 0.33-0.57 s at 100 + 100 on a slow day (scenario 5 of the scenario benchmark).
+//!   Delivery also needs a majority on disk, so a partitioned minority delivers nothing
+//!   new: delivery stops, it never diverges.
 //! * Disk loss of a member is not handled (its `stable` reports would be lies).
 //!
 //! # Layers

@@ -374,7 +374,7 @@ fn config_on(replica: usize) -> ClientConfig {
 /// every failed call (anything but an expected domain answer) to `failures`.
 /// A [`run_load`] running in the background, with its stop flag and ledger.
 pub struct Load {
-    pub stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     pub ledger: Arc<Mutex<Ledger>>,
     task: tokio::task::JoinHandle<()>,
 }
