@@ -6,7 +6,10 @@
 mod abcast_support;
 
 use abcast_support::{random_load, seeds, Faults, Sim};
-use replication::abcast::{Body, Core, CoreConfig, Header, Message, RequestKey, SequenceMsg};
+use replication::abcast::{
+    Body, Core, CoreConfig, Header, Message, Record, RequestKey, RequestMsg, SequenceMsg,
+    SnapshotBase,
+};
 
 fn fail(test: &str, seed: u64, e: String) -> ! {
     panic!("{test}: seed {seed} failed: {e} (rerun with ABCAST_SEEDS covering it)");
@@ -395,6 +398,51 @@ fn hostile_messages_are_dropped() {
             .collect();
         let _ = Message::decode(&bytes);
     }
+}
+
+/// A journal that decodes but names members outside the group or impossible numbers (a
+/// damaged or foreign disk; the runtime refuses it, see `tests/abcast_disk.rs`) is not
+/// trusted by a core recovered from it directly: those records are skipped, never a panic.
+#[test]
+fn hostile_recovered_records_are_skipped() {
+    let request = |sender, seq| {
+        Record::Request(RequestMsg {
+            key: RequestKey { sender, seq },
+            base: 0,
+            payloads: vec![vec![1]],
+            restart: None,
+        })
+    };
+    let sequence = |number, assigned: Vec<RequestKey>| {
+        Record::Sequence(SequenceMsg {
+            number,
+            assigned,
+            reissued: false,
+        })
+    };
+    let records = vec![
+        request(1, 0),
+        sequence(0, vec![RequestKey { sender: 1, seq: 0 }]),
+        request(9, 0),
+        request(2, u64::MAX),
+        sequence(1, vec![RequestKey { sender: 9, seq: 0 }]),
+        sequence(u64::MAX, vec![]),
+    ];
+    let base = SnapshotBase {
+        delivered: u64::MAX,
+        prefixes: vec![0; 5],
+        next_proposal: 0,
+    };
+    let mut core = Core::recover_from(CoreConfig::new(0, 5), Some(base), 0, records);
+    assert_eq!(
+        core.stats().anomalies,
+        5,
+        "the base and four records are skipped"
+    );
+    assert_eq!(core.sequenced(), 1, "the one valid Sequence is kept");
+    let _ = core.drain();
+    core.tick(1_000);
+    let _ = core.drain();
 }
 
 #[test]

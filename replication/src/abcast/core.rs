@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::message::{
-    Body, Header, MemberId, Message, Record, RequestKey, RequestMsg, SequenceMsg,
+    Body, Header, MemberId, Message, Record, RequestKey, RequestMsg, SequenceMsg, NUMBER_MAX,
 };
 
 /// Limits and timers of one member. Every member of a group must use the same `members` and
@@ -434,7 +434,10 @@ impl Core {
         let mut core = Self::new(cfg);
         let mut any = lease > 0;
         if let Some(b) = &base {
-            if b.prefixes.len() == core.senders.len() {
+            if b.prefixes.len() == core.senders.len()
+                && b.delivered < NUMBER_MAX
+                && b.prefixes.iter().all(|p| *p < NUMBER_MAX)
+            {
                 any = true;
                 core.contiguous = b.delivered;
                 core.complete = b.delivered;
@@ -454,13 +457,14 @@ impl Core {
         }
         for record in records {
             any = true;
+            if record.invalid(core.cfg.members).is_some() {
+                // The runtime refuses such a journal; a direct caller's is skipped, not trusted.
+                core.stats.anomalies += 1;
+                continue;
+            }
             match record {
                 Record::Request(r) => {
                     let s = r.key.sender;
-                    if s >= core.cfg.members {
-                        core.stats.anomalies += 1;
-                        continue;
-                    }
                     if s == core.cfg.id {
                         core.next_local_seq = core.next_local_seq.max(r.key.seq + 1);
                         core.next_proposal =
@@ -510,7 +514,9 @@ impl Core {
         if lease > core.next_local_seq {
             let recovered = core.next_local_seq;
             let unknown = lease - recovered;
-            core.next_proposal += unknown * core.cfg.request_payloads_max.max(1) as u64;
+            core.next_proposal = core.next_proposal.saturating_add(
+                unknown.saturating_mul(core.cfg.request_payloads_max.max(1) as u64),
+            );
             core.next_local_seq = lease;
             core.issue_request(Vec::new(), Some(recovered));
         }

@@ -150,3 +150,35 @@ pub enum Record {
     /// A Sequence.
     Sequence(SequenceMsg),
 }
+
+/// Numbers (sequence numbers, local seqs) at or above this are refused in records read back
+/// from disk: no group lives to issue them, and arithmetic on them could overflow.
+pub const NUMBER_MAX: u64 = u64::MAX / 4;
+
+impl Record {
+    /// Why this record cannot have been written by a member of a group of `members`: a
+    /// sender outside `0..members`, or a number beyond [`NUMBER_MAX`]. A journal read back
+    /// from disk is checked with it before recovery trusts it (it decoded, but a damaged or
+    /// foreign disk can still hold such records).
+    pub fn invalid(&self, members: u64) -> Option<String> {
+        let key_invalid = |k: &RequestKey| {
+            if k.sender >= members {
+                Some(format!("names member {} of a group of {members}", k.sender))
+            } else if k.seq >= NUMBER_MAX {
+                Some(format!("names local seq {} of member {}", k.seq, k.sender))
+            } else {
+                None
+            }
+        };
+        match self {
+            Record::Request(r) => key_invalid(&r.key).or_else(|| {
+                (r.base >= NUMBER_MAX || r.restart.is_some_and(|f| f > r.key.seq))
+                    .then(|| format!("request {:?} has an impossible base or restart", r.key))
+            }),
+            Record::Sequence(s) if s.number >= NUMBER_MAX => {
+                Some(format!("sequence number {} is out of range", s.number))
+            }
+            Record::Sequence(s) => s.assigned.iter().find_map(key_invalid),
+        }
+    }
+}

@@ -143,7 +143,10 @@
 //!   and 0.33-0.57 s at 100 + 100 on a slow day (scenario 5 of the scenario benchmark).
 //!   Delivery also needs a majority on disk, so a partitioned minority delivers nothing
 //!   new: delivery stops, it never diverges.
-//! * Disk loss of a member is not handled (its `stable` reports would be lies).
+//! * Disk loss of a member is not handled (its `stable` reports would be lies). A damaged
+//!   store that can be told damaged is refused at open ([`AbcastLog::open`] checks that the
+//!   snapshot's base fits the group and that every journal record names members of it); a
+//!   torn last write is dropped by raft-engine, as after any crash.
 //!
 //! # Layers
 //!
@@ -177,6 +180,10 @@
 //!   reordering links.
 //! * `tests/abcast_restart.rs`: a member killed mid-load and restarted; a whole group restarted
 //!   from snapshots and compacted journals.
+//! * `tests/abcast_disk.rs`: a member's snapshot, journal and lease damaged on disk (bytes
+//!   that do not decode, records that decode but name members or numbers no member of the
+//!   group could have written): the open is refused with a storage error, and nothing is
+//!   rewritten.
 //!
 //! # Not done yet
 //!

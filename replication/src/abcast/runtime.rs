@@ -50,7 +50,7 @@ use tokio::sync::{mpsc, oneshot};
 use transport::{Incoming, Network};
 
 use super::core::{Action, Core, CoreConfig, CoreStats, Delivery, PersistAck, SnapshotBase};
-use super::message::{Message, Record, RequestKey};
+use super::message::{Message, Record, RequestKey, NUMBER_MAX};
 use crate::dedup::{Applied, Deduped};
 use crate::log::{
     Envelope, LogError, LogStatus, ReadConsistency, ReplicatedLog, RequestId, Role,
@@ -222,6 +222,17 @@ impl<S: StateMachine> AbcastLog<S> {
         if let Some(raw) = engine.get(SNAPSHOT_GROUP, SNAPSHOT_KEY) {
             let (b, bytes): (SnapshotBase, serde_bytes::ByteBuf) = postcard::from_bytes(&raw)
                 .map_err(|e| LogError::Storage(format!("snapshot: {e}")))?;
+            if b.prefixes.len() as u64 != cfg.core.members
+                || b.delivered >= NUMBER_MAX
+                || b.prefixes.iter().any(|p| *p >= NUMBER_MAX)
+            {
+                return Err(LogError::Storage(format!(
+                    "snapshot: its base (delivered {}, {} senders) does not fit a group of {}",
+                    b.delivered,
+                    b.prefixes.len(),
+                    cfg.core.members
+                )));
+            }
             state
                 .restore(&bytes)
                 .map_err(|e| LogError::Storage(e.to_string()))?;
@@ -238,14 +249,23 @@ impl<S: StateMachine> AbcastLog<S> {
                 let record: Record = postcard::from_bytes(&e.data).map_err(|err| {
                     LogError::Storage(format!("journal entry {}: {err}", e.index))
                 })?;
+                if let Some(why) = record.invalid(cfg.core.members) {
+                    return Err(LogError::Storage(format!(
+                        "journal entry {}: {why}",
+                        e.index
+                    )));
+                }
                 journal.push_back((e.index, Desc::of(&record)));
                 records.push(record);
             }
             journal_next = last + 1;
         }
         let lease = match engine.get(SNAPSHOT_GROUP, LEASE_KEY) {
-            Some(raw) => postcard::from_bytes::<u64>(&raw)
-                .map_err(|e| LogError::Storage(format!("lease: {e}")))?,
+            Some(raw) => match postcard::from_bytes::<u64>(&raw) {
+                Ok(lease) if lease < NUMBER_MAX => lease,
+                Ok(lease) => return Err(LogError::Storage(format!("lease {lease} out of range"))),
+                Err(e) => return Err(LogError::Storage(format!("lease: {e}"))),
+            },
             None => 0,
         };
         let core = Core::recover_from(cfg.core.clone(), base.clone(), lease, records);

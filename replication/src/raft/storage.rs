@@ -156,6 +156,15 @@ impl EngineStorage {
             recent: VecDeque::new(),
             recent_bytes: 0,
         };
+        // raft-rs stops the process on a hard state committing beyond the log; a damaged or
+        // foreign store is refused here with an error instead.
+        if store.hard_state.commit > store.last() {
+            return Err(LogError::Storage(format!(
+                "hard state commits {} but the log ends at {}",
+                store.hard_state.commit,
+                store.last()
+            )));
+        }
         if fresh {
             let mut batch = LogBatch::default();
             batch
@@ -681,5 +690,124 @@ mod tests {
         assert!(s.persist(None, &ents(5..=6, 2), None, true).is_err());
         assert!(s.persist(None, &ents(13..=14, 2), None, true).is_err());
         s.persist(None, &ents(11..=11, 2), None, true).unwrap();
+    }
+
+    /// The engine's value under `key` (the store must be closed).
+    fn raw(dir: &Path, key: &[u8]) -> Option<Vec<u8>> {
+        open_engine(dir).unwrap().get(GROUP, key)
+    }
+
+    fn put_raw(dir: &Path, key: &[u8], value: &[u8]) {
+        let engine = open_engine(dir).unwrap();
+        let mut batch = LogBatch::default();
+        batch.put(GROUP, key.to_vec(), value.to_vec()).unwrap();
+        engine.write(&mut batch, true).unwrap();
+    }
+
+    /// A store with entries 1..=20 (term 1), committed to 12, compacted and snapshotted at 10.
+    fn written_store(dir: &Path) {
+        let mut s = EngineStorage::open(dir, &[1, 2, 3]).unwrap();
+        s.persist(None, &ents(1..=20, 1), Some(&hs(1, 1, 12)), true)
+            .unwrap();
+        s.snapshot_and_compact(10, b"state@10".to_vec(), 0).unwrap();
+    }
+
+    fn assert_intact(dir: &Path) {
+        let s = EngineStorage::open(dir, &[1, 2, 3]).unwrap();
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (11, 20)
+        );
+        assert_eq!(s.initial_state().unwrap().hard_state.commit, 12);
+        assert_eq!(&s.latest_snapshot().data[..], b"state@10");
+    }
+
+    #[test]
+    fn a_store_with_a_damaged_key_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        written_store(dir.path());
+        assert_intact(dir.path());
+        for key in [KEY_HARD_STATE, KEY_CONF_STATE, KEY_SNAPSHOT, KEY_TRUNCATED] {
+            let good = raw(dir.path(), key).expect("key written");
+            for bad in [&[0xff_u8; 9][..], &[0x08, 0xff][..]] {
+                put_raw(dir.path(), key, bad);
+                let opened = EngineStorage::open(dir.path(), &[1, 2, 3]);
+                assert!(
+                    matches!(opened, Err(LogError::Storage(_))),
+                    "{} = {bad:?} opened",
+                    String::from_utf8_lossy(key)
+                );
+                // The refused open wrote nothing: the value is still the damaged one.
+                assert_eq!(raw(dir.path(), key).as_deref(), Some(bad));
+            }
+            put_raw(dir.path(), key, &good);
+            assert_intact(dir.path());
+        }
+    }
+
+    #[test]
+    fn a_hard_state_committing_beyond_the_log_is_refused_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        written_store(dir.path());
+        let engine = open_engine(dir.path()).unwrap();
+        let mut batch = LogBatch::default();
+        batch
+            .put_message(GROUP, KEY_HARD_STATE.to_vec(), &hs(1, 1, 21))
+            .unwrap();
+        engine.write(&mut batch, true).unwrap();
+        drop(engine);
+        match EngineStorage::open(dir.path(), &[1, 2, 3]) {
+            Err(LogError::Storage(why)) => assert!(why.contains("commits 21"), "{why}"),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a commit beyond the log was accepted"),
+        }
+    }
+
+    /// Bytes of the engine's log files cut off or overwritten: the store opens with a prefix
+    /// of what was written, or is refused; it never panics and never yields other entries.
+    #[test]
+    fn damaged_log_files_yield_a_prefix_or_an_error() {
+        for damage in 0..6u64 {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let mut s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+                for i in 1..=40u64 {
+                    s.persist(None, &ents(i..=i, 1), Some(&hs(1, 1, i - 1)), true)
+                        .unwrap();
+                }
+            }
+            let mut files: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "raftlog"))
+                .collect();
+            files.sort();
+            let file = files.last().expect("a log file");
+            let mut bytes = std::fs::read(file).unwrap();
+            let len = bytes.len() as u64;
+            match damage {
+                // Cut the tail: a torn last write, or more.
+                0 => bytes.truncate((len - 7) as usize),
+                1 => bytes.truncate((len / 2) as usize),
+                // Overwrite bytes near the end, in the middle, near the start.
+                d => {
+                    let at = [len * 7 / 8, len / 2, len / 8, 32][d as usize - 2] as usize;
+                    for b in &mut bytes[at..(at + 16).min(len as usize)] {
+                        *b ^= 0x5a;
+                    }
+                }
+            }
+            std::fs::write(file, &bytes).unwrap();
+            let Ok(s) = EngineStorage::open(dir.path(), &[1, 2, 3]) else {
+                continue;
+            };
+            let last = s.last_index().unwrap();
+            assert!(last <= 40, "damage {damage}: last index {last}");
+            if last >= 1 {
+                let got = s.entries(1, last + 1, None, ctx()).unwrap();
+                let want: Vec<_> = ents(1..=last, 1);
+                assert_eq!(got, want, "damage {damage}: entries differ");
+            }
+        }
     }
 }

@@ -1,0 +1,213 @@
+//! Hostile input on disk: a member's snapshot, journal entries and seq lease are damaged (bytes
+//! that do not decode, and records that decode but cannot have been written by a member of
+//! this group). Opening the member must fail with a storage error naming what is wrong,
+//! never panic, and leave the store as it was: once the good value is put back, the member
+//! opens and the group holds every acknowledged write, once.
+
+mod abcast_support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use abcast_support::Hub;
+use replication::abcast::runtime::{JOURNAL_GROUP, LEASE_KEY, SNAPSHOT_GROUP, SNAPSHOT_KEY};
+use replication::abcast::{AbcastConfig, AbcastLog, Record, RequestKey, SequenceMsg, SnapshotBase};
+use replication::conformance::{TestAnswer, TestCommand, TestMachine, TestQuery};
+use replication::storage::{append, entry, open_engine, read_entries};
+use replication::{LogError, ReadConsistency, ReplicatedLog, RequestId};
+
+const MEMBERS: u64 = 3;
+const WRITES: u64 = 30;
+
+fn config(id: u64) -> AbcastConfig {
+    let mut cfg = AbcastConfig::new(id, MEMBERS);
+    cfg.tick_ms = 2;
+    cfg.core.heartbeat_ms = 20;
+    cfg.core.retransmit_after_ms = 20;
+    cfg.snapshot_every = 8;
+    cfg.propose_timeout = Duration::from_secs(5);
+    cfg.read_timeout = Duration::from_secs(5);
+    cfg
+}
+
+fn open(hub: &Arc<Hub>, dir: &Path, i: u64) -> Result<AbcastLog<TestMachine>, LogError> {
+    AbcastLog::open(config(i), dir, hub.attach(i), TestMachine::default())
+}
+
+async fn history(log: &AbcastLog<TestMachine>) -> Vec<u64> {
+    match log
+        .read(TestQuery::History, ReadConsistency::Linearizable)
+        .await
+    {
+        Ok(TestAnswer::History(h)) => h,
+        other => panic!("history read failed: {other:?}"),
+    }
+}
+
+/// One damage: what to write, under which key or journal index, and what the error must say.
+enum Spot {
+    Key(&'static [u8]),
+    Journal(u64),
+}
+
+fn read_spot(dir: &Path, spot: &Spot) -> Vec<u8> {
+    let engine = open_engine(dir).expect("engine");
+    match spot {
+        Spot::Key(key) => engine.get(SNAPSHOT_GROUP, key).expect("key written"),
+        Spot::Journal(i) => {
+            let e = read_entries(&engine, JOURNAL_GROUP, *i, i + 1).expect("read");
+            e[0].data.to_vec()
+        }
+    }
+}
+
+fn write_spot(dir: &Path, spot: &Spot, bytes: &[u8]) {
+    let engine = open_engine(dir).expect("engine");
+    match spot {
+        Spot::Key(key) => {
+            let mut batch = raft_engine::LogBatch::default();
+            batch
+                .put(SNAPSHOT_GROUP, key.to_vec(), bytes.to_vec())
+                .expect("put");
+            engine.write(&mut batch, true).expect("write");
+        }
+        // Rewriting the last entry replaces it (and nothing else).
+        Spot::Journal(i) => append(
+            &engine,
+            JOURNAL_GROUP,
+            &[entry(*i, 0, bytes.to_vec())],
+            true,
+        )
+        .expect("append"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_damaged_storage_is_refused_and_its_store_left_as_it_was() {
+    let hub = Hub::new();
+    let dirs: Vec<_> = (0..MEMBERS)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let logs: Vec<_> = (0..MEMBERS)
+        .map(|i| open(&hub, dirs[i as usize].path(), i).expect("open"))
+        .collect();
+    for k in 0..WRITES {
+        logs[(k % MEMBERS) as usize]
+            .propose(
+                RequestId {
+                    client: 7,
+                    seq: k + 1,
+                },
+                TestCommand::Append(k),
+            )
+            .await
+            .expect("propose");
+    }
+    // Member 0 has a snapshot and journal entries after it.
+    let mut ready = false;
+    for _ in 0..500 {
+        let s = logs[0].stats();
+        ready = s.snapshots > 0 && s.journal_len > 0;
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        ready,
+        "member 0 has no snapshot and journal: {:?}",
+        logs[0].stats()
+    );
+    let before = history(&logs[0]).await;
+    assert_eq!(before, (0..WRITES).collect::<Vec<_>>());
+    drop(logs);
+    for i in 0..MEMBERS {
+        hub.detach(i);
+    }
+
+    let dir = dirs[0].path();
+    let last = open_engine(dir)
+        .expect("engine")
+        .last_index(JOURNAL_GROUP)
+        .expect("journal entries");
+    let snapshot = read_spot(dir, &Spot::Key(SNAPSHOT_KEY));
+    let (base, state): (SnapshotBase, serde_bytes::ByteBuf) =
+        postcard::from_bytes(&snapshot).expect("snapshot decodes");
+    let foreign_base = SnapshotBase {
+        prefixes: vec![0; 7],
+        ..base.clone()
+    };
+    let foreign_sequence = Record::Sequence(SequenceMsg {
+        number: base.delivered + 1,
+        assigned: vec![RequestKey { sender: 9, seq: 0 }],
+        reissued: false,
+    });
+    let huge_sequence = Record::Sequence(SequenceMsg {
+        number: u64::MAX,
+        assigned: vec![],
+        reissued: false,
+    });
+    let cases: Vec<(Spot, Vec<u8>, &str)> = vec![
+        (Spot::Key(SNAPSHOT_KEY), vec![0xff; 9], "snapshot"),
+        (
+            Spot::Key(SNAPSHOT_KEY),
+            snapshot[..snapshot.len() / 2].to_vec(),
+            "snapshot",
+        ),
+        (
+            Spot::Key(SNAPSHOT_KEY),
+            postcard::to_stdvec(&(foreign_base, state.clone())).expect("encode"),
+            "does not fit a group of 3",
+        ),
+        (
+            Spot::Key(SNAPSHOT_KEY),
+            postcard::to_stdvec(&(base.clone(), serde_bytes::ByteBuf::from(vec![1, 2, 3])))
+                .expect("encode"),
+            "",
+        ),
+        (Spot::Key(LEASE_KEY), vec![0xff; 11], "lease"),
+        (
+            Spot::Key(LEASE_KEY),
+            postcard::to_stdvec(&u64::MAX).expect("encode"),
+            "lease",
+        ),
+        (Spot::Journal(last), vec![0xff; 5], "journal entry"),
+        (
+            Spot::Journal(last),
+            postcard::to_stdvec(&foreign_sequence).expect("encode"),
+            "names member 9 of a group of 3",
+        ),
+        (
+            Spot::Journal(last),
+            postcard::to_stdvec(&huge_sequence).expect("encode"),
+            "out of range",
+        ),
+    ];
+    for (spot, bad, says) in &cases {
+        let good = read_spot(dir, spot);
+        write_spot(dir, spot, bad);
+        match open(&hub, dir, 0) {
+            Err(LogError::Storage(why)) => assert!(why.contains(says), "{says:?} not in {why:?}"),
+            Err(other) => panic!("wrong error for {says:?}: {other}"),
+            Ok(_) => panic!("member 0 opened with damage {says:?}"),
+        }
+        hub.detach(0);
+        // The refused open changed nothing: the damage is still there, as written.
+        assert_eq!(&read_spot(dir, spot), bad, "the open rewrote {says:?}");
+        write_spot(dir, spot, &good);
+    }
+
+    // Repaired, the group opens and holds every write once.
+    let logs: Vec<_> = (0..MEMBERS)
+        .map(|i| open(&hub, dirs[i as usize].path(), i).expect("reopen"))
+        .collect();
+    for (i, log) in logs.iter().enumerate() {
+        assert_eq!(history(log).await, before, "member {i} after the repair");
+    }
+    let again = logs[1]
+        .propose(RequestId { client: 7, seq: 1 }, TestCommand::Append(0))
+        .await
+        .expect("retry");
+    assert_eq!(again, 1, "a retry must return the first outcome");
+}
