@@ -17,7 +17,7 @@ fn fail(test: &str, seed: u64, e: String) -> ! {
 
 #[test]
 fn lossy_network_keeps_total_order() {
-    let (mut delayed, mut queued) = (0, 0);
+    let (mut delayed, mut queued, mut slept, mut sleepers) = (0, 0, 0, 0);
     for seed in seeds(12) {
         let mut sim = Sim::new(seed, 5, Faults::lossy());
         random_load(&mut sim, &[0, 1, 2, 3, 4], 150, 1500);
@@ -52,12 +52,16 @@ fn lossy_network_keeps_total_order() {
             );
         }
         queued += sim.writes_queued;
+        slept += sim.ticks_slept;
+        sleepers += u64::from(sim.sleep_when_quiet);
     }
     // Seeds with slow writes really ran drains while writes were in flight.
     assert!(
         delayed == 0 || queued > 0,
         "no write ever queued behind another"
     );
+    // Seeds whose quiet nodes sleep through ticks really slept.
+    assert!(sleepers == 0 || slept > 0, "no quiet node ever slept");
 }
 
 #[test]
@@ -316,6 +320,38 @@ fn idle_group_does_not_spin() {
         idle_msgs <= 5 * 4 * 25,
         "{idle_msgs} messages in 1 s of idleness"
     );
+    // Idle, every core is quiet: a runtime may sleep until its next heartbeat.
+    for i in 0..5 {
+        assert!(
+            sim.core(i).expect("alive").quiet(),
+            "node {i} is not quiet when idle"
+        );
+    }
+    // Sleeping through the quiet ticks, the group keeps its heartbeats and still delivers
+    // what is proposed after the sleep, and a proposal ends the quiet at once.
+    sim.sleep_when_quiet = true;
+    let sent = sim.messages_sent;
+    sim.run_for(1_000);
+    assert!(
+        sim.ticks_slept >= 5 * 150,
+        "only {} ticks slept",
+        sim.ticks_slept
+    );
+    let heartbeats = sim.messages_sent - sent;
+    assert!(
+        (5 * 4 * 15..=5 * 4 * 25).contains(&heartbeats),
+        "{heartbeats} messages in 1 s of quiet sleep"
+    );
+    sim.propose(2).expect("accepted");
+    assert!(
+        !sim.core(2).expect("alive").quiet(),
+        "a proposal left node 2 quiet"
+    );
+    assert!(
+        sim.run_until_all_delivered(1_000),
+        "not delivered after a quiet sleep"
+    );
+    sim.check_safety().expect("safe");
 }
 
 fn header(from: u64) -> Header {

@@ -646,6 +646,35 @@ impl Core {
         self.pending_reads.push(token);
     }
 
+    /// Whether no timer but the heartbeat has anything to do: nothing missing, pending,
+    /// unspread or waiting to be read, no own proposal in flight, not recovering. A runtime
+    /// may then sleep until [`Core::heartbeat_due_ms`] instead of ticking (every message or
+    /// proposal that arrives can end the quiet, so check again after each). An idle group
+    /// then wakes for its heartbeats only.
+    pub fn quiet(&self) -> bool {
+        self.known <= self.contiguous
+            && self.complete == self.contiguous
+            && self.delivered == self.contiguous
+            && self.missing_sequences.is_empty()
+            && self.missing_requests.is_empty()
+            && self.outbox.is_empty()
+            && self.pending_reads.is_empty()
+            && self.probes.is_empty()
+            && self.reclaim.is_none()
+            && self.reissue.is_none()
+            && !self.recovering
+            && !self.progress_due
+            && self.unspread_since_ms.is_none()
+            && self.news_for.is_empty()
+            && self.to_persist.is_empty()
+            && !self.pending_known()
+    }
+
+    /// When (on the clock [`Core::tick`] is given) the next heartbeat is due.
+    pub fn heartbeat_due_ms(&self) -> u64 {
+        self.last_broadcast_ms.saturating_add(self.cfg.heartbeat_ms)
+    }
+
     /// Advances the clock and runs the timers: retransmit requests, heartbeats, probe
     /// retries, garbage collection, deferred turn passes.
     pub fn tick(&mut self, now_ms: u64) {

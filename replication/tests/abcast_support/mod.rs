@@ -142,6 +142,13 @@ pub struct Sim {
     incarnation: Vec<u64>,
     /// Writes that found another one in flight and queued behind it.
     pub writes_queued: u64,
+    /// As the runtime does: a node whose core is [`Core::quiet`] skips its ticks until its
+    /// heartbeat is due, and is ticked first when a message or proposal wakes it. Seeds
+    /// `2, 3 (mod 4)` do, the others tick every `tick_ms` whatever the core says.
+    pub sleep_when_quiet: bool,
+    last_tick: Vec<u64>,
+    /// Ticks skipped by quiet nodes.
+    pub ticks_slept: u64,
 }
 
 impl Sim {
@@ -198,6 +205,9 @@ impl Sim {
             queued: vec![None; members],
             incarnation: vec![0; members],
             writes_queued: 0,
+            sleep_when_quiet: seed % 4 >= 2,
+            last_tick: vec![0; members],
+            ticks_slept: 0,
         };
         for i in 0..members {
             let offset = sim.rng.gen_range(0..sim.tick_ms);
@@ -339,8 +349,23 @@ impl Sim {
         self.records_compacted += keep_from as u64;
     }
 
+    /// A node woken by a message or a proposal after sleeping through ticks (quiet) is
+    /// ticked first, as the runtime does: its clock catches up before the event.
+    fn wake(&mut self, i: usize) {
+        let (at, tick_ms) = (self.now_ms, self.tick_ms);
+        if !self.sleep_when_quiet || at < self.last_tick[i] + tick_ms {
+            return;
+        }
+        if let Some(core) = self.nodes[i].as_mut() {
+            core.tick(at);
+            self.last_tick[i] = at;
+            self.drain(i);
+        }
+    }
+
     /// Proposes a fresh payload at node `i`; returns its id if accepted.
     pub fn propose(&mut self, i: usize) -> Option<u64> {
+        self.wake(i);
         let id = self.next_payload;
         let core = self.nodes[i].as_mut()?;
         core.propose(id.to_le_bytes().to_vec()).ok()?;
@@ -353,6 +378,7 @@ impl Sim {
 
     /// Starts a read barrier at node `i`.
     pub fn read(&mut self, i: usize) {
+        self.wake(i);
         let token = self.next_read;
         self.next_read += 1;
         if let Some(core) = self.nodes[i].as_mut() {
@@ -623,15 +649,22 @@ impl Sim {
                     if !self.connected[from][to] {
                         continue;
                     }
+                    self.wake(to);
                     if let Some(core) = self.nodes[to].as_mut() {
                         core.handle_message(from as u64, msg);
                         self.drain(to);
                     }
                 }
                 Event::Tick(i) => {
+                    let sleep_when_quiet = self.sleep_when_quiet;
                     if let Some(core) = self.nodes[i].as_mut() {
-                        core.tick(at);
-                        self.drain(i);
+                        if sleep_when_quiet && core.quiet() && at < core.heartbeat_due_ms() {
+                            self.ticks_slept += 1;
+                        } else {
+                            core.tick(at);
+                            self.last_tick[i] = at;
+                            self.drain(i);
+                        }
                     }
                     self.push(at + self.tick_ms, Event::Tick(i));
                 }
