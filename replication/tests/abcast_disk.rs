@@ -45,7 +45,7 @@ async fn history(log: &AbcastLog<TestMachine>) -> Vec<u64> {
     }
 }
 
-/// One damage: what to write, under which key or journal index, and what the error must say.
+/// Where a damage is written: a key of the snapshot group, or a journal entry's index.
 enum Spot {
     Key(&'static [u8]),
     Journal(u64),

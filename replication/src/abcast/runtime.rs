@@ -563,12 +563,23 @@ async fn drive<S: StateMachine>(
     let mut next_tick = tokio::time::Instant::now() + tick;
     let ticker = tokio::time::sleep_until(next_tick);
     tokio::pin!(ticker);
+    let mut ticked = false;
     let mut snapshot: Option<SnapshotTask> = None;
     loop {
-        let accept = match cell.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(driver) => driver.core.can_accept(),
+        let (accept, quiet_until) = match cell.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(driver) => (driver.core.can_accept(), driver.quiet_until()),
             None => return,
         };
+        let now = tokio::time::Instant::now();
+        let due = match quiet_until {
+            Some(at) => tokio::time::Instant::from_std(at).max(now + tick),
+            None => now + tick,
+        };
+        // After a tick, the next one; after anything else, sooner if the quiet ended.
+        if ticked || due < next_tick {
+            next_tick = due;
+            ticker.as_mut().reset(next_tick);
+        }
         let event = tokio::select! {
             biased;
             _ = &mut stop => Event::Stop,
@@ -594,7 +605,7 @@ async fn drive<S: StateMachine>(
         if matches!(event, Event::SnapshotWritten(_)) {
             snapshot = None;
         }
-        let ticked = matches!(event, Event::Tick);
+        ticked = matches!(event, Event::Tick);
         let go_on = {
             let mut guard = cell.lock().unwrap_or_else(|p| p.into_inner());
             let Some(driver) = guard.as_mut() else {
@@ -606,20 +617,6 @@ async fn drive<S: StateMachine>(
             // Dropping the driver releases the engine; waiting proposers see `Shutdown`.
             cell.lock().unwrap_or_else(|p| p.into_inner()).take();
             return;
-        }
-        let now = tokio::time::Instant::now();
-        let quiet_until = match cell.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(driver) => driver.quiet_until(),
-            None => return,
-        };
-        let due = match quiet_until {
-            Some(at) => tokio::time::Instant::from_std(at).max(now + tick),
-            None => now + tick,
-        };
-        // After a tick, the next one; after anything else, sooner if the quiet ended.
-        if ticked || due < next_tick {
-            next_tick = due;
-            ticker.as_mut().reset(next_tick);
         }
     }
 }
