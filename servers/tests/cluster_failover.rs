@@ -46,8 +46,20 @@ async fn replicas_die_under_load_and_no_call_fails() {
     wait_for_calls(ledger, PHASE_CALLS).await;
     // The atomic broadcast's ring stops at a dead member's turns: restarted at once (as a
     // supervisor would), it recovers its journal, catches up and the calls waiting meanwhile
-    // complete; none fails.
+    // complete; none fails. Meanwhile `market status` says where the ring stops.
     c.kill9("customer-db-1");
+    let mut status = String::new();
+    for _ in 0..20 {
+        status = c.status_text();
+        if status.contains("customer-db-1 down; the atomic broadcast stops at sequence") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        status.contains("customer-db-1 down; the atomic broadcast stops at sequence"),
+        "market status while customer-db-1 is down:\n{status}"
+    );
     c.restart_customer_db(1);
     wait_for_calls(ledger, PHASE_CALLS).await;
     let ledger = load.finish().await;

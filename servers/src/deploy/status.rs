@@ -2,7 +2,10 @@
 //! and health, in a table. It joins the client network as the `admin-0` identity and asks
 //! every replica's client endpoint for its [`LogStatus`](replication::LogStatus), all at once.
 //! A replica whose liveness port refuses connections ([`transport::liveness::probe`]) is shown
-//! down at once, instead of after the QUIC dial's timeout.
+//! down at once, instead of after the QUIC dial's timeout. Below the table, a line says what
+//! down replicas mean for each database ([`customer_summary`], [`product_summary`]): where
+//! the customer database's ring stops, or that a database has lost its majority or its
+//! leader.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,14 +44,89 @@ pub async fn run(cluster: Cluster) -> Result<(), String> {
             tokio::spawn(status_of(products.clone(), node, r.client)),
         ));
     }
+    let customers_n = cluster.customer_db.len();
+    let mut seen = Vec::with_capacity(rows.len());
     for (name, row) in rows {
         let status = row
             .await
             .unwrap_or_else(|e| Err(format!("status task failed: {e}")));
-        print_row(&name, status);
+        print_row(&name, &status);
+        seen.push(status.ok());
+    }
+    let (customer, product) = seen.split_at(customers_n.min(seen.len()));
+    for line in customer_summary(customer)
+        .into_iter()
+        .chain(product_summary(product))
+    {
+        println!("{line}");
     }
     network.shutdown();
     Ok(())
+}
+
+/// What the customer-db rows mean for the marketplace (`statuses[i]`: member `i`, `None`
+/// when down): nothing while every member is up; while some are down, where the ring stops
+/// (a down member's next turn at or after the slowest live member's next sequence number),
+/// or that no majority is left.
+pub fn customer_summary(statuses: &[Option<replication::LogStatus>]) -> Option<String> {
+    let n = statuses.len() as u64;
+    let down: Vec<u64> = (0..n).filter(|&i| statuses[i as usize].is_none()).collect();
+    if down.is_empty() {
+        return None;
+    }
+    let names = down
+        .iter()
+        .map(|d| format!("customer-db-{d}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if down.len() as u64 > n / 2 {
+        return Some(format!(
+            "customer database: {names} down, no majority left: nothing new is delivered until \
+             enough of them are back"
+        ));
+    }
+    let next = statuses
+        .iter()
+        .flatten()
+        .map(|s| counter(s, "sequenced").unwrap_or(s.commit_index))
+        .min()
+        .unwrap_or(0);
+    let stop = (next..next.saturating_add(n))
+        .find(|k| down.contains(&(k % n)))
+        .unwrap_or(next);
+    Some(format!(
+        "customer database: {names} down; the atomic broadcast stops at sequence {stop}, \
+         customer-db-{}'s turn, and customer-db writes wait there until it is back (run \
+         members under a restarting supervisor: `market up --restart-crashed`, systemd \
+         Restart=always)",
+        stop % n.max(1)
+    ))
+}
+
+/// What the product-db rows mean: nothing while a leader is up; otherwise that a majority is
+/// gone, or that an election is under way.
+pub fn product_summary(statuses: &[Option<replication::LogStatus>]) -> Option<String> {
+    let n = statuses.len();
+    let up: Vec<&replication::LogStatus> = statuses.iter().flatten().collect();
+    if n == 0 || up.iter().any(|s| s.role == replication::Role::Leader) {
+        return None;
+    }
+    if up.len() <= n / 2 {
+        return Some(format!(
+            "product database: {} of {n} replicas down, no majority left: it is unavailable \
+             until enough of them are back",
+            n - up.len()
+        ));
+    }
+    Some("product database: no leader right now (an election is under way)".into())
+}
+
+fn counter(status: &replication::LogStatus, name: &str) -> Option<u64> {
+    status
+        .counters
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| *v)
 }
 
 /// A replica's status, or why it is down: whichever of its status answer and a refused
@@ -70,7 +148,7 @@ async fn status_of<S: StateMachine>(
     }
 }
 
-fn print_row(name: &str, status: Result<replication::LogStatus, String>) {
+fn print_row(name: &str, status: &Result<replication::LogStatus, String>) {
     match status {
         Ok(s) => println!(
             "{:<14} {:<10} {:>6} {:>8} {:>10} {:>10}  up",
@@ -87,5 +165,81 @@ fn print_row(name: &str, status: Result<replication::LogStatus, String>) {
             "{name:<14} {:<10} {:>6} {:>8} {:>10} {:>10}  DOWN ({e})",
             "-", "-", "-", "-", "-"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replication::{LogStatus, Role};
+
+    fn member(id: u64, sequenced: u64) -> Option<LogStatus> {
+        Some(LogStatus {
+            node_id: id,
+            role: Role::Member,
+            term: 0,
+            leader: None,
+            commit_index: sequenced,
+            applied_index: sequenced,
+            counters: vec![("sequenced".into(), sequenced)],
+        })
+    }
+
+    fn replica(id: u64, role: Role) -> Option<LogStatus> {
+        Some(LogStatus {
+            node_id: id,
+            role,
+            term: 3,
+            leader: None,
+            commit_index: 9,
+            applied_index: 9,
+            counters: vec![],
+        })
+    }
+
+    #[test]
+    fn the_customer_summary_names_where_the_ring_stops() {
+        let all_up: Vec<_> = (0..5).map(|i| member(i, 40)).collect();
+        assert_eq!(customer_summary(&all_up), None);
+        // Member 2 down, the slowest live member's next number 40 (owner 0): the ring
+        // stops at 42, member 2's next turn.
+        let mut one_down = all_up.clone();
+        one_down[2] = None;
+        one_down[4] = member(4, 41);
+        let line = customer_summary(&one_down).expect("a summary");
+        assert!(line.contains("customer-db-2 down"), "{line}");
+        assert!(
+            line.contains("stops at sequence 42, customer-db-2's turn"),
+            "{line}"
+        );
+        // Two down: the first turn either owns.
+        let mut two_down = all_up.clone();
+        two_down[1] = None;
+        two_down[3] = None;
+        let line = customer_summary(&two_down).expect("a summary");
+        assert!(line.contains("customer-db-1, customer-db-3 down"), "{line}");
+        assert!(
+            line.contains("stops at sequence 41, customer-db-1's turn"),
+            "{line}"
+        );
+        let mut no_majority = two_down;
+        no_majority[0] = None;
+        let line = customer_summary(&no_majority).expect("a summary");
+        assert!(line.contains("no majority"), "{line}");
+    }
+
+    #[test]
+    fn the_product_summary_speaks_only_without_a_leader() {
+        let mut rows: Vec<_> = (0..5).map(|i| replica(i, Role::Follower)).collect();
+        rows[3] = replica(3, Role::Leader);
+        rows[0] = None;
+        assert_eq!(product_summary(&rows), None);
+        rows[3] = None;
+        let line = product_summary(&rows).expect("a summary");
+        assert!(line.contains("election"), "{line}");
+        rows[1] = None;
+        let line = product_summary(&rows).expect("a summary");
+        assert!(line.contains("3 of 5 replicas down, no majority"), "{line}");
+        assert_eq!(product_summary(&[]), None);
     }
 }

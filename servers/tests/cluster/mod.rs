@@ -175,14 +175,19 @@ impl TestCluster {
         self.extra.push(child);
     }
 
-    /// `market status` rows: name -> (role, leader column, applied index).
-    pub fn status(&self) -> BTreeMap<String, (String, String, u64)> {
+    /// What `market status` prints.
+    pub fn status_text(&self) -> String {
         let out = Command::new(MARKET)
             .args(["status", "--config"])
             .arg(&self.config)
             .output()
             .expect("market status");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// `market status` rows: name -> (role, leader column, applied index).
+    pub fn status(&self) -> BTreeMap<String, (String, String, u64)> {
+        let text = self.status_text();
         let mut rows = BTreeMap::new();
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
