@@ -210,4 +210,33 @@ async fn a_member_with_damaged_storage_is_refused_and_its_store_left_as_it_was()
         .await
         .expect("retry");
     assert_eq!(again, 1, "a retry must return the first outcome");
+
+    // Member 2's data directory emptied (a lost disk), and the member started again under
+    // its id: it must not act (it would reuse Request ids and Sequence numbers its peers
+    // hold). It stops with a storage error; the others keep their history.
+    let mut logs = logs;
+    drop(logs.remove(2));
+    hub.detach(2);
+    let emptied = tempfile::tempdir().expect("tempdir");
+    let fresh = open(&hub, emptied.path(), 2).expect("an empty directory opens");
+    let outcome = fresh
+        .propose(RequestId { client: 8, seq: 1 }, TestCommand::Append(99))
+        .await;
+    match outcome {
+        Err(LogError::Storage(why)) => assert!(why.contains("empty data directory"), "{why}"),
+        Err(LogError::Shutdown) => {}
+        other => panic!("a member with an emptied disk answered {other:?}"),
+    }
+    assert_eq!(
+        fresh.status().applied_index,
+        0,
+        "the emptied member applied something"
+    );
+    for (i, log) in logs.iter().enumerate() {
+        assert_eq!(
+            history(log).await,
+            before,
+            "member {i} after member 2 came back empty"
+        );
+    }
 }

@@ -7,7 +7,7 @@ mod abcast_support;
 
 use abcast_support::{random_load, seeds, Faults, Sim};
 use replication::abcast::{
-    Body, Core, CoreConfig, Header, Message, Record, RequestKey, RequestMsg, SequenceMsg,
+    Action, Body, Core, CoreConfig, Header, Message, Record, RequestKey, RequestMsg, SequenceMsg,
     SnapshotBase,
 };
 
@@ -481,6 +481,79 @@ fn hostile_recovered_records_are_skipped() {
     let _ = core.drain();
 }
 
+/// A member's first write carries its seq lease and nothing of it goes out before: a
+/// restart of a member that sent anything therefore always finds something on its disk and
+/// recovers (reclaiming its numbers) instead of starting fresh and reusing them.
+#[test]
+fn nothing_goes_out_before_a_members_first_write() {
+    let mut core = Core::new(CoreConfig::new(0, 5));
+    core.propose(vec![1]).expect("accepted");
+    let actions = core.drain();
+    let persist = actions
+        .iter()
+        .position(|a| matches!(a, Action::Persist { .. }))
+        .expect("a first write");
+    if let Action::Persist { ack, .. } = &actions[persist] {
+        assert!(ack.lease > 0, "the first write carries no lease");
+    }
+    let sent = actions
+        .iter()
+        .position(|a| matches!(a, Action::Broadcast(_) | Action::Send { .. }));
+    assert!(
+        sent.is_none_or(|s| s > persist),
+        "something went out before the first write: {actions:?}"
+    );
+    // Restarted with only that lease on disk, the member recovers rather than starts fresh.
+    assert!(Core::recover(CoreConfig::new(0, 5), 512, Vec::new()).recovering());
+    assert!(!Core::recover(CoreConfig::new(0, 5), 0, Vec::new()).recovering());
+}
+
+/// A member whose data directory was emptied and that starts again under its id must not
+/// act: its peers hold its Requests and Sequences, and it would issue the same ids and
+/// numbers again. It learns so from the first header announcing its own first turn, stops
+/// proposing and sequencing, and the others stay consistent (waiting at its turns, as for
+/// any member that is down).
+#[test]
+fn a_member_restarted_with_an_emptied_disk_stops_instead_of_reusing_its_ids() {
+    for seed in seeds(4) {
+        let mut sim = Sim::new(seed, 5, Faults::none());
+        random_load(&mut sim, &[0, 1, 2, 3, 4], 60, 400);
+        assert!(
+            sim.run_until_all_delivered(5_000),
+            "seed {seed}: load not delivered"
+        );
+        sim.crash(3);
+        sim.wipe_disk(3);
+        sim.restart(3);
+        for _ in 0..10 {
+            sim.propose(3);
+            sim.propose(1);
+            sim.run_for(20);
+        }
+        sim.run_for(500);
+        let core = sim.core(3).expect("alive");
+        assert!(
+            core.disk_lost().is_some(),
+            "seed {seed}: the emptied member went on"
+        );
+        assert_eq!(
+            (core.stats().requests_issued, core.stats().sequences_issued),
+            (0, 0),
+            "seed {seed}: the emptied member issued something"
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("emptied disk", seed, e));
+        // Members that kept their disks never believe theirs was lost.
+        for i in [0, 1, 2, 4] {
+            assert_eq!(
+                sim.core(i).expect("alive").disk_lost(),
+                None,
+                "seed {seed}: node {i}"
+            );
+        }
+    }
+}
+
 #[test]
 fn single_member_group_delivers_alone() {
     let mut core = Core::new(CoreConfig::new(0, 1));
@@ -550,6 +623,16 @@ fn backpressure_and_bounded_batches() {
     cfg.request_payloads_max = 10;
     cfg.message_bytes_max = 2_000;
     let mut core = Core::new(cfg);
+    // A new member issues nothing before it has heard from every peer.
+    for from in 1..5 {
+        core.handle_message(
+            from,
+            Message {
+                header: header(from),
+                body: Body::Progress,
+            },
+        );
+    }
     let mut accepted = 0;
     for _ in 0..150 {
         match core.propose(vec![7u8; 100]) {
@@ -605,6 +688,8 @@ fn a_lone_proposers_write_takes_at_most_three_message_delays() {
         },
     );
     sim.write_delay_ms = None;
+    // New members issue nothing before they have heard from every peer (a heartbeat).
+    sim.run_for(60);
     let mut delays = Vec::new();
     for _ in 0..40 {
         let before = sim.delivered[1].len();

@@ -347,6 +347,14 @@ pub struct Core {
     probes: BTreeMap<u64, Probe>,
     next_probe: u64,
     recovering: bool,
+    /// Started with nothing on disk (a new member, or one whose data directory was emptied).
+    fresh: bool,
+    /// The peers a fresh member has heard from; it issues nothing until it has heard from
+    /// all of them (any of them would tell it that its first turn was taken before).
+    fresh_heard: BTreeSet<MemberId>,
+    /// A fresh member heard that Sequence `.0` exists although only it could have issued it
+    /// and it has not: an earlier incarnation did, and its disk lost it. It acts no more.
+    disk_lost: Option<u64>,
     catch_up_target: Option<u64>,
     heard: BTreeSet<MemberId>,
     /// Recovered from a snapshot at `(delivered, per-sender prefixes)`: Requests below the
@@ -361,7 +369,7 @@ impl Core {
         assert!(cfg.members >= 1, "a group has at least one member");
         assert!(cfg.id < cfg.members, "member id out of range");
         let n = cfg.members as usize;
-        Self {
+        let mut core = Self {
             now_ms: 0,
             senders: (0..n).map(|_| SenderState::default()).collect(),
             sequences: BTreeMap::new(),
@@ -400,12 +408,19 @@ impl Core {
             probes: BTreeMap::new(),
             next_probe: 0,
             recovering: false,
+            fresh: true,
+            fresh_heard: BTreeSet::new(),
+            disk_lost: None,
             catch_up_target: None,
             heard: BTreeSet::new(),
             base_prefixes: None,
             stats: CoreStats::default(),
             cfg,
-        }
+        };
+        // The first write carries a lease: nothing of this member goes out before something
+        // of it is on disk, so a restart is always told from a first start (see `drain`).
+        core.lease_issued = core.lease_step();
+        core
     }
 
     /// A member restarted from the records it had persisted and the largest seq lease it had
@@ -489,9 +504,12 @@ impl Core {
         core.stable = core.complete;
         core.persist_mark = core.complete;
         core.recovering = any && core.cfg.members > 1;
-        core.lease_issued = lease;
-        core.lease_durable = lease;
-        core.lease_handed = lease;
+        core.fresh = !any;
+        if any {
+            core.lease_issued = lease;
+            core.lease_durable = lease;
+            core.lease_handed = lease;
+        }
         if core.recovering {
             // Own Sequences are written in order and at most one goes out unwritten, so the
             // only number the crashed incarnation may have sent without writing is its first
@@ -644,6 +662,23 @@ impl Core {
     /// delivered every Sequence that a majority knew of after this call.
     pub fn read_barrier(&mut self, token: u64) {
         self.pending_reads.push(token);
+    }
+
+    /// `Some(number)` once this member, started with nothing on disk, learned that Sequence
+    /// `number` exists although only it could have issued it: its data directory lost an
+    /// earlier incarnation's history. Such a member neither proposes nor sequences (it would
+    /// reuse ids and numbers its peers hold); the runtime stops it with an error. Not seen if
+    /// the directory was emptied before the member's first turn.
+    pub fn disk_lost(&self) -> Option<u64> {
+        self.disk_lost
+    }
+
+    /// Whether this member may not issue Requests or Sequences: its disk was found lost, or
+    /// it started with nothing on disk and has not heard from every peer yet. (Waiting for
+    /// every peer costs a new group nothing: its ring needs every member anyway.)
+    fn held_back(&self) -> bool {
+        self.disk_lost.is_some()
+            || (self.fresh && (self.fresh_heard.len() as u64) + 1 < self.cfg.members)
     }
 
     /// Whether no timer but the heartbeat has anything to do: nothing missing, pending,
@@ -816,7 +851,8 @@ impl Core {
         // origins crash before writing them, the Sequence never names a Request nobody holds.
         let id = self.cfg.id;
         let lease = self.lease_durable;
-        let early_sequence = self.own_prev.is_none_or(|p| p < self.stable)
+        let early_sequence = self.lease_durable > 0
+            && self.own_prev.is_none_or(|p| p < self.stable)
             && self.out_sequences.len() == 1
             && self.out_sequences[0]
                 .assigned
@@ -933,6 +969,23 @@ impl Core {
         self.known = self.known.max(h.known);
         let s = &mut self.senders[h.from as usize];
         s.issued = s.issued.max(h.issued);
+        // Sequence `id` is this member's first turn: only it issues it. A fresh member that
+        // has not hears that it exists: its data directory lost an earlier incarnation's
+        // history (a restart of a member that wrote anything is never fresh: the first write
+        // carries the lease, and nothing goes out before it).
+        if self.fresh {
+            self.fresh_heard.insert(h.from);
+        }
+        if self.fresh && self.own_last.is_none() && h.known > self.cfg.id {
+            if self.disk_lost.is_none() {
+                tracing::error!(
+                    id = self.cfg.id,
+                    known = h.known,
+                    "member started with an empty disk but the group knows its Sequences"
+                );
+            }
+            self.disk_lost.get_or_insert(self.cfg.id);
+        }
         if self.recovering && self.catch_up_target.is_none() {
             self.heard.insert(h.from);
             if self.heard.len() + 1 >= self.cfg.majority() {
@@ -1089,7 +1142,8 @@ impl Core {
 
     fn flush_outbox(&mut self) {
         let id = self.cfg.id;
-        while !self.outbox.is_empty()
+        while !self.held_back()
+            && !self.outbox.is_empty()
             && self.next_local_seq - self.senders[id as usize].sequenced
                 < self.cfg.requests_in_flight_max.max(1)
         {
@@ -1128,6 +1182,7 @@ impl Core {
             let k = self.contiguous;
             let reissue = self.reissue == Some(k);
             if k % n != self.cfg.id
+                || self.held_back()
                 || (self.recovering && !reissue)
                 || self.reclaim.is_some()
                 || self.complete < self.contiguous

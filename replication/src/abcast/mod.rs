@@ -42,6 +42,14 @@
 //!   has a number, voiding whatever of the gap has none (never acknowledged: not delivered
 //!   anywhere). Every member sees the same Sequence, so all void the same ones. Its proposal
 //!   numbers skip every number the gap could hold.
+//! * **A first start is told from a restart.** A new member's first write carries a lease,
+//!   and nothing of it (no Request, no Sequence) goes out before that write is on disk: a
+//!   member that sent anything always restarts with something on disk, so it recovers (restart
+//!   Request, reclaim) instead of starting fresh and reusing ids. A member that starts with
+//!   nothing on disk issues nothing until it has heard from every peer; if one of them knows
+//!   that Sequence `id` exists (its first turn, which only it issues), its data directory lost
+//!   an earlier incarnation's history: it acts no more ([`Core::disk_lost`]) and the runtime
+//!   stops it with an error.
 //! * **One own Sequence may go out before its fsync (reclaim).** A sequencer sends its
 //!   Sequence at once and writes it in parallel, as long as the own Sequence it issued before
 //!   this one is on disk (its `stable` is past it, so no other own Sequence is unwritten:
@@ -146,7 +154,10 @@
 //! * Disk loss of a member is not handled (its `stable` reports would be lies). A damaged
 //!   store that can be told damaged is refused at open ([`AbcastLog::open`] checks that the
 //!   snapshot's base fits the group and that every journal record names members of it); a
-//!   torn last write is dropped by raft-engine, as after any crash.
+//!   torn last write is dropped by raft-engine, as after any crash. A member started again
+//!   under its id with an emptied data directory stops with an error instead of reusing its
+//!   ids (see "A first start is told from a restart"), unless it was emptied before its
+//!   first turn; it cannot rejoin either way (no state transfer yet).
 //!
 //! # Layers
 //!

@@ -744,6 +744,15 @@ impl<S: StateMachine> Driver<S> {
                 _ => break,
             }
         }
+        if let Some(number) = self.core.disk_lost() {
+            self.fail(LogError::Storage(format!(
+                "member {} started with an empty data directory, but its peers hold Sequence \
+                 {number}, which only it could have issued: its disk lost its history; it must \
+                 not rejoin under this id with an empty directory",
+                self.cfg.core.id
+            )));
+            return false;
+        }
         true
     }
 

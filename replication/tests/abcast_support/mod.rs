@@ -294,6 +294,15 @@ impl Sim {
         self.tear_next_persist[i]
     }
 
+    /// Empties node `i`'s disk (journal, lease and snapshot), as if its data directory was
+    /// lost; crash it first.
+    pub fn wipe_disk(&mut self, i: usize) {
+        self.disks[i].clear();
+        self.leases[i] = 0;
+        self.snapshots[i] = None;
+        self.delivered[i].clear();
+    }
+
     /// Restarts node `i` from its disk (and its snapshot, if any).
     pub fn restart(&mut self, i: usize) {
         let core = match &self.snapshots[i] {
