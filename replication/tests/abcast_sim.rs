@@ -506,6 +506,21 @@ fn nothing_goes_out_before_a_members_first_write() {
     // Restarted with only that lease on disk, the member recovers rather than starts fresh.
     assert!(Core::recover(CoreConfig::new(0, 5), 512, Vec::new()).recovering());
     assert!(!Core::recover(CoreConfig::new(0, 5), 0, Vec::new()).recovering());
+    // Recovered records without a lease (an older build's disk): the next write carries one.
+    let record = Record::Sequence(SequenceMsg {
+        number: 1,
+        assigned: vec![],
+        reissued: false,
+    });
+    let mut old = Core::recover(CoreConfig::new(0, 5), 0, vec![record]);
+    let leased = old
+        .drain()
+        .iter()
+        .any(|a| matches!(a, Action::Persist { ack, .. } if ack.lease > 0));
+    assert!(
+        leased,
+        "a recovered member without a lease never writes one"
+    );
 }
 
 /// A member whose data directory was emptied and that starts again under its id must not

@@ -538,6 +538,11 @@ impl Core {
             core.next_local_seq = lease;
             core.issue_request(Vec::new(), Some(recovered));
         }
+        if any && lease == 0 {
+            // Recovered records but no lease (written by an older build, or by a member that
+            // never proposed): the next write carries one, so early sends resume after it.
+            core.lease_issued = core.next_local_seq + core.lease_step();
+        }
         core
     }
 
