@@ -4,7 +4,8 @@
 //! * `linearizable_under_faults`: clients append and read through random replicas while a
 //!   nemesis partitions, heals, crashes and restarts nodes; the history goes through
 //!   stateright's `LinearizabilityTester`, and total order / integrity / validity are checked
-//!   on every replica's final state. Seeds: `RAFT_SEEDS=<n>` runs seeds `0..n` (default 3),
+//!   on every replica's final state (one crash per run may empty the node's data directory:
+//!   it must catch up before it votes). Seeds: `RAFT_SEEDS=<n>` runs seeds `0..n` (default 3),
 //!   `SIM_SEED=<s>` replays one; a failing seed is printed.
 //! * a minority side of a partition never commits;
 //! * after the leader crashes, a new leader is elected within a bounded number of election
@@ -13,7 +14,9 @@
 //! * every node killed (with proposals in flight) and restarted: every acknowledged write is
 //!   there, once, and nothing that was not proposed;
 //! * proposals retried with the same request id across leader crashes are applied once;
-//! * leadership transfer; malformed peer input is dropped without harm.
+//! * leadership transfer; malformed peer input is dropped without harm;
+//! * a replica whose data directory is emptied votes only once it has caught up (with it
+//!   voting at once, it and two stale replicas elect a leader without the committed writes).
 //!
 //! Every loop is bounded in count; nothing asserts on timing beyond generous poll bounds.
 
@@ -267,6 +270,9 @@ async fn client(
 
 async fn nemesis(c: Arc<Cluster>, seed: u64, steps: usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9));
+    // One crash per run may also empty the node's data directory (a lost disk): every
+    // committed entry is then still on two disks, and the node must catch up before voting.
+    let mut wiped = false;
     for _ in 0..steps {
         let nodes: Vec<u64> = (0..c.n as u64).collect();
         match rng.gen_range(0..4) {
@@ -285,7 +291,14 @@ async fn nemesis(c: Arc<Cluster>, seed: u64, steps: usize) {
                 // Crash one node (at most two down at a time), or restart one.
                 let down: Vec<usize> = (0..c.n).filter(|i| !c.is_up(*i)).collect();
                 if down.len() < 2 {
-                    c.crash(rng.gen_range(0..c.n));
+                    let victim = rng.gen_range(0..c.n);
+                    if !wiped && c.is_up(victim) && rng.gen_bool(0.5) {
+                        wiped = true;
+                        eprintln!("seed {seed}: node {victim} loses its disk");
+                        c.wipe(victim);
+                    } else {
+                        c.crash(victim);
+                    }
                 } else {
                     c.restart(down[0]);
                 }
@@ -992,4 +1005,78 @@ async fn appends_go_to_everyone_at_once_when_deferring_is_off() {
     }
     converge(&c, 20, 500).await;
     assert_eq!(c.node(leader).stats().appends_deferred, 0);
+}
+
+/// A replica whose data directory is emptied (a replaced disk or host) and started again
+/// under its old id must not vote before it has caught up: it may have acknowledged entries
+/// that only a majority including it held, and with it voting, two stale replicas and it
+/// would elect a leader without them (the committed writes would be overwritten). Here
+/// entries are committed by three replicas while the two others are down; two of the three
+/// die and the third loses its disk. The third and the two stale ones must elect nobody;
+/// once a replica holding the writes is back, it leads, the emptied one catches up, votes
+/// again (a later election needs it), and every write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_replica_votes_only_after_it_caught_up() {
+    let (c, leader, followers) = five_with_leader(31).await;
+    let (stale, holders) = (&followers[..2], [leader, followers[2], followers[3]]);
+    for &s in stale {
+        c.crash(s);
+    }
+    for v in 1..=20u64 {
+        append(&c, leader, 8, v).await;
+    }
+    let emptied = holders[2];
+    c.crash(holders[0]);
+    c.crash(holders[1]);
+    c.wipe(emptied);
+    for &s in stale {
+        c.restart(s);
+    }
+    c.restart(emptied);
+    // Five maximal election timeouts (raft-rs randomizes in [election, 2 * election) ticks).
+    let cfg = c.config(0);
+    let window = cfg.tick_interval * (5 * 2 * cfg.election_tick as u32);
+    let polls = (window.as_millis() / POLL.as_millis()) as usize;
+    for _ in 0..polls {
+        assert_eq!(
+            c.leader(),
+            None,
+            "two stale replicas and an emptied one elected a leader"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(c.node(emptied).status().role, replication::Role::Recovering);
+    c.restart(holders[0]);
+    let mut caught_up = false;
+    for _ in 0..500 {
+        if c.node(emptied).status().role == replication::Role::Follower {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(caught_up, "the emptied replica never caught up");
+    let history = converge(&c, 20, 500).await;
+    assert_eq!(
+        history[..20],
+        (1..=20).collect::<Vec<u64>>()[..],
+        "a write was lost"
+    );
+    // It votes again: without its vote the two stale replicas elect nobody.
+    c.crash(holders[0]);
+    let (now, _) = c
+        .wait_leader(500)
+        .await
+        .expect("a leader with the emptied replica voting");
+    propose_retrying(
+        &c,
+        now,
+        RequestId { client: 8, seq: 21 },
+        TestCommand::Append(21),
+        10,
+    )
+    .await
+    .expect("a write after the emptied replica rejoined");
+    let history = converge(&c, 21, 500).await;
+    assert_eq!(history, (1..=21).collect::<Vec<u64>>());
 }

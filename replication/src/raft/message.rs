@@ -11,6 +11,11 @@
 //!   says so and the caller retries with the same request id (safe: duplicates are
 //!   answered from the duplicate table).
 //!
+//! * one-way [`Wire::StateQuery`] and [`Wire::StateAnswer`]: a node that started with an
+//!   empty store asks its peers for their term and last log index, to tell a new cluster
+//!   from one it is rejoining (see "Started with an empty disk" in the [module docs](super)).
+//!   Every node answers, whatever its own state.
+//!
 //! Reads need no message of their own: raft-rs carries a follower's ReadIndex request to the
 //! leader (`MsgReadIndex` / `MsgReadIndexResp`) inside [`Wire::Raft`].
 //!
@@ -33,6 +38,16 @@ pub(crate) enum Wire {
     Raft(#[serde(with = "crate::byte_strings")] Vec<Vec<u8>>),
     /// A proposal forwarded to the leader: a postcard `Envelope<S::Command>`.
     ForwardPropose(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// "What term are you in, and where does your log end?" (answered with
+    /// [`Wire::StateAnswer`]).
+    StateQuery,
+    /// The answer to [`Wire::StateQuery`].
+    StateAnswer {
+        /// The sender's current term.
+        term: u64,
+        /// The index of the last entry in the sender's log (compacted entries included).
+        last_index: u64,
+    },
 }
 
 /// The answer to [`Wire::ForwardPropose`].

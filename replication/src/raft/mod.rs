@@ -89,6 +89,42 @@
 //! the timeout still applies. [`RaftConfig::fast_failover`] turns this off; it is off with
 //! lease reads, whose safety rests on nobody voting within the timeout.
 //!
+//! # Started with an empty disk
+//!
+//! Raft assumes a node's disk keeps what it wrote: its vote and the entries it acknowledged.
+//! A node started again under its id with an emptied data directory (a replaced disk or
+//! host) has neither, and voting at once would break both promises: it could vote twice in
+//! one term (two leaders), and with two replicas that missed recent writes it could elect one
+//! of them (committed entries it had acknowledged overwritten). So a store that starts empty
+//! carries a mark on disk (`raft_rejoin`, written with its first configuration) and its node
+//! neither votes nor campaigns while the mark is there: it drops vote, pre-vote and
+//! timeout-now requests and does not tick its election timer (it reports
+//! [`Role::Recovering`]). It first asks its peers for their term and last log index
+//! (`Wire::StateQuery`), until enough have answered that every quorum of an earlier election
+//! includes one of them (three of four peers in a group of five: `n - majority + 1`):
+//!
+//! * nobody has a history (term 0, no entries, and neither has this node): a **new
+//!   cluster**. The mark goes and the node votes at once. Every node of a new cluster takes
+//!   this path at its first start, which costs its first election one round of queries.
+//! * otherwise the node is **rejoining**. `floor` is the largest term reported: any term an
+//!   earlier incarnation of the node voted in is at most `floor` (that vote's candidate, or
+//!   another member of its quorum, is among those who answered). The node follows a leader
+//!   of a term at least `floor`, which holds every entry committed before the disk was lost
+//!   (leader completeness), and catches up until an entry of that leader's term is
+//!   committed in its own log (from the log, or a snapshot): everything before it, every
+//!   entry committed before the disk was lost included, is then in its log. Then it records a vote for the leader in
+//!   the current term (so it votes for nobody else in a term an earlier incarnation may have
+//!   voted in; every later term is above `floor`), and once that is on disk the mark is
+//!   deleted and the node votes again.
+//!
+//! A restart in the middle keeps the mark, and begins again with the queries. What it does
+//! not cover: a disk that lost data silently (the store is not empty, so nothing tells it),
+//! and a node emptied and restarted *while* an election it had voted in is still running (the
+//! answers can then predate that election's votes), which a real disk replacement is far too
+//! slow for. Tested in `tests/raft_faults.rs`
+//! (`an_emptied_replica_votes_only_after_it_caught_up`: without the mark, two stale replicas
+//! and the emptied one elect a leader that lacks the committed writes).
+//!
 //! # Ids
 //!
 //! Configuration, [`LogStatus`] and the network use transport [`NodeId`]s (any `u64` but
@@ -107,10 +143,10 @@
 //! # Known limits
 //!
 //! * Membership is static: no configuration changes (a replaced machine keeps its id and
-//!   catches up from its log or a snapshot).
+//!   catches up from the leader's log or a snapshot, voting only once it has: see "Started
+//!   with an empty disk").
 //! * A snapshot travels as one message: it must fit the transport's frame limit (QUIC: 16 MiB
-//!   by default). It is taken on the Ready loop task, which pauses (and with it every other
-//!   task of its runtime, the node's network included) while the state machine serializes.
+//!   by default).
 //! * Peer messages are checked for addressing (sender and receiver are peers, the claimed
 //!   sender is the transport sender) and dropped if they do not parse; a well-formed but
 //!   malicious message from an authenticated peer can still trip an assertion inside raft-rs.
@@ -381,6 +417,7 @@ impl<S: StateMachine> RaftLog<S> {
         raw_config
             .validate()
             .map_err(|e| LogError::Rejected(format!("raft config: {e}")))?;
+        let rejoin = store.rejoining();
         let logger = logging::logger(config.id);
         let node = RawNode::new(&raw_config, store, &logger)
             .map_err(|e| LogError::Storage(format!("raft node: {e}")))?;
@@ -420,6 +457,7 @@ impl<S: StateMachine> RaftLog<S> {
             snapshotting: None,
             held: Vec::new(),
             deferred: Default::default(),
+            rejoin: rejoin.then(node::Rejoin::default),
         })));
         let ready_loop = runtime.spawn(node::drive(Arc::clone(&driver), rx, tick));
         let inner = Arc::new(Inner {
@@ -686,6 +724,11 @@ impl<S: StateMachine> Inner<S> {
     /// Whether `m`, received from transport node `from`, claims a sender it may claim: the
     /// transport sender itself, except for a leadership transfer request that a follower
     /// passes on for the transferee (raft-rs keeps the transferee in `from`).
+    /// Whether `from` is another node of this cluster.
+    fn is_peer(&self, from: NodeId) -> bool {
+        from != self.config.id && self.config.peers.contains(&from)
+    }
+
     fn claims_valid_sender(&self, from: NodeId, m: &RaftMessage) -> bool {
         let peer = |raft_id: u64| raft_id != 0 && self.config.peers.contains(&to_node(raft_id));
         self.config.peers.contains(&from)
@@ -746,6 +789,27 @@ async fn receive_loop<S: StateMachine>(inner: Arc<Inner<S>>) {
                 Ok(Wire::ForwardPropose(_)) => {
                     tracing::warn!(from, "forwarded proposal sent as a one-way message dropped")
                 }
+                Ok(Wire::StateQuery) if inner.is_peer(from) => {
+                    if inner.submit(Input::StateQuery { from }).is_err() {
+                        return;
+                    }
+                }
+                Ok(Wire::StateAnswer { term, last_index }) if inner.is_peer(from) => {
+                    let answer = Input::StateAnswer {
+                        from,
+                        term,
+                        last_index,
+                    };
+                    if inner.submit(answer).is_err() {
+                        return;
+                    }
+                }
+                Ok(Wire::StateQuery | Wire::StateAnswer { .. }) => {
+                    tracing::warn!(
+                        from,
+                        "state query or answer from outside the cluster dropped"
+                    )
+                }
                 Err(e) => tracing::warn!(from, error = %e, "malformed message dropped"),
             },
             Incoming::Request {
@@ -762,6 +826,10 @@ async fn receive_loop<S: StateMachine>(inner: Arc<Inner<S>>) {
                             Err(e) => tracing::error!(error = %e, "cannot encode a forward reply"),
                         }
                     });
+                }
+                Ok(Wire::StateQuery | Wire::StateAnswer { .. }) => {
+                    tracing::warn!(from, "state query or answer sent as a request dropped");
+                    drop(responder);
                 }
                 Ok(Wire::Raft(batch)) => {
                     // Accept raft traffic on either channel; the caller needs no answer.

@@ -103,6 +103,14 @@ pub(crate) enum Input<S: StateMachine> {
     Transfer(u64),
     /// The network saw this peer's process die (transport id).
     PeerDown(u64),
+    /// A peer (transport id) asks for this node's term and last log index.
+    StateQuery { from: u64 },
+    /// A peer's answer to this node's [`Input::StateQuery`].
+    StateAnswer {
+        from: u64,
+        term: u64,
+        last_index: u64,
+    },
     /// Stop the loop.
     Shutdown,
 }
@@ -139,6 +147,29 @@ pub(crate) struct Driver<S: StateMachine> {
     pub(crate) held: Vec<Entry>,
     /// Appends held back for the followers a commit does not need (see [`Driver::send`]).
     pub(crate) deferred: Deferred,
+    /// This node started with an empty store and may not vote or campaign yet.
+    pub(crate) rejoin: Option<Rejoin>,
+}
+
+/// Ticks between two rounds of state queries to the peers that have not answered.
+const STATE_QUERY_EVERY_TICKS: u64 = 5;
+
+/// The way back to voting of a node whose store started empty ("Started with an empty disk"
+/// in the [module docs](super)). Until it ends the node drops vote, pre-vote and
+/// timeout-now requests and never campaigns.
+#[derive(Debug, Default)]
+pub(crate) struct Rejoin {
+    /// The peers' answers: transport id -> (term, last index).
+    answers: BTreeMap<u64, (u64, u64)>,
+    /// The tick of the last round of queries.
+    asked_at: Option<u64>,
+    /// Once enough peers answered and one of them had a history: the largest term they
+    /// reported. Every term in which an earlier incarnation of this node could have voted is
+    /// at most this.
+    floor: Option<u64>,
+    /// Caught up; waiting for the vote that marks the current term as taken to be on disk
+    /// (term, vote).
+    finishing: Option<(u64, u64)>,
 }
 
 /// Appends a leader holds back for the followers a commit does not need ("Quorum-first
@@ -331,7 +362,10 @@ impl<S: StateMachine> Driver<S> {
         self.issue_reads(reads);
         let now = Instant::now();
         if now >= *next_tick {
-            self.node.tick();
+            // A node that may not vote must not campaign either: its election timer stands.
+            if self.rejoin.is_none() {
+                self.node.tick();
+            }
             self.ticks += 1;
             *next_tick += tick;
             if *next_tick < now {
@@ -339,6 +373,9 @@ impl<S: StateMachine> Driver<S> {
             }
             self.on_tick();
             self.campaign_if_due();
+            if let Err(e) = self.rejoin_step() {
+                return Some(Err(e));
+            }
             // A tick may have produced regular heartbeats: those go to every peer.
             self.read_ctx = None;
         }
@@ -375,6 +412,19 @@ impl<S: StateMachine> Driver<S> {
                         continue;
                     }
                     self.heard.insert(m.from, self.ticks);
+                    if !self.rejoin_admits(&m) {
+                        continue;
+                    }
+                    let mut m = m;
+                    let log = &self.node.raft.raft_log;
+                    if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > log.last_index()
+                    {
+                        // A heartbeat commits up to what the leader believes this node has
+                        // matched; raft-rs stops the process if that is beyond the log, which
+                        // happens only if this node lost entries it acknowledged (an emptied
+                        // disk). Commit only what an append brings, with its log check.
+                        m.commit = log.committed;
+                    }
                     if let Err(e) = self.node.step(m) {
                         tracing::debug!(node = self.config.id, error = %e, "raft message ignored");
                     }
@@ -384,6 +434,23 @@ impl<S: StateMachine> Driver<S> {
             Input::Read { reply } => reads.push(reply),
             Input::Transfer(to) => self.node.transfer_leader(to),
             Input::PeerDown(peer) => self.leader_died(peer),
+            Input::StateQuery { from } => {
+                let raft = &self.node.raft;
+                let answer = Wire::StateAnswer {
+                    term: raft.term,
+                    last_index: raft.raft_log.last_index(),
+                };
+                self.send_wire(from, &answer);
+            }
+            Input::StateAnswer {
+                from,
+                term,
+                last_index,
+            } => {
+                if let Some(r) = self.rejoin.as_mut() {
+                    r.answers.insert(from, (term, last_index));
+                }
+            }
             Input::Shutdown => return true,
         }
         false
@@ -471,7 +538,8 @@ impl<S: StateMachine> Driver<S> {
         let Some((at, until)) = self.campaign_at else {
             return;
         };
-        if raft.leader_id != ::raft::INVALID_ID
+        if self.rejoin.is_some()
+            || raft.leader_id != ::raft::INVALID_ID
             || matches!(raft.state, StateRole::Leader | StateRole::Candidate)
             || self.ticks > until
         {
@@ -486,6 +554,125 @@ impl<S: StateMachine> Driver<S> {
         tracing::info!(node = self.config.id, "early campaign");
         if let Err(e) = self.node.campaign() {
             tracing::debug!(node = self.config.id, error = %e, "early campaign refused");
+        }
+    }
+
+    /// Whether a node that may not vote yet steps `m`: requests that would make it vote
+    /// or campaign are dropped.
+    fn rejoin_admits(&self, m: &Message) -> bool {
+        self.rejoin.is_none()
+            || !matches!(
+                m.get_msg_type(),
+                MessageType::MsgRequestVote
+                    | MessageType::MsgRequestPreVote
+                    | MessageType::MsgTimeoutNow
+            )
+    }
+
+    /// Moves a node that may not vote yet along, once per tick: asks the peers that have
+    /// not answered for their term and last index; decides, once enough have answered,
+    /// whether the cluster is new (nobody has a history: vote at once) or is being rejoined
+    /// (follow a leader of a term at least every term reported, and catch up to its first
+    /// committed entry of its term); then marks the leader's term as voted in, and once that is on disk
+    /// lets the node vote. `Err` on a storage error.
+    fn rejoin_step(&mut self) -> Result<(), LogError> {
+        let me = self.config.id;
+        let ticks = self.ticks;
+        let peers: Vec<u64> = self
+            .config
+            .peers
+            .iter()
+            .copied()
+            .filter(|&p| p != me)
+            .collect();
+        let Some(r) = self.rejoin.as_mut() else {
+            return Ok(());
+        };
+        if peers.is_empty() {
+            // A cluster of one: nobody else could have a history.
+            self.node.mut_store().end_rejoin()?;
+            self.rejoin = None;
+            return Ok(());
+        }
+        if let Some((term, vote)) = r.finishing {
+            if self.node.store().durable_vote() == (term, vote) || self.node.raft.term > term {
+                self.node.mut_store().end_rejoin()?;
+                self.rejoin = None;
+                tracing::info!(
+                    node = me,
+                    term,
+                    "store started empty: caught up, votes again"
+                );
+            }
+            return Ok(());
+        }
+        let Some(floor) = r.floor else {
+            // Enough answers that every quorum of an earlier election includes one of them.
+            let n = peers.len() + 1;
+            let needed = n - (n / 2 + 1) + 1;
+            if r.answers.len() >= needed {
+                let raft = &self.node.raft;
+                let mine_empty = raft.term == 0 && raft.raft_log.last_index() == 0;
+                let floor = r.answers.values().map(|(t, _)| *t).max().unwrap_or(0);
+                let history = r.answers.values().any(|&(t, last)| t > 0 || last > 0);
+                if mine_empty && !history {
+                    self.node.mut_store().end_rejoin()?;
+                    self.rejoin = None;
+                    tracing::debug!(node = me, "store started empty in a new cluster");
+                    return Ok(());
+                }
+                r.floor = Some(floor);
+                tracing::warn!(
+                    node = me,
+                    floor,
+                    "store started empty in a cluster with a history: catching up before voting"
+                );
+                return Ok(());
+            }
+            if r.asked_at
+                .is_some_and(|t| ticks.saturating_sub(t) < STATE_QUERY_EVERY_TICKS)
+            {
+                return Ok(());
+            }
+            r.asked_at = Some(ticks);
+            let ask: Vec<u64> = peers
+                .into_iter()
+                .filter(|p| !r.answers.contains_key(p))
+                .collect();
+            for p in ask {
+                self.send_wire(p, &Wire::StateQuery);
+            }
+            return Ok(());
+        };
+        // Caught up once an entry of the current leader's term is committed here: the
+        // leader's log holds every entry committed before (leader completeness; they were
+        // committed in terms up to `floor`), and this log now holds that prefix.
+        let raft = &mut self.node.raft;
+        let committed = raft.raft_log.committed;
+        if raft.state == StateRole::Follower
+            && raft.term >= floor
+            && raft.leader_id != ::raft::INVALID_ID
+            && raft.raft_log.term(committed).is_ok_and(|t| t == raft.term)
+        {
+            // The current term has a leader: this node votes for nobody else in it, which
+            // an earlier incarnation may have done (every later term is safe: above `floor`).
+            if raft.vote == ::raft::INVALID_ID {
+                raft.vote = raft.leader_id;
+            }
+            r.finishing = Some((raft.term, raft.vote));
+        }
+        Ok(())
+    }
+
+    /// Sends one [`Wire`] value to a peer (transport id), best effort.
+    fn send_wire(&self, to: u64, wire: &Wire) {
+        match transport::encode(wire) {
+            Ok(payload) => {
+                if let Err(e) = self.network.send(to, payload) {
+                    tracing::debug!(to, error = %e, "send failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a message"),
         }
     }
 
@@ -1041,6 +1228,7 @@ impl<S: StateMachine> Driver<S> {
         let raft = &self.node.raft;
         let role = match raft.state {
             StateRole::Leader => Role::Leader,
+            StateRole::Follower if self.rejoin.is_some() => Role::Recovering,
             StateRole::Follower => Role::Follower,
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
         };

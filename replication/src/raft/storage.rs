@@ -1,7 +1,7 @@
 //! [`::raft::Storage`] over raft-engine, the way TiKV pairs them.
 //!
 //! One raft-engine instance per node (its own directory), one Raft group (`GROUP`) in it.
-//! Beside the entries, four small keys live in the engine:
+//! Beside the entries, a few small keys live in the engine:
 //!
 //! | key | value | written when |
 //! |---|---|---|
@@ -10,6 +10,7 @@
 //! | `raft_snapshot` | `Snapshot` (protobuf; data = the deduplicated state machine) | every `snapshot_every` applied entries, snapshot install |
 //! | `raft_truncated` | `(index, term)` (postcard) of the last compacted entry | log compaction, snapshot install |
 //! | `raft_applied` | `u64` (postcard): the applied index recoverable from disk | with every snapshot |
+//! | `raft_rejoin` | one byte: this store started empty and may not vote yet (see "Started with an empty disk" in the [module docs](super)) | first start; deleted once the node may vote |
 //!
 //! The state machine lives in memory, so the applied index that survives a restart is the
 //! snapshot's index; the committed entries after it are applied again on restart
@@ -45,6 +46,7 @@ const KEY_CONF_STATE: &[u8] = b"raft_conf_state";
 const KEY_SNAPSHOT: &[u8] = b"raft_snapshot";
 const KEY_TRUNCATED: &[u8] = b"raft_truncated";
 const KEY_APPLIED: &[u8] = b"raft_applied";
+const KEY_REJOIN: &[u8] = b"raft_rejoin";
 
 /// Most entries kept in the recent-entry cache.
 pub(crate) const RECENT_ENTRIES_MAX: usize = 8192;
@@ -86,6 +88,9 @@ pub(crate) struct EngineStorage {
     recent: VecDeque<Entry>,
     /// Payload bytes in `recent`.
     recent_bytes: usize,
+    /// `raft_rejoin` is on disk: the store started empty and the node has not yet learned
+    /// that it may vote.
+    rejoin: bool,
 }
 
 fn pb_err(what: &str, e: impl std::fmt::Display) -> LogError {
@@ -144,6 +149,7 @@ impl EngineStorage {
                 }
             }
         }
+        let rejoin = fresh || engine.get(GROUP, KEY_REJOIN).is_some();
         let mut store = Self {
             engine: Arc::new(engine),
             hard_state,
@@ -155,6 +161,7 @@ impl EngineStorage {
             snapshot,
             recent: VecDeque::new(),
             recent_bytes: 0,
+            rejoin,
         };
         // raft-rs stops the process on a hard state committing beyond the log; a damaged or
         // foreign store is refused here with an error instead.
@@ -166,13 +173,41 @@ impl EngineStorage {
             )));
         }
         if fresh {
+            // The mark goes with the configuration: a store that has one and not the other
+            // was never written by this code.
             let mut batch = LogBatch::default();
             batch
                 .put_message(GROUP, KEY_CONF_STATE.to_vec(), &store.conf_state)
                 .map_err(storage_err)?;
+            batch
+                .put(GROUP, KEY_REJOIN.to_vec(), vec![1])
+                .map_err(storage_err)?;
             store.write(&mut batch, true)?;
         }
         Ok(store)
+    }
+
+    /// Whether this store started empty and its node has not yet learned that it may vote
+    /// (kept on disk, so a restart during the catch-up does not forget it).
+    pub(crate) fn rejoining(&self) -> bool {
+        self.rejoin
+    }
+
+    /// The node may vote from now on: deletes the mark (synced).
+    pub(crate) fn end_rejoin(&mut self) -> Result<(), LogError> {
+        if !self.rejoin {
+            return Ok(());
+        }
+        let mut batch = LogBatch::default();
+        batch.delete(GROUP, KEY_REJOIN.to_vec());
+        self.write(&mut batch, true)?;
+        self.rejoin = false;
+        Ok(())
+    }
+
+    /// The vote and term on disk (`HardState::vote`, `HardState::term`).
+    pub(crate) fn durable_vote(&self) -> (u64, u64) {
+        (self.hard_state.term, self.hard_state.vote)
     }
 
     fn write(&mut self, batch: &mut LogBatch, sync: bool) -> Result<(), LogError> {
@@ -554,6 +589,27 @@ mod tests {
         // The configuration is on disk: another voter list is ignored on reopen.
         let s = EngineStorage::open(dir.path(), &[9]).unwrap();
         assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_store_started_empty_is_marked_until_its_node_may_vote() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        assert!(s.rejoining());
+        s.persist(None, &ents(1..=3, 1), Some(&hs(1, 0, 3)), true)
+            .unwrap();
+        drop(s);
+        // A restart during the catch-up keeps the mark, although the store is not empty now.
+        let mut s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        assert!(s.rejoining());
+        s.end_rejoin().unwrap();
+        assert!(!s.rejoining());
+        drop(s);
+        let s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        assert!(!s.rejoining());
+        assert_eq!(s.last_index().unwrap(), 3);
+        drop(s);
+        assert_eq!(raw(dir.path(), KEY_REJOIN), None);
     }
 
     #[test]

@@ -110,6 +110,15 @@ impl Cluster {
         self.logs.lock().unwrap()[i] = Some(log);
     }
 
+    /// Kills replica `i` (if up) and empties its data directory: its next start is a
+    /// replacement host's, under the same id.
+    pub fn wipe(&self, i: usize) {
+        self.crash(i);
+        let dir = self.dirs[i].path();
+        std::fs::remove_dir_all(dir).expect("remove the data directory");
+        std::fs::create_dir(dir).expect("recreate the data directory");
+    }
+
     /// Kills every replica, then starts them all again from disk.
     pub fn restart_all_now(&self) {
         for i in 0..self.n {

@@ -4,8 +4,8 @@
 //! A replica whose liveness port refuses connections ([`transport::liveness::probe`]) is shown
 //! down at once, instead of after the QUIC dial's timeout. Below the table, a line says what
 //! down replicas mean for each database ([`customer_summary`], [`product_summary`]): where
-//! the customer database's ring stops, or that a database has lost its majority or its
-//! leader.
+//! the customer database's ring stops, that a database has lost its majority or its leader,
+//! or that a product-db replica is catching up after starting with an empty data directory.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,22 +103,40 @@ pub fn customer_summary(statuses: &[Option<replication::LogStatus>]) -> Option<S
     ))
 }
 
-/// What the product-db rows mean: nothing while a leader is up; otherwise that a majority is
-/// gone, or that an election is under way.
+/// What the product-db rows mean: nothing while a leader is up and every replica votes;
+/// otherwise which replicas are catching up after starting with an empty data directory (they
+/// vote only once they have), and, without a leader, that too few voting replicas are left
+/// or that an election is under way.
 pub fn product_summary(statuses: &[Option<replication::LogStatus>]) -> Option<String> {
     let n = statuses.len();
-    let up: Vec<&replication::LogStatus> = statuses.iter().flatten().collect();
-    if n == 0 || up.iter().any(|s| s.role == replication::Role::Leader) {
-        return None;
-    }
-    if up.len() <= n / 2 {
-        return Some(format!(
-            "product database: {} of {n} replicas down, no majority left: it is unavailable \
-             until enough of them are back",
-            n - up.len()
+    let role = |i: usize| statuses[i].as_ref().map(|s| s.role);
+    let rejoining: Vec<String> = (0..n)
+        .filter(|&i| role(i) == Some(replication::Role::Recovering))
+        .map(|i| format!("product-db-{i}"))
+        .collect();
+    let voting = (0..n)
+        .filter(|&i| role(i).is_some_and(|r| r != replication::Role::Recovering))
+        .count();
+    let mut parts = Vec::new();
+    if !rejoining.is_empty() {
+        parts.push(format!(
+            "{} started with an empty data directory: it catches up from the leader and votes \
+             only once it has",
+            rejoining.join(", ")
         ));
     }
-    Some("product database: no leader right now (an election is under way)".into())
+    if !(0..n).any(|i| role(i) == Some(replication::Role::Leader)) && n > 0 {
+        if voting <= n / 2 {
+            parts.push(format!(
+                "{} of {n} replicas down or not voting yet, no majority left: it is \
+                 unavailable until enough of them are back",
+                n - voting
+            ));
+        } else {
+            parts.push("no leader right now (an election is under way)".into());
+        }
+    }
+    (!parts.is_empty()).then(|| format!("product database: {}", parts.join("; ")))
 }
 
 fn counter(status: &replication::LogStatus, name: &str) -> Option<u64> {
@@ -229,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn the_product_summary_speaks_only_without_a_leader() {
+    fn the_product_summary_speaks_without_a_leader_or_while_a_replica_rejoins() {
         let mut rows: Vec<_> = (0..5).map(|i| replica(i, Role::Follower)).collect();
         rows[3] = replica(3, Role::Leader);
         rows[0] = None;
@@ -239,7 +257,26 @@ mod tests {
         assert!(line.contains("election"), "{line}");
         rows[1] = None;
         let line = product_summary(&rows).expect("a summary");
-        assert!(line.contains("3 of 5 replicas down, no majority"), "{line}");
+        assert!(
+            line.contains("3 of 5 replicas down or not voting yet, no majority"),
+            "{line}"
+        );
         assert_eq!(product_summary(&[]), None);
+        // A replica started with an empty disk does not count as a voter, leader or not.
+        let mut rows: Vec<_> = (0..5).map(|i| replica(i, Role::Follower)).collect();
+        rows[0] = replica(0, Role::Leader);
+        rows[4] = replica(4, Role::Recovering);
+        let line = product_summary(&rows).expect("a summary");
+        assert!(
+            line.contains("product-db-4 started with an empty data directory"),
+            "{line}"
+        );
+        rows[0] = None;
+        rows[1] = None;
+        let line = product_summary(&rows).expect("a summary");
+        assert!(
+            line.contains("3 of 5 replicas down or not voting yet"),
+            "{line}"
+        );
     }
 }
