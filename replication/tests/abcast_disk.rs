@@ -2,7 +2,8 @@
 //! that do not decode, and records that decode but cannot have been written by a member of
 //! this group). Opening the member must fail with a storage error naming what is wrong,
 //! never panic, and leave the store as it was: once the good value is put back, the member
-//! opens and the group holds every acknowledged write, once.
+//! opens and the group holds every acknowledged write, once. A member whose data directory
+//! was emptied is rebuilt from a peer's snapshot and journal and serves again.
 
 mod abcast_support;
 
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use abcast_support::Hub;
-use replication::abcast::runtime::{JOURNAL_GROUP, LEASE_KEY, SNAPSHOT_GROUP, SNAPSHOT_KEY};
+use replication::abcast::runtime::{
+    FLOOR_KEY, JOURNAL_GROUP, LEASE_KEY, SNAPSHOT_GROUP, SNAPSHOT_KEY,
+};
 use replication::abcast::{AbcastConfig, AbcastLog, Record, RequestKey, SequenceMsg, SnapshotBase};
 use replication::conformance::{TestAnswer, TestCommand, TestMachine, TestQuery};
 use replication::storage::{append, entry, open_engine, read_entries};
@@ -212,31 +215,76 @@ async fn a_member_with_damaged_storage_is_refused_and_its_store_left_as_it_was()
     assert_eq!(again, 1, "a retry must return the first outcome");
 
     // Member 2's data directory emptied (a lost disk), and the member started again under
-    // its id: it must not act (it would reuse Request ids and Sequence numbers its peers
-    // hold). It stops with a storage error; the others keep their history.
+    // its id: it must not act as new (it would reuse Request ids and Sequence numbers its
+    // peers hold). It learns so from its peers, copies a peer's snapshot and journal, starts
+    // again from them above every id and number its peers know of, catches up, and serves.
     let mut logs = logs;
     drop(logs.remove(2));
     hub.detach(2);
-    let emptied = tempfile::tempdir().expect("tempdir");
-    let fresh = open(&hub, emptied.path(), 2).expect("an empty directory opens");
-    let outcome = fresh
-        .propose(RequestId { client: 8, seq: 1 }, TestCommand::Append(99))
-        .await;
-    match outcome {
-        Err(LogError::Storage(why)) => assert!(why.contains("empty data directory"), "{why}"),
-        Err(LogError::Shutdown) => {}
-        other => panic!("a member with an emptied disk answered {other:?}"),
+    // Meanwhile, an image request that does not decode (from member 2's address) and one
+    // from outside the group are answered with an error; member 0 goes on serving.
+    for from in [2, 9] {
+        let answer = hub
+            .attach(from)
+            .call(0, vec![0xff; 7].into(), Duration::from_secs(5))
+            .await
+            .expect("an answer");
+        hub.detach(from);
+        let decoded: Result<(u64, serde_bytes::ByteBuf), String> =
+            postcard::from_bytes(&answer).expect("an image answer");
+        assert!(
+            decoded.is_err(),
+            "garbage from {from} was served: {decoded:?}"
+        );
     }
+    let emptied = tempfile::tempdir().expect("tempdir");
+    let rebuilt = open(&hub, emptied.path(), 2).expect("an empty directory opens");
+    let id = RequestId { client: 8, seq: 1 };
+    let mut written = None;
+    for _ in 0..20 {
+        match rebuilt.propose(id, TestCommand::Append(99)).await {
+            Ok(out) => {
+                written = Some(out);
+                break;
+            }
+            Err(LogError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("the member with an emptied disk failed: {e}"),
+        }
+    }
+    let written = written.expect("the rebuilt member never took a write");
     assert_eq!(
-        fresh.status().applied_index,
-        0,
-        "the emptied member applied something"
+        written,
+        before.len() as u64 + 1,
+        "the write landed after the history"
     );
+    let mut expected = before.clone();
+    expected.push(99);
+    assert_eq!(
+        history(&rebuilt).await,
+        expected,
+        "the rebuilt member's history"
+    );
+    logs.insert(2, rebuilt);
     for (i, log) in logs.iter().enumerate() {
         assert_eq!(
             history(log).await,
-            before,
-            "member {i} after member 2 came back empty"
+            expected,
+            "member {i} after member 2 was rebuilt"
         );
     }
+    // The rebuild is on disk: a restart is an ordinary one, from the copied history.
+    drop(logs.remove(2));
+    hub.detach(2);
+    let floor = open_engine(emptied.path())
+        .expect("engine")
+        .get(SNAPSHOT_GROUP, FLOOR_KEY)
+        .expect("a rebuilt member stores its sequence floor");
+    assert!(postcard::from_bytes::<u64>(&floor).expect("a number") > 0);
+    let reopened = open(&hub, emptied.path(), 2).expect("the rebuilt member reopens");
+    assert_eq!(history(&reopened).await, expected, "after a restart");
+    let again = reopened
+        .propose(RequestId { client: 8, seq: 2 }, TestCommand::Append(100))
+        .await
+        .expect("a write after the restart");
+    assert_eq!(again, expected.len() as u64 + 1);
 }

@@ -297,3 +297,87 @@ async fn a_purchase_whose_frontend_dies_midway_is_complete_or_undone() {
     }
     c.stop().await;
 }
+
+/// A replaced disk under load: a customer-db member and a product-db follower are killed,
+/// their data directories emptied, and each is started again under its id. The customer-db
+/// member is rebuilt from a peer's snapshot and journal (the ring waits for it meanwhile);
+/// the product-db replica catches up before it votes. No call fails, every acknowledged
+/// effect is there, and both replicas reach the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_with_emptied_data_directories_rejoin_and_no_call_fails() {
+    use servers::cluster::{Cluster, RoleKind};
+    let _serial = SERIAL.lock().await;
+    let mut c = TestCluster::start(|_| {}).await;
+    let accounts = create_accounts(&c, 2, "e").await;
+    let load = Load::start(&c, &accounts, 0);
+    let ledger = &load.ledger;
+    wait_for_calls(ledger, 1000).await;
+    let leader = c.product_leader().await;
+    let follower = (leader + 1) % 5;
+    for (kind, id) in [(RoleKind::CustomerDb, 3), (RoleKind::ProductDb, follower)] {
+        let name = Cluster::cert_name(kind, id);
+        c.kill9(&name);
+        let dir = c.cluster.replica_dir(kind, id);
+        // The killed process's files may still be closing: bounded retries.
+        for attempt in 0..50 {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => break,
+                Err(e) if attempt == 49 => panic!("cannot empty {}: {e}", dir.display()),
+                Err(_) => sleep_ms(20).await,
+            }
+        }
+        std::fs::create_dir_all(&dir).expect("recreate the data directory");
+        match kind {
+            RoleKind::CustomerDb => c.restart_customer_db(id),
+            _ => c.restart_product_db(id),
+        }
+        wait_for_calls(ledger, 1000).await;
+    }
+    let ledger = load.finish().await;
+    assert!(
+        ledger.failures.is_empty(),
+        "failed calls: {:?}",
+        ledger.failures
+    );
+    verify(&c, &accounts, &ledger, true).await;
+    // Both reach the others once the load has stopped, and the product-db replica votes
+    // again (a follower, no longer recovering).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = c.status();
+        let applied = |name: &str| status.get(name).map(|r| r.2);
+        let reached = |role: &str, id: u64| {
+            (0..5).filter(|i| *i != id).all(|i| {
+                applied(&format!("{role}-{id}"))
+                    .zip(applied(&format!("{role}-{i}")))
+                    .is_some_and(|(mine, theirs)| mine >= theirs && theirs > 0)
+            })
+        };
+        let voting = status
+            .get(&format!("product-db-{follower}"))
+            .is_some_and(|r| r.0 == "follower");
+        if reached("customer-db", 3) && reached("product-db", follower) && voting {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the emptied replicas did not catch up: {status:?}"
+        );
+        sleep_ms(300).await;
+    }
+    // They knew their disks were lost (rather than starting a new history).
+    let log = |name: String| {
+        std::fs::read_to_string(c.dir.join("logs").join(format!("{name}.log"))).unwrap_or_default()
+    };
+    let customer = log("customer-db-3".into());
+    assert!(
+        customer.contains("rebuilding from a peer's snapshot and journal"),
+        "customer-db-3 was not rebuilt:\n{customer}"
+    );
+    let product = log(format!("product-db-{follower}"));
+    assert!(
+        product.contains("catching up before voting"),
+        "product-db-{follower} did not rejoin as an emptied replica:\n{product}"
+    );
+    c.stop().await;
+}

@@ -157,6 +157,18 @@ pub struct SnapshotBase {
     pub next_proposal: u64,
 }
 
+/// How to rebuild a member whose disk was lost: see [`Core::rebuild_plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildPlan {
+    /// The seq lease to store: above every Request id an earlier incarnation can have used.
+    pub lease: u64,
+    /// Own Sequence numbers below this were issued by an earlier incarnation (store it and
+    /// hand it to [`Core::with_sequence_floor`] on every start).
+    pub sequence_floor: u64,
+    /// Peers to copy the snapshot and journal from, the most advanced first.
+    pub donors: Vec<MemberId>,
+}
+
 /// One delivered client payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -349,12 +361,19 @@ pub struct Core {
     recovering: bool,
     /// Started with nothing on disk (a new member, or one whose data directory was emptied).
     fresh: bool,
-    /// The peers a fresh member has heard from; it issues nothing until it has heard from
-    /// all of them (any of them would tell it that its first turn was taken before).
-    fresh_heard: BTreeSet<MemberId>,
-    /// A fresh member heard that Sequence `.0` exists although only it could have issued it
-    /// and it has not: an earlier incarnation did, and its disk lost it. It acts no more.
-    disk_lost: Option<u64>,
+    /// A fresh member's history query: the peers' answers ([`Body::HistoryReply`]:
+    /// `issued`, `request_max`, `sequence_max`). It issues nothing until every peer answered
+    /// (any of them would know of an earlier incarnation's Requests or first turn).
+    history: BTreeMap<MemberId, (u64, Option<u64>, Option<u64>)>,
+    /// When the history query last went out.
+    history_asked_ms: Option<u64>,
+    /// A fresh member learned that an earlier incarnation of it sent Requests or issued
+    /// Sequences, and its disk lost them. It acts no more; once every peer answered its
+    /// history query it can be rebuilt ([`Core::rebuild_plan`]).
+    disk_lost: bool,
+    /// Own Sequence numbers below this were issued by an earlier incarnation whose disk was
+    /// lost: they are taken from peers, never issued afresh (see [`Core::with_sequence_floor`]).
+    sequence_floor: u64,
     catch_up_target: Option<u64>,
     heard: BTreeSet<MemberId>,
     /// Recovered from a snapshot at `(delivered, per-sender prefixes)`: Requests below the
@@ -409,8 +428,10 @@ impl Core {
             next_probe: 0,
             recovering: false,
             fresh: true,
-            fresh_heard: BTreeSet::new(),
-            disk_lost: None,
+            history: BTreeMap::new(),
+            history_asked_ms: None,
+            disk_lost: false,
+            sequence_floor: 0,
             catch_up_target: None,
             heard: BTreeSet::new(),
             base_prefixes: None,
@@ -669,21 +690,126 @@ impl Core {
         self.pending_reads.push(token);
     }
 
-    /// `Some(number)` once this member, started with nothing on disk, learned that Sequence
-    /// `number` exists although only it could have issued it: its data directory lost an
-    /// earlier incarnation's history. Such a member neither proposes nor sequences (it would
-    /// reuse ids and numbers its peers hold); the runtime stops it with an error. Not seen if
-    /// the directory was emptied before the member's first turn.
-    pub fn disk_lost(&self) -> Option<u64> {
+    /// Whether this member, started with nothing on disk, learned that an earlier
+    /// incarnation of it sent Requests or issued Sequences that its peers know of: its data
+    /// directory lost that history. Such a member neither proposes nor sequences (it would
+    /// reuse ids and numbers its peers hold) until it is rebuilt ([`Core::rebuild_plan`]).
+    pub fn disk_lost(&self) -> bool {
         self.disk_lost
     }
 
+    /// Once a member whose disk was lost ([`Core::disk_lost`]) has every peer's answer to
+    /// its history query: how to rebuild it. The runtime copies a donor's snapshot and
+    /// journal (any member's: they hold the same history), stores [`RebuildPlan::lease`] as
+    /// the seq lease and [`RebuildPlan::sequence_floor`] beside it, and starts the member
+    /// again from that disk ([`Core::recover_from`], then [`Core::with_sequence_floor`]). It
+    /// then recovers like any restarted member: restart Request at the lease, reclaim of
+    /// its first own Sequence number that nobody knows of, catch-up by retransmission.
+    pub fn rebuild_plan(&self) -> Option<RebuildPlan> {
+        if !self.disk_lost || (self.history.len() as u64) + 1 < self.cfg.members {
+            return None;
+        }
+        let seen = self
+            .history
+            .values()
+            .map(|&(issued, request_max, _)| issued.max(request_max.map_or(0, |q| q + 1)))
+            .max()
+            .unwrap_or(0);
+        // An earlier incarnation's Requests nobody saw: at most its in-flight bound beyond
+        // its sequenced prefix, which at most one Sequence nobody holds can have moved.
+        let lease = seen
+            .saturating_add(self.cfg.request_window)
+            .saturating_add(2 * self.cfg.requests_in_flight_max);
+        let sequence_floor = self
+            .history
+            .values()
+            .filter_map(|&(_, _, s)| s.map(|k| k + 1))
+            .max()
+            .unwrap_or(0);
+        let mut donors: Vec<MemberId> = self.history.keys().copied().collect();
+        donors.sort_by_key(|&p| std::cmp::Reverse(self.peers[p as usize].stable));
+        Some(RebuildPlan {
+            lease,
+            sequence_floor,
+            donors,
+        })
+    }
+
+    /// Marks own Sequence numbers below `floor` as issued by an earlier incarnation whose
+    /// disk was lost ([`RebuildPlan::sequence_floor`]): this member never issues them afresh
+    /// but waits for a peer's copy (retransmission), and the number it reclaims from every
+    /// peer before sequencing is its first own number at or above `floor` (the one the
+    /// earlier incarnation may have sent to nobody who kept it).
+    pub fn with_sequence_floor(mut self, floor: u64) -> Self {
+        self.sequence_floor = floor;
+        let (n, id) = (self.cfg.members, self.cfg.id);
+        if let Some(r) = self.reclaim.as_mut() {
+            let first = floor + (id + n - floor % n) % n;
+            r.number = r.number.max(first);
+        }
+        self
+    }
+
     /// Whether this member may not issue Requests or Sequences: its disk was found lost, or
-    /// it started with nothing on disk and has not heard from every peer yet. (Waiting for
-    /// every peer costs a new group nothing: its ring needs every member anyway.)
+    /// it started with nothing on disk and not every peer has answered its history query
+    /// yet. (Waiting for every peer costs a new group nothing: its ring needs every member
+    /// anyway.)
     fn held_back(&self) -> bool {
-        self.disk_lost.is_some()
-            || (self.fresh && (self.fresh_heard.len() as u64) + 1 < self.cfg.members)
+        self.disk_lost || (self.fresh && (self.history.len() as u64) + 1 < self.cfg.members)
+    }
+
+    /// A fresh member asks every peer that has not answered about its history.
+    fn ask_history(&mut self) {
+        if !self.fresh || (self.history.len() as u64) + 1 >= self.cfg.members {
+            return;
+        }
+        let (now, every) = (self.now_ms, self.cfg.retransmit_after_ms);
+        if self
+            .history_asked_ms
+            .is_some_and(|t| now.saturating_sub(t) < every)
+        {
+            return;
+        }
+        self.history_asked_ms = Some(now);
+        let ask: Vec<MemberId> = (0..self.cfg.members)
+            .filter(|p| *p != self.cfg.id && !self.history.contains_key(p))
+            .collect();
+        for to in ask {
+            let message = self.message(Body::HistoryQuery);
+            self.actions.push(Action::Send { to, message });
+        }
+    }
+
+    /// What this member knows of `from`'s history.
+    fn answer_history(&mut self, from: MemberId) {
+        let n = self.cfg.members;
+        let st = &self.senders[from as usize];
+        let request_max = [
+            st.received.keys().next_back().copied(),
+            st.sequenced.checked_sub(1),
+            st.gc.checked_sub(1),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        // Every number below `contiguous` exists (held, or garbage everyone delivered).
+        let below = self
+            .contiguous
+            .checked_sub(1)
+            .filter(|top| *top >= from)
+            .map(|top| top - (top - from) % n);
+        let held = self
+            .sequences
+            .keys()
+            .rev()
+            .find(|k| *k % n == from)
+            .copied();
+        let message = self.message(Body::HistoryReply {
+            issued: st.issued,
+            request_max,
+            sequence_max: below.max(held),
+        });
+        self.actions.push(Action::Send { to: from, message });
     }
 
     /// Whether no timer but the heartbeat has anything to do: nothing missing, pending,
@@ -702,6 +828,7 @@ impl Core {
             && self.probes.is_empty()
             && self.reclaim.is_none()
             && self.reissue.is_none()
+            && !self.held_back()
             && !self.recovering
             && !self.progress_due
             && self.unspread_since_ms.is_none()
@@ -727,6 +854,7 @@ impl Core {
             self.progress_due = true;
         }
         self.scan_missing();
+        self.ask_history();
         self.ask_reclaim();
         self.retry_probes();
         self.collect_garbage();
@@ -829,6 +957,22 @@ impl Core {
             Body::ReadProbeReply { probe } => {
                 if let Some(p) = self.probes.get_mut(&probe) {
                     p.replies.entry(from).or_insert(h.stable);
+                }
+            }
+            Body::HistoryQuery => self.answer_history(from),
+            Body::HistoryReply {
+                issued,
+                request_max,
+                sequence_max,
+            } => {
+                // Only answers that predate this member's first act count: it acts once
+                // every peer answered, and later answers see its own new Requests.
+                if self.held_back() && !self.history.contains_key(&from) {
+                    if issued > 0 || request_max.is_some() || sequence_max.is_some() {
+                        self.lose_disk("a peer holds its Requests or Sequences");
+                    }
+                    self.history
+                        .insert(from, (issued, request_max, sequence_max));
                 }
             }
         }
@@ -978,18 +1122,8 @@ impl Core {
         // has not hears that it exists: its data directory lost an earlier incarnation's
         // history (a restart of a member that wrote anything is never fresh: the first write
         // carries the lease, and nothing goes out before it).
-        if self.fresh {
-            self.fresh_heard.insert(h.from);
-        }
         if self.fresh && self.own_last.is_none() && h.known > self.cfg.id {
-            if self.disk_lost.is_none() {
-                tracing::error!(
-                    id = self.cfg.id,
-                    known = h.known,
-                    "member started with an empty disk but the group knows its Sequences"
-                );
-            }
-            self.disk_lost.get_or_insert(self.cfg.id);
+            self.lose_disk("the group knows its first Sequence");
         }
         if self.recovering && self.catch_up_target.is_none() {
             self.heard.insert(h.from);
@@ -997,6 +1131,18 @@ impl Core {
                 self.catch_up_target = Some(self.known);
             }
         }
+    }
+
+    /// A fresh member learned that an earlier incarnation's history exists.
+    fn lose_disk(&mut self, why: &str) {
+        if !self.disk_lost {
+            tracing::error!(
+                id = self.cfg.id,
+                why,
+                "member started with an empty disk, but its peers know an earlier incarnation"
+            );
+        }
+        self.disk_lost = true;
     }
 
     fn receive_request(&mut self, r: RequestMsg) {
@@ -1189,6 +1335,7 @@ impl Core {
             if k % n != self.cfg.id
                 || self.held_back()
                 || (self.recovering && !reissue)
+                || (k < self.sequence_floor && !reissue)
                 || self.reclaim.is_some()
                 || self.complete < self.contiguous
                 || k >= self.delivered + self.cfg.sequence_window

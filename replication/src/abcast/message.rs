@@ -3,7 +3,7 @@
 //! Every [`Message`] starts with a [`Header`] that carries the epoch and the sender's progress
 //! metadata; the [`Body`] carries data (Requests and Sequences, originals and retransmissions
 //! alike), a retransmit request, a read probe or its reply, a restarted owner's reclaim or its
-//! reply, or nothing (a progress heartbeat).
+//! reply, a new member's history query or its reply, or nothing (a progress heartbeat).
 //! Messages are encoded with postcard ([`Message::encode`], [`Message::decode`]); decoding
 //! malformed bytes is an error, never a panic.
 
@@ -118,6 +118,21 @@ pub enum Body {
     ReadProbeReply {
         /// The probe answered.
         probe: u64,
+    },
+    /// A member that started with nothing on disk asks what the receiver knows of its
+    /// history (an earlier incarnation's Requests and Sequences).
+    HistoryQuery,
+    /// Answer to [`Body::HistoryQuery`]: what the answering member knows of the asker's
+    /// history. All `None` and `issued == 0`: nothing.
+    HistoryReply {
+        /// The asker's `issued`, as its headers last told the answerer.
+        issued: u64,
+        /// The largest local seq of the asker's Requests the answerer holds or knows were
+        /// sequenced.
+        request_max: Option<u64>,
+        /// The largest Sequence number owned by the asker that the answerer holds, or knows
+        /// exists (below its `contiguous`).
+        sequence_max: Option<u64>,
     },
 }
 

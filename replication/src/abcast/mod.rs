@@ -46,10 +46,23 @@
 //!   and nothing of it (no Request, no Sequence) goes out before that write is on disk: a
 //!   member that sent anything always restarts with something on disk, so it recovers (restart
 //!   Request, reclaim) instead of starting fresh and reusing ids. A member that starts with
-//!   nothing on disk issues nothing until it has heard from every peer; if one of them knows
-//!   that Sequence `id` exists (its first turn, which only it issues), its data directory lost
-//!   an earlier incarnation's history: it acts no more ([`Core::disk_lost`]) and the runtime
-//!   stops it with an error.
+//!   nothing on disk issues nothing until every peer has answered its history query
+//!   (`HistoryQuery`: what do you know of my Requests and Sequences?). If one of them knows
+//!   any (or a header says that Sequence `id`, its first turn, exists), its data directory
+//!   lost an earlier incarnation's history ([`Core::disk_lost`]) and it is rebuilt (below).
+//! * **A member whose disk was lost is rebuilt from a peer.** From the answers
+//!   ([`Core::rebuild_plan`]): a seq lease above every Request id its peers know it used, plus
+//!   the receive window and twice its in-flight bound (what an earlier incarnation can have
+//!   issued that nobody saw: its unsequenced Requests are bounded by the in-flight limit, and
+//!   at most one own Sequence, its last, can be held by nobody), and a *sequence floor* above
+//!   every own Sequence number its peers hold or know exists. The runtime copies a donor's
+//!   store (its snapshot and journal, read journal first so that it reaches back to the
+//!   snapshot's base, fetched in 1 MiB chunks over the peer RPC), writes it with the lease and
+//!   the floor in one synced write, and starts the member again from it: an ordinary restart
+//!   (restart Request at the lease, catch-up by retransmission), except that own numbers below
+//!   the floor are never issued afresh (they exist at some peer: the member waits for a copy)
+//!   and the number it reclaims from every peer is its first own number at or above the
+//!   floor. New members of a new group answer each other "nothing" and start as before.
 //! * **One own Sequence may go out before its fsync (reclaim).** A sequencer sends its
 //!   Sequence at once and writes it in parallel, as long as the own Sequence it issued before
 //!   this one is on disk (its `stable` is past it, so no other own Sequence is unwritten:
@@ -151,13 +164,16 @@
 //!   and 0.33-0.57 s at 100 + 100 on a slow day (scenario 5 of the scenario benchmark).
 //!   Delivery also needs a majority on disk, so a partitioned minority delivers nothing
 //!   new: delivery stops, it never diverges.
-//! * Disk loss of a member is not handled (its `stable` reports would be lies). A damaged
-//!   store that can be told damaged is refused at open ([`AbcastLog::open`] checks that the
-//!   snapshot's base fits the group and that every journal record names members of it); a
-//!   torn last write is dropped by raft-engine, as after any crash. A member started again
-//!   under its id with an emptied data directory stops with an error instead of reusing its
-//!   ids (see "A first start is told from a restart"), unless it was emptied before its
-//!   first turn; it cannot rejoin either way (no state transfer yet).
+//! * A member started again under its id with an emptied data directory (a replaced disk or
+//!   host) is rebuilt from a peer (above) and rejoins; the ring waits for it meanwhile, as for
+//!   any member that is down. Not covered: a disk that silently lost part of what it had
+//!   fsync'd (its `stable` reports would be lies), and a member losing its disk in the same
+//!   moment as peers crash between sending a Sequence and writing it (the rebuilt member may
+//!   then wait for good for an own Sequence that nobody kept: the ring stops rather than
+//!   diverging). A
+//!   damaged store that can be told damaged is refused at open ([`AbcastLog::open`] checks
+//!   that the snapshot's base fits the group and that every journal record names members of
+//!   it); a torn last write is dropped by raft-engine, as after any crash.
 //!
 //! # Layers
 //!
@@ -194,22 +210,29 @@
 //! * `tests/abcast_disk.rs`: a member's snapshot, journal and lease damaged on disk (bytes
 //!   that do not decode, records that decode but name members or numbers no member of the
 //!   group could have written): the open is refused with a storage error, and nothing is
-//!   rewritten.
+//!   rewritten. A member reopened on an emptied directory is rebuilt from a peer's image and
+//!   serves again (a restart after that is an ordinary one); image requests that do not
+//!   decode or come from outside the group are refused.
+//! * `tests/abcast_sim.rs` also rebuilds a member whose disk was lost (after a quiet spell,
+//!   mid-load with loss and snapshots, and before its first turn, when only its Requests give
+//!   it away), with every invariant asserted.
 //!
 //! # Not done yet
 //!
 //! No view change (the ring stalls while a member is down, see above; a design for one, and
 //! why a member may not simply take a dead member's turns, is in the repository's
-//! `docs/design/abcast-reformation.md`); no state transfer, so
-//! a member that lost its disk, or one so far behind that every peer compacted what it needs,
-//! cannot rejoin (the second cannot happen: nobody compacts what a member has not delivered).
+//! `docs/design/abcast-reformation.md`). State transfer exists only as the rebuild of a
+//! member whose disk was lost (a whole image of a peer's store, not an incremental catch-up;
+//! a member that is merely behind catches up by retransmission, since nobody compacts what
+//! it has not delivered).
 
 pub mod core;
 pub mod message;
 pub mod runtime;
 
 pub use self::core::{
-    Action, Core, CoreConfig, CoreStats, Delivery, PersistAck, ProposeError, SnapshotBase,
+    Action, Core, CoreConfig, CoreStats, Delivery, PersistAck, ProposeError, RebuildPlan,
+    SnapshotBase,
 };
 pub use self::message::{
     Body, Header, MemberId, Message, Record, RequestKey, RequestMsg, SequenceMsg,

@@ -41,6 +41,17 @@
 //! (`id * snapshot_every / members`), so their snapshots, and the moments each member's
 //! clients wait, are spread out.
 //!
+//! **A member whose disk was lost is rebuilt** ([`Core::rebuild_plan`]): once every peer
+//! has answered its history query, the loop fetches a donor's image off the loop (the only
+//! request between members: `ImageRequest`, answered with 1 MiB chunks of one encoded
+//! `Image`, the donor's journal and then its stored snapshot, built once per fetch and
+//! dropped after the last chunk), the most advanced peer first. The image is checked (every
+//! record and the snapshot's base, as at open), written with the plan's lease and
+//! [`FLOOR_KEY`] in one synced write after what the member's own journal holds, and the
+//! member starts again from its store as after a restart; proposals taken before are
+//! answered "unavailable" (their callers retry). A donor that fails is skipped; when all do,
+//! the fetch is tried again a second later.
+//!
 //! Errors: a storage failure stops the member (proposers see [`LogError::Storage`], later
 //! calls [`LogError::Shutdown`]); malformed messages are counted and dropped; an undecodable
 //! delivered payload is skipped identically on every member (the bytes are the same
@@ -57,7 +68,9 @@ use raft_engine::{Engine, LogBatch};
 use tokio::sync::{mpsc, oneshot};
 use transport::{Incoming, Network};
 
-use super::core::{Action, Core, CoreConfig, CoreStats, Delivery, PersistAck, SnapshotBase};
+use super::core::{
+    Action, Core, CoreConfig, CoreStats, Delivery, PersistAck, RebuildPlan, SnapshotBase,
+};
 use super::message::{Message, Record, RequestKey, NUMBER_MAX};
 use crate::dedup::{Applied, Deduped};
 use crate::log::{
@@ -77,6 +90,15 @@ pub const SNAPSHOT_KEY: &[u8] = b"snapshot";
 /// Key of the member's seq lease ([`PersistAck::lease`], a postcard `u64`) in
 /// [`SNAPSHOT_GROUP`]: written in the same synced write as the records whenever it grows.
 pub const LEASE_KEY: &[u8] = b"lease";
+/// Key of the member's sequence floor ([`RebuildPlan::sequence_floor`], a postcard `u64`) in
+/// [`SNAPSHOT_GROUP`]: written when a member whose disk was lost is rebuilt.
+pub const FLOOR_KEY: &[u8] = b"sequence_floor";
+/// Bytes of a rebuild image per answer (well below the transport's frame limit).
+const IMAGE_CHUNK_BYTES: usize = 1 << 20;
+/// How long one chunk of a rebuild image may take to arrive.
+const IMAGE_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ticks between two attempts to fetch a rebuild image when every donor failed.
+const REBUILD_RETRY_TICKS: u64 = 200;
 /// Ticks between journal compaction attempts (besides one after every snapshot).
 const COMPACT_EVERY_TICKS: u64 = 200;
 /// Events taken per loop turn before the actions are drained (bounds a turn's batch).
@@ -139,7 +161,7 @@ pub struct AbcastStats {
     pub known: u64,
     /// `known - delivered`: how far behind this member is.
     pub lag: u64,
-    /// Restarted and still catching up.
+    /// Restarted and still catching up, or being rebuilt after losing its disk.
     pub recovering: bool,
     /// Synced journal writes.
     pub fsyncs: u64,
@@ -227,57 +249,16 @@ impl<S: StateMachine> AbcastLog<S> {
             .map_err(|_| LogError::Rejected("AbcastLog::open needs a tokio runtime".into()))?;
         let engine = storage::open_engine(dir)?;
         let mut state = Deduped::new(initial);
-        let mut base = None;
-        if let Some(raw) = engine.get(SNAPSHOT_GROUP, SNAPSHOT_KEY) {
-            let (b, bytes): (SnapshotBase, serde_bytes::ByteBuf) = postcard::from_bytes(&raw)
-                .map_err(|e| LogError::Storage(format!("snapshot: {e}")))?;
-            if b.prefixes.len() as u64 != cfg.core.members
-                || b.delivered >= NUMBER_MAX
-                || b.prefixes.iter().any(|p| *p >= NUMBER_MAX)
-            {
-                return Err(LogError::Storage(format!(
-                    "snapshot: its base (delivered {}, {} senders) does not fit a group of {}",
-                    b.delivered,
-                    b.prefixes.len(),
-                    cfg.core.members
-                )));
-            }
-            state
-                .restore(&bytes)
-                .map_err(|e| LogError::Storage(e.to_string()))?;
-            base = Some(b);
-        }
-        let mut records = Vec::new();
-        let mut journal = VecDeque::new();
-        let mut journal_next = 1;
-        if let (Some(first), Some(last)) = (
-            engine.first_index(JOURNAL_GROUP),
-            engine.last_index(JOURNAL_GROUP),
-        ) {
-            for e in storage::read_entries(&engine, JOURNAL_GROUP, first, last + 1)? {
-                let record: Record = postcard::from_bytes(&e.data).map_err(|err| {
-                    LogError::Storage(format!("journal entry {}: {err}", e.index))
-                })?;
-                if let Some(why) = record.invalid(cfg.core.members) {
-                    return Err(LogError::Storage(format!(
-                        "journal entry {}: {why}",
-                        e.index
-                    )));
-                }
-                journal.push_back((e.index, Desc::of(&record)));
-                records.push(record);
-            }
-            journal_next = last + 1;
-        }
-        let lease = match engine.get(SNAPSHOT_GROUP, LEASE_KEY) {
-            Some(raw) => match postcard::from_bytes::<u64>(&raw) {
-                Ok(lease) if lease < NUMBER_MAX => lease,
-                Ok(lease) => return Err(LogError::Storage(format!("lease {lease} out of range"))),
-                Err(e) => return Err(LogError::Storage(format!("lease: {e}"))),
-            },
-            None => 0,
-        };
-        let core = Core::recover_from(cfg.core.clone(), base.clone(), lease, records);
+        let Loaded {
+            base,
+            records,
+            journal,
+            journal_next,
+            lease,
+            floor,
+        } = load(&engine, cfg.core.members, &mut state)?;
+        let core = Core::recover_from(cfg.core.clone(), base.clone(), lease, records)
+            .with_sequence_floor(floor);
         let stats = AbcastStats {
             resumed_at: base.as_ref().map_or(0, |b| b.delivered),
             ..AbcastStats::default()
@@ -319,6 +300,8 @@ impl<S: StateMachine> AbcastLog<S> {
             records_persisted: 0,
             send_failures: 0,
             start: Instant::now(),
+            rebuild: None,
+            served: None,
         };
         let driver: DriverCell<S> = Arc::new(Mutex::new(Some(driver)));
         let task = runtime.spawn(drive(Arc::clone(&driver), cmd_rx, stop_rx, network, tick));
@@ -468,6 +451,198 @@ impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
     }
 }
 
+/// What a member's store holds, read back for [`Core::recover_from`].
+struct Loaded {
+    base: Option<SnapshotBase>,
+    records: Vec<Record>,
+    journal: VecDeque<(u64, Desc)>,
+    journal_next: u64,
+    lease: u64,
+    floor: u64,
+}
+
+/// Reads a member's store: restores its snapshot (if any) into `state`, and reads its
+/// journal, lease and sequence floor. Anything damaged is a storage error naming it.
+fn load<S: StateMachine>(
+    engine: &Engine,
+    members: u64,
+    state: &mut Deduped<S>,
+) -> Result<Loaded, LogError> {
+    let mut base = None;
+    if let Some(raw) = engine.get(SNAPSHOT_GROUP, SNAPSHOT_KEY) {
+        let (b, bytes) = decode_snapshot(&raw, members)?;
+        state
+            .restore(&bytes)
+            .map_err(|e| LogError::Storage(e.to_string()))?;
+        base = Some(b);
+    }
+    let mut records = Vec::new();
+    let mut journal = VecDeque::new();
+    let mut journal_next = 1;
+    if let (Some(first), Some(last)) = (
+        engine.first_index(JOURNAL_GROUP),
+        engine.last_index(JOURNAL_GROUP),
+    ) {
+        for e in storage::read_entries(engine, JOURNAL_GROUP, first, last + 1)? {
+            let record = decode_record(&e.data, members)
+                .map_err(|why| LogError::Storage(format!("journal entry {}: {why}", e.index)))?;
+            journal.push_back((e.index, Desc::of(&record)));
+            records.push(record);
+        }
+        journal_next = last + 1;
+    }
+    let number = |key: &[u8], what: &str| match engine.get(SNAPSHOT_GROUP, key) {
+        Some(raw) => match postcard::from_bytes::<u64>(&raw) {
+            Ok(v) if v < NUMBER_MAX => Ok(v),
+            Ok(v) => Err(LogError::Storage(format!("{what} {v} out of range"))),
+            Err(e) => Err(LogError::Storage(format!("{what}: {e}"))),
+        },
+        None => Ok(0),
+    };
+    Ok(Loaded {
+        base,
+        records,
+        journal,
+        journal_next,
+        lease: number(LEASE_KEY, "lease")?,
+        floor: number(FLOOR_KEY, "sequence floor")?,
+    })
+}
+
+/// Decodes a stored snapshot ([`SNAPSHOT_KEY`]) and checks that its base fits a group of
+/// `members`.
+fn decode_snapshot(
+    raw: &[u8],
+    members: u64,
+) -> Result<(SnapshotBase, serde_bytes::ByteBuf), LogError> {
+    let (b, bytes): (SnapshotBase, serde_bytes::ByteBuf) =
+        postcard::from_bytes(raw).map_err(|e| LogError::Storage(format!("snapshot: {e}")))?;
+    if b.prefixes.len() as u64 != members
+        || b.delivered >= NUMBER_MAX
+        || b.prefixes.iter().any(|p| *p >= NUMBER_MAX)
+    {
+        return Err(LogError::Storage(format!(
+            "snapshot: its base (delivered {}, {} senders) does not fit a group of {}",
+            b.delivered,
+            b.prefixes.len(),
+            members
+        )));
+    }
+    Ok((b, bytes))
+}
+
+/// Decodes a journal record and checks that a member of a group of `members` could have
+/// written it.
+fn decode_record(data: &[u8], members: u64) -> Result<Record, String> {
+    let record: Record = postcard::from_bytes(data).map_err(|e| e.to_string())?;
+    match record.invalid(members) {
+        Some(why) => Err(why),
+        None => Ok(record),
+    }
+}
+
+/// A donor's store, as a member whose disk was lost copies it: the stored snapshot and the
+/// journal records, both as stored (postcard), read in that order the other way round
+/// (journal first) so that the journal reaches back to the snapshot's base.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Image {
+    #[serde(with = "serde_bytes")]
+    snapshot: Vec<u8>,
+    #[serde(with = "crate::byte_strings")]
+    records: Vec<Vec<u8>>,
+}
+
+/// A request for part of a donor's [`Image`] (an RPC between members).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ImageRequest {
+    /// Chooses the image: a new id makes the donor build a fresh one.
+    id: u64,
+    /// Byte offset into the encoded image.
+    offset: u64,
+}
+
+/// The answer to an [`ImageRequest`]: the encoded image's length and the bytes from the
+/// offset on (at most [`IMAGE_CHUNK_BYTES`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ImageChunk {
+    total: u64,
+    #[serde(with = "serde_bytes")]
+    bytes: Vec<u8>,
+}
+
+/// Fetches a whole image from the first donor that serves one.
+async fn fetch_image(
+    network: Arc<dyn Network>,
+    donors: Vec<u64>,
+    id: u64,
+) -> Result<Vec<u8>, String> {
+    let mut last = "no donor".to_string();
+    for donor in donors {
+        match fetch_image_from(&network, donor, id).await {
+            Ok(image) => return Ok(image),
+            Err(e) => {
+                tracing::warn!(donor, error = %e, "rebuild image not fetched");
+                last = format!("donor {donor}: {e}");
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn fetch_image_from(
+    network: &Arc<dyn Network>,
+    donor: u64,
+    id: u64,
+) -> Result<Vec<u8>, String> {
+    let mut image = Vec::new();
+    // Bounded: a 16 GiB image at most.
+    for _ in 0..16_384 {
+        let request = postcard::to_stdvec(&ImageRequest {
+            id,
+            offset: image.len() as u64,
+        })
+        .map_err(|e| e.to_string())?;
+        let answer = network
+            .call(donor, Bytes::from(request), IMAGE_CHUNK_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let chunk: Result<ImageChunk, String> =
+            postcard::from_bytes(&answer).map_err(|e| e.to_string())?;
+        let chunk = chunk?;
+        if chunk.bytes.is_empty() && (image.len() as u64) < chunk.total {
+            return Err("empty chunk".into());
+        }
+        image.extend_from_slice(&chunk.bytes);
+        if image.len() as u64 >= chunk.total {
+            return if image.len() as u64 == chunk.total {
+                Ok(image)
+            } else {
+                Err("image longer than announced".into())
+            };
+        }
+    }
+    Err("image too large".into())
+}
+
+/// Why an image was not installed.
+#[derive(Debug, thiserror::Error)]
+enum InstallError {
+    /// The image is damaged: nothing was written; another attempt follows.
+    #[error("image: {0}")]
+    Image(String),
+    /// Writing or reading the store failed: the member stops.
+    #[error("storage: {0}")]
+    Storage(LogError),
+}
+
+/// A member whose disk was lost, being rebuilt from a donor's image.
+struct Rebuild {
+    plan: RebuildPlan,
+    fetch: Option<tokio::task::JoinHandle<Result<Vec<u8>, String>>>,
+    /// The tick of the last failed attempt.
+    failed_at: Option<u64>,
+}
+
 /// Adds `value` (postcard) under `key` of [`SNAPSHOT_GROUP`] to `batch`.
 fn put_value<T: serde::Serialize>(
     batch: &mut LogBatch,
@@ -529,6 +704,10 @@ struct Driver<S: StateMachine> {
     records_persisted: u64,
     send_failures: u64,
     start: Instant,
+    /// This member's disk was lost and it is being rebuilt from a donor.
+    rebuild: Option<Rebuild>,
+    /// The image this member last built for a peer being rebuilt: (id, encoded image).
+    served: Option<(u64, Vec<u8>)>,
 }
 
 enum Event<S: StateMachine> {
@@ -744,16 +923,207 @@ impl<S: StateMachine> Driver<S> {
                 _ => break,
             }
         }
-        if let Some(number) = self.core.disk_lost() {
-            self.fail(LogError::Storage(format!(
-                "member {} started with an empty data directory, but its peers hold Sequence \
-                 {number}, which only it could have issued: its disk lost its history; it must \
-                 not rejoin under this id with an empty directory",
-                self.cfg.core.id
-            )));
-            return false;
+        if self.core.disk_lost() {
+            if let Err(e) = self.rebuild_step() {
+                self.fail(e);
+                return false;
+            }
         }
         true
+    }
+
+    /// Moves the rebuild of a member whose disk was lost along: once the core has a plan,
+    /// fetches a donor's image (off the loop); once it arrived, installs it. Retries later
+    /// when no donor served one. `Err` on a storage error.
+    fn rebuild_step(&mut self) -> Result<(), LogError> {
+        if self.rebuild.is_none() {
+            let Some(plan) = self.core.rebuild_plan() else {
+                return Ok(());
+            };
+            tracing::warn!(
+                member = self.cfg.core.id,
+                lease = plan.lease,
+                sequence_floor = plan.sequence_floor,
+                donors = ?plan.donors,
+                "started with an empty data directory under an id the group knows: rebuilding \
+                 from a peer's snapshot and journal"
+            );
+            self.rebuild = Some(Rebuild {
+                plan,
+                fetch: None,
+                failed_at: None,
+            });
+        }
+        let ticks = self.ticks;
+        let Some(r) = self.rebuild.as_mut() else {
+            return Ok(());
+        };
+        let Some(fetch) = r.fetch.as_mut() else {
+            if r.failed_at
+                .is_none_or(|t| ticks.saturating_sub(t) >= REBUILD_RETRY_TICKS)
+            {
+                let id = rand::random();
+                let network = Arc::clone(&self.network);
+                r.fetch = Some(tokio::spawn(fetch_image(
+                    network,
+                    r.plan.donors.clone(),
+                    id,
+                )));
+            }
+            return Ok(());
+        };
+        if !fetch.is_finished() || self.snapshotting.is_some() {
+            return Ok(());
+        }
+        let fetched = match poll_once(fetch) {
+            Some(Ok(fetched)) => fetched,
+            Some(Err(e)) => Err(format!("fetch task: {e}")),
+            None => return Ok(()),
+        };
+        r.fetch = None;
+        let failed = match fetched {
+            Ok(image) => match self.install_image(&image) {
+                Ok(()) => return Ok(()),
+                Err(InstallError::Storage(e)) => return Err(e),
+                Err(e @ InstallError::Image(_)) => e.to_string(),
+            },
+            Err(e) => e,
+        };
+        tracing::warn!(member = self.cfg.core.id, error = %failed, "rebuild failed; retrying");
+        if let Some(r) = self.rebuild.as_mut() {
+            r.failed_at = Some(ticks);
+        }
+        Ok(())
+    }
+
+    /// Writes a donor's image into this member's store (its snapshot, its journal records
+    /// after this member's own, the plan's lease and sequence floor: one synced write), then
+    /// starts the member again from the store, like a restart. A damaged image is refused
+    /// before anything is written.
+    fn install_image(&mut self, image: &[u8]) -> Result<(), InstallError> {
+        let members = self.cfg.core.members;
+        let Some(plan) = self.rebuild.as_ref().map(|r| r.plan.clone()) else {
+            return Ok(());
+        };
+        let image: Image =
+            postcard::from_bytes(image).map_err(|e| InstallError::Image(e.to_string()))?;
+        if !image.snapshot.is_empty() {
+            decode_snapshot(&image.snapshot, members)
+                .map_err(|e| InstallError::Image(e.to_string()))?;
+        }
+        for (k, data) in image.records.iter().enumerate() {
+            decode_record(data, members)
+                .map_err(|why| InstallError::Image(format!("record {k}: {why}")))?;
+        }
+        let entries: Vec<_> = image
+            .records
+            .into_iter()
+            .enumerate()
+            .map(|(k, data)| {
+                storage::entry(self.journal_next + k as u64, self.cfg.core.epoch, data)
+            })
+            .collect();
+        let mut batch = LogBatch::with_capacity(entries.len());
+        if !entries.is_empty() {
+            batch
+                .add_entries::<storage::EntryExt>(JOURNAL_GROUP, &entries)
+                .map_err(|e| InstallError::Storage(storage::storage_err(e)))?;
+        }
+        if !image.snapshot.is_empty() {
+            batch
+                .put(SNAPSHOT_GROUP, SNAPSHOT_KEY.to_vec(), image.snapshot)
+                .map_err(|e| InstallError::Storage(storage::storage_err(e)))?;
+        }
+        put_value(&mut batch, LEASE_KEY, &plan.lease).map_err(InstallError::Storage)?;
+        put_value(&mut batch, FLOOR_KEY, &plan.sequence_floor).map_err(InstallError::Storage)?;
+        let engine = &self.engine;
+        blocking(|| engine.write(&mut batch, true))
+            .map_err(|e| InstallError::Storage(storage::storage_err(e)))?;
+        let loaded = {
+            let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+            load(&self.engine, members, &mut state).map_err(InstallError::Storage)?
+        };
+        let core = Core::recover_from(
+            self.cfg.core.clone(),
+            loaded.base.clone(),
+            loaded.lease,
+            loaded.records,
+        )
+        .with_sequence_floor(loaded.floor);
+        tracing::warn!(
+            member = self.cfg.core.id,
+            resumes_at = loaded.base.as_ref().map_or(0, |b| b.delivered),
+            "rebuilt from a peer's image; catching up"
+        );
+        self.core = core;
+        self.journal = loaded.journal;
+        self.journal_next = loaded.journal_next;
+        self.lease = loaded.lease;
+        self.resumed_at = loaded.base.as_ref().map_or(0, |b| b.delivered);
+        self.snapshot = loaded.base;
+        self.held.clear();
+        self.rebuild = None;
+        // Proposals taken before the rebuild were never issued: their callers retry.
+        for (_, (_, reply)) in self.proposers.drain() {
+            let _ = reply.send(Err(LogError::Unavailable(
+                "the member was rebuilt; retry".into(),
+            )));
+        }
+        self.readers.clear();
+        Ok(())
+    }
+
+    /// A peer being rebuilt asks for part of this member's image: built afresh (journal,
+    /// then snapshot) when the request names a new image, then served from the copy.
+    fn serve_image(&mut self, payload: &[u8]) -> Result<ImageChunk, String> {
+        let request: ImageRequest = postcard::from_bytes(payload).map_err(|e| e.to_string())?;
+        if self.core.disk_lost() {
+            return Err("this member is being rebuilt itself".into());
+        }
+        if self.served.as_ref().is_none_or(|(id, _)| *id != request.id) {
+            if request.offset != 0 {
+                return Err("unknown image; start again".into());
+            }
+            let mut records = Vec::new();
+            if let (Some(first), Some(last)) = (
+                self.engine.first_index(JOURNAL_GROUP),
+                self.engine.last_index(JOURNAL_GROUP),
+            ) {
+                let engine = &self.engine;
+                let entries =
+                    blocking(|| storage::read_entries(engine, JOURNAL_GROUP, first, last + 1))
+                        .map_err(|e| e.to_string())?;
+                records = entries.into_iter().map(|e| e.data.to_vec()).collect();
+            }
+            let snapshot = self
+                .engine
+                .get(SNAPSHOT_GROUP, SNAPSHOT_KEY)
+                .unwrap_or_default();
+            let image =
+                postcard::to_stdvec(&Image { snapshot, records }).map_err(|e| e.to_string())?;
+            tracing::info!(
+                member = self.cfg.core.id,
+                bytes = image.len(),
+                "serving a rebuild image"
+            );
+            self.served = Some((request.id, image));
+        }
+        let image = self
+            .served
+            .as_ref()
+            .map(|(_, i)| i.as_slice())
+            .unwrap_or_default();
+        let from = (request.offset as usize).min(image.len());
+        let to = (from + IMAGE_CHUNK_BYTES).min(image.len());
+        let chunk = ImageChunk {
+            total: image.len() as u64,
+            bytes: image[from..to].to_vec(),
+        };
+        if to == image.len() {
+            // The last chunk: the copy is not kept (a lost answer means a fresh fetch).
+            self.served = None;
+        }
+        Ok(chunk)
     }
 
     /// Stops on a storage error: waiting proposers learn it.
@@ -824,9 +1194,24 @@ impl<S: StateMachine> Driver<S> {
                     return false;
                 }
             },
-            Event::Net(Incoming::Request { .. }) => {
-                // This protocol uses one-way messages only; dropping the responder answers
-                // the caller with `Dropped`.
+            Event::Net(Incoming::Request {
+                from,
+                payload,
+                responder,
+            }) => {
+                // The only request between members: a peer being rebuilt fetches an image.
+                let answer = if from < self.cfg.core.members && from != self.cfg.core.id {
+                    self.serve_image(&payload)
+                } else {
+                    Err(format!("{from} is not a peer"))
+                };
+                if let Err(e) = &answer {
+                    tracing::warn!(from, error = %e, "rebuild image request refused");
+                }
+                match postcard::to_stdvec(&answer) {
+                    Ok(bytes) => responder.respond(Bytes::from(bytes)),
+                    Err(e) => tracing::error!(error = %e, "cannot encode an image chunk"),
+                }
             }
         }
         true
@@ -1154,7 +1539,7 @@ impl<S: StateMachine> Driver<S> {
             stable: c.stable(),
             known: c.known(),
             lag: c.known().saturating_sub(c.delivered()),
-            recovering: c.recovering(),
+            recovering: c.recovering() || c.disk_lost(),
             fsyncs: self.fsyncs,
             records_persisted: self.records_persisted,
             send_failures: self.send_failures,

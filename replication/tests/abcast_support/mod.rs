@@ -93,6 +93,10 @@ pub struct Sim {
     disks: Vec<Vec<Record>>,
     /// Each node's stored seq lease.
     leases: Vec<u64>,
+    /// Each node's stored sequence floor (written when it is rebuilt after losing its disk).
+    floors: Vec<u64>,
+    /// Members rebuilt from a donor's disk after theirs was lost.
+    pub rebuilds: u64,
     /// Nodes armed to crash in their next persist, after sending what goes before it.
     tear_next_persist: Vec<bool>,
     /// The armed crash waits for a persist with an own Sequence sent before it.
@@ -176,6 +180,8 @@ impl Sim {
             cfgs,
             disks: vec![Vec::new(); members],
             leases: vec![0; members],
+            floors: vec![0; members],
+            rebuilds: 0,
             tear_next_persist: vec![false; members],
             tear_needs_sequence: false,
             torn_crashes: 0,
@@ -299,6 +305,7 @@ impl Sim {
     pub fn wipe_disk(&mut self, i: usize) {
         self.disks[i].clear();
         self.leases[i] = 0;
+        self.floors[i] = 0;
         self.snapshots[i] = None;
         self.delivered[i].clear();
     }
@@ -318,7 +325,35 @@ impl Sim {
             }
             None => Core::recover(self.cfgs[i].clone(), self.leases[i], self.disks[i].clone()),
         };
-        self.nodes[i] = Some(core);
+        self.nodes[i] = Some(core.with_sequence_floor(self.floors[i]));
+    }
+
+    /// Rebuilds node `i`, whose disk was lost, once its core has a plan, as the runtime
+    /// does: its first live donor's snapshot and journal are copied after what its own disk
+    /// holds, the plan's lease and floor are stored, and it starts again from that disk. (The
+    /// runtime fetches the image over the network; here the copy is instant.)
+    fn maybe_rebuild(&mut self, i: usize) {
+        let Some(plan) = self.nodes[i].as_ref().and_then(|c| c.rebuild_plan()) else {
+            return;
+        };
+        let Some(&donor) = plan
+            .donors
+            .iter()
+            .find(|d| self.nodes[**d as usize].is_some())
+        else {
+            return;
+        };
+        let donor = donor as usize;
+        self.crash(i);
+        let copied = self.disks[donor].clone();
+        self.disks[i].extend(copied);
+        if self.snapshots[donor].is_some() {
+            self.snapshots[i] = self.snapshots[donor].clone();
+        }
+        self.leases[i] = plan.lease;
+        self.floors[i] = plan.sequence_floor;
+        self.rebuilds += 1;
+        self.restart(i);
     }
 
     /// Takes a snapshot of node `i` when due, then compacts its disk's front like the runtime.
@@ -675,6 +710,7 @@ impl Sim {
                             self.drain(i);
                         }
                     }
+                    self.maybe_rebuild(i);
                     self.push(at + self.tick_ms, Event::Tick(i));
                 }
                 Event::Persisted(i, incarnation) => {
