@@ -706,8 +706,9 @@ struct Driver<S: StateMachine> {
     start: Instant,
     /// This member's disk was lost and it is being rebuilt from a donor.
     rebuild: Option<Rebuild>,
-    /// The image this member last built for a peer being rebuilt: (id, encoded image).
-    served: Option<(u64, Vec<u8>)>,
+    /// The image this member last built for a peer being rebuilt: (id, encoded image, when
+    /// built). Dropped after its last chunk, or a minute after it was built.
+    served: Option<(u64, Vec<u8>, Instant)>,
 }
 
 enum Event<S: StateMachine> {
@@ -1080,7 +1081,11 @@ impl<S: StateMachine> Driver<S> {
         if self.core.disk_lost() {
             return Err("this member is being rebuilt itself".into());
         }
-        if self.served.as_ref().is_none_or(|(id, _)| *id != request.id) {
+        if self
+            .served
+            .as_ref()
+            .is_none_or(|(id, _, _)| *id != request.id)
+        {
             if request.offset != 0 {
                 return Err("unknown image; start again".into());
             }
@@ -1106,12 +1111,12 @@ impl<S: StateMachine> Driver<S> {
                 bytes = image.len(),
                 "serving a rebuild image"
             );
-            self.served = Some((request.id, image));
+            self.served = Some((request.id, image, Instant::now()));
         }
         let image = self
             .served
             .as_ref()
-            .map(|(_, i)| i.as_slice())
+            .map(|(_, i, _)| i.as_slice())
             .unwrap_or_default();
         let from = (request.offset as usize).min(image.len());
         let to = (from + IMAGE_CHUNK_BYTES).min(image.len());
@@ -1164,6 +1169,14 @@ impl<S: StateMachine> Driver<S> {
                     self.compact(false);
                     // Callers that gave up (timeout) no longer wait.
                     self.proposers.retain(|_, (_, tx)| !tx.is_closed());
+                    // An image whose fetch was abandoned.
+                    if self
+                        .served
+                        .as_ref()
+                        .is_some_and(|(_, _, at)| at.elapsed() > Duration::from_secs(60))
+                    {
+                        self.served = None;
+                    }
                     self.readers.retain(|_, tx| !tx.is_closed());
                 }
             }
