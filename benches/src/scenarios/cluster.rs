@@ -9,6 +9,7 @@
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clients::ClusterFile;
@@ -100,6 +101,8 @@ pub struct Cluster {
     data_dir: PathBuf,
     /// Endpoints and pids, as `market up` wrote them.
     pub file: ClusterFile,
+    /// Processes started by failure injection ([`Handle::start_node`]), stopped with the rest.
+    extra: Arc<Mutex<Vec<Child>>>,
     // Kept last so the directory outlives the processes using it.
     _dir: tempfile::TempDir,
 }
@@ -125,10 +128,15 @@ impl Cluster {
     }
 
     fn start_once(market: &Path, lease_reads: bool, restart_crashed: bool) -> Result<Self, String> {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("market-scenario-")
             .tempdir()
             .map_err(|e| format!("temporary directory: {e}"))?;
+        if std::env::var_os("SCENARIO_KEEP").is_some() {
+            // For a post-mortem: the directory (logs, data) stays after the run.
+            dir.disable_cleanup(true);
+            eprintln!("(cluster directory kept: {})", dir.path().display());
+        }
         let data_dir = dir.path().join("data");
         let json = dir.path().join("cluster.json");
         let base = free_base_port()?;
@@ -155,6 +163,7 @@ impl Cluster {
             up: Some(up),
             data_dir,
             file: ClusterFile::default(),
+            extra: Arc::default(),
             _dir: dir,
         };
         let started = Instant::now();
@@ -189,12 +198,20 @@ impl Cluster {
         Handle {
             market: self.market.clone(),
             config: self.data_dir.join("cluster.toml"),
+            data_dir: self.data_dir.clone(),
             file: self.file.clone(),
+            extra: Arc::clone(&self.extra),
         }
     }
 
-    /// Stops every process (SIGTERM to `market up`, SIGKILL after a grace period).
+    /// Stops every process (SIGTERM to `market up`, SIGKILL after a grace period), and those
+    /// failure injection started.
     pub fn stop(&mut self) {
+        for mut child in std::mem::take(&mut *self.extra.lock().unwrap_or_else(|p| p.into_inner()))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let Some(mut up) = self.up.take() else {
             return;
         };
@@ -220,7 +237,9 @@ impl Cluster {
 pub struct Handle {
     market: PathBuf,
     config: PathBuf,
+    data_dir: PathBuf,
     file: ClusterFile,
+    extra: Arc<Mutex<Vec<Child>>>,
 }
 
 impl Handle {
@@ -241,6 +260,62 @@ impl Handle {
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL)
             .map_err(|e| format!("kill -9 {name} ({pid}): {e}"))?;
         Ok(pid)
+    }
+
+    /// Waits (at most five seconds) until the process killed as `pid` is gone, so that its
+    /// files are closed.
+    pub fn wait_gone(&self, pid: u32) -> Result<(), String> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            // Gone, or a zombie until `market up` reaps it whose other threads have exited
+            // too (the last one out closes the process's files and sockets).
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true);
+            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+            if zombie && threads <= 1 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Err(format!("process {pid} still there 5 s after kill -9"))
+    }
+
+    /// Empties the data directory of database replica `name` (`customer-db-0`, …): a lost
+    /// disk. Kill the replica first.
+    pub fn empty_data_dir(&self, name: &str) -> Result<(), String> {
+        let dir = self.data_dir.join(name);
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("emptying {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("recreating {}: {e}", dir.display()))
+    }
+
+    /// Starts `market node <role> --id <id>` on the cluster's configuration (its output
+    /// appended to `logs/<role>-<id>.log`); it is stopped with the cluster.
+    pub fn start_node(&self, role: &str, id: u64) -> Result<(), String> {
+        let path = self.data_dir.join("logs").join(format!("{role}-{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&self.market)
+            .args(["node", role, "--id", &id.to_string(), "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("starting {role}-{id}: {e}"))?;
+        self.extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child);
+        Ok(())
     }
 
     /// Product-db replica roles from `market status`: `(id, role)` for every replica that

@@ -21,6 +21,10 @@
 //!       model"), so this measures how long the customer database stalls around a member's
 //!       crash and restart; polls `market status` until the member has caught up with the
 //!       others and records how long that took;
+//!    6. (also on request) a lost disk: kill -9 `customer-db-0`, empty its data directory and
+//!       start it again (`market node customer-db --id 0`): it learns from its peers that
+//!       it had a history, copies a peer's snapshot and journal, and rejoins (the ring waits
+//!       meanwhile); records how long until it has caught up, as in 5;
 //! 4. prints the Markdown tables, writes `report.json`, `report.md` and SVG charts
 //!    ([`charts`]) into `--out` (default `target/scenarios/`).
 //!
@@ -68,18 +72,19 @@ struct Args {
     /// --lease-reads`) instead of the default ReadIndex reads.
     #[arg(long)]
     lease_reads: bool,
-    /// Scenarios to run, comma-separated (default 1,2,3,4; 5 on request).
+    /// Scenarios to run, comma-separated (default 1,2,3,4; 5 and 6 on request).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<u8>,
 }
 
 /// Scenario names, by id.
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 6] = [
     "no failure",
     "seller-0 + buyer-0 killed",
     "product-db follower killed",
     "product-db leader killed",
     "customer-db-0 killed, restarted",
+    "customer-db-0's disk lost",
 ];
 
 /// Mix calls per client at a load level: about 4,000 to 60,000 calls per run, so the whole
@@ -119,8 +124,8 @@ pub fn main(args: &[String]) -> Result<(), String> {
     } else {
         args.scenarios.clone()
     };
-    if let Some(bad) = scenarios.iter().find(|s| !(1..=5).contains(*s)) {
-        return Err(format!("no scenario {bad} (1 to 5)"));
+    if let Some(bad) = scenarios.iter().find(|s| !(1..=6).contains(*s)) {
+        return Err(format!("no scenario {bad} (1 to 6)"));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -281,6 +286,29 @@ fn since_ms(origin: Instant) -> f64 {
     origin.elapsed().as_secs_f64() * 1e3
 }
 
+/// Polls `market status` until customer-db member `id` is up and at least where the slowest
+/// other member was one poll before (30 s at most); ms since `since`.
+fn caught_up_after(handle: &Handle, id: u64, since: Instant) -> Option<f64> {
+    let mut others_before: Option<u64> = None;
+    while since.elapsed() < Duration::from_secs(30) {
+        let applied = handle.customer_db_applied().unwrap_or_default();
+        let mine = applied.iter().find(|(m, _)| *m == id).map(|(_, a)| *a);
+        if let (Some(mine), Some(before)) = (mine, others_before) {
+            if mine >= before {
+                return Some(since_ms(since));
+            }
+        }
+        others_before = applied
+            .iter()
+            .filter(|(m, _)| *m != id)
+            .map(|(_, a)| *a)
+            .min()
+            .or(others_before);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 /// The failure injection of scenario `id`.
 fn injector(id: u8, handle: Handle) -> Option<Injector> {
     let kill = |handle: &Handle, what: &str, victim: String, origin: Instant| {
@@ -338,33 +366,28 @@ fn injector(id: u8, handle: Handle) -> Option<Injector> {
             Ok(vec![inj])
         })),
         5 => Some(Box::new(move |origin| {
-            let victim = "customer-db-0";
             let mut inj = kill(
                 &handle,
                 "kill -9 customer-db member (market up restarts it)",
-                victim.into(),
+                "customer-db-0".into(),
                 origin,
             )?;
             let killed = Instant::now();
-            // Caught up: up, and at least where the slowest other member was one poll ago.
-            let mut others_before: Option<u64> = None;
-            while killed.elapsed() < Duration::from_secs(30) {
-                let applied = handle.customer_db_applied().unwrap_or_default();
-                let mine = applied.iter().find(|(id, _)| *id == 0).map(|(_, a)| *a);
-                if let (Some(mine), Some(before)) = (mine, others_before) {
-                    if mine >= before {
-                        inj.back_after_ms = Some(since_ms(killed));
-                        break;
-                    }
-                }
-                others_before = applied
-                    .iter()
-                    .filter(|(id, _)| *id != 0)
-                    .map(|(_, a)| *a)
-                    .min()
-                    .or(others_before);
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            inj.back_after_ms = caught_up_after(&handle, 0, killed);
+            Ok(vec![inj])
+        })),
+        6 => Some(Box::new(move |origin| {
+            let mut inj = kill(
+                &handle,
+                "kill -9 customer-db member, its data directory emptied, started again",
+                "customer-db-0".into(),
+                origin,
+            )?;
+            let killed = Instant::now();
+            handle.wait_gone(inj.pid)?;
+            handle.empty_data_dir("customer-db-0")?;
+            handle.start_node("customer-db", 0)?;
+            inj.back_after_ms = caught_up_after(&handle, 0, killed);
             Ok(vec![inj])
         })),
         _ => None,

@@ -453,7 +453,7 @@ pub fn markdown(report: &Report) -> String {
                         .unwrap_or_default();
                     let back = i
                         .back_after_ms
-                        .map(|m| format!(", restarted at once, caught up by {m:.0} ms"))
+                        .map(|m| format!(", started again, caught up by {m:.0} ms"))
                         .unwrap_or_default();
                     format!("{} at {:.2} s{elected}{back}", i.victim, i.at_s)
                 })

@@ -21,7 +21,7 @@ use replication::abcast::{AbcastConfig, AbcastLog};
 use replication::raft::{RaftConfig, RaftLog};
 use replication::{ReplicatedLog, StateMachine};
 use transport::certs;
-use transport::quic::{PeerInfo, QuicConfig, QuicNetwork};
+use transport::quic::{PeerInfo, QuicConfig, QuicError, QuicNetwork};
 use transport::Network;
 
 use super::frontend::{client_peers, fast_failure};
@@ -59,9 +59,9 @@ fn networks(
         .iter()
         .map(|r| (r.id, PeerInfo::server(Cluster::cert_name(db, r.id), r.peer)))
         .collect();
-    let peer_net = QuicNetwork::bind(QuicConfig::new(id, identity.clone(), me.peer, peers))
+    let peer_net = bind(QuicConfig::new(id, identity.clone(), me.peer, peers))
         .map_err(|e| format!("peer endpoint {}: {e}", me.peer))?;
-    let client_net = QuicNetwork::bind(fast_failure(QuicConfig::new(
+    let client_net = bind(fast_failure(QuicConfig::new(
         Cluster::client_node_id(db, id),
         identity,
         me.client,
@@ -70,6 +70,26 @@ fn networks(
     .map_err(|e| format!("client endpoint {}: {e}", me.client))?;
     Ok((Arc::new(peer_net), Arc::new(client_net)))
 }
+
+/// Binds a QUIC endpoint, trying again for up to [`BIND_RETRY`] while its address is still in
+/// use: a replica started right after its predecessor was killed can find the port still
+/// held while the dying process's threads exit (its process is already a zombie by then).
+fn bind(config: QuicConfig) -> Result<QuicNetwork, QuicError> {
+    let started = std::time::Instant::now();
+    loop {
+        match QuicNetwork::bind(config.clone()) {
+            Err(QuicError::Io(e))
+                if e.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < BIND_RETRY =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long [`bind`] keeps trying an address in use.
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn serve_until_signal<S: StateMachine>(
     client_net: Arc<QuicNetwork>,
