@@ -126,7 +126,10 @@
 //! `Retransmit { sequences, requests }`, `Progress` (heartbeat; also sent at once to the
 //! proposers of newly stable Requests, so delivery never waits for a heartbeat), `Reclaim {
 //! number }` and `ReclaimReply { number, sequence }` (a restart, see above), `ReadProbe { probe }` and
-//! `ReadProbeReply { probe }`.
+//! `ReadProbeReply { probe }`, `HistoryQuery` and `HistoryReply { issued, request_max,
+//! sequence_max }` (a member started with nothing on disk, see above). Besides these one-way
+//! messages, members answer one request: a rebuilt member's fetch of a donor's image
+//! (`runtime`).
 //!
 //! # Reads
 //!
