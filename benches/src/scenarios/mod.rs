@@ -25,6 +25,9 @@
 //!       start it again (`market node customer-db --id 0`): it learns from its peers that
 //!       it had a history, copies a peer's snapshot and journal, and rejoins (the ring waits
 //!       meanwhile); records how long until it has caught up, as in 5;
+//!    7. (also on request) a product-db follower's disk lost: kill -9 it, empty its data
+//!       directory, start it again: it follows the leader and catches up before it votes;
+//!       records how long until `market status` calls it a follower again (voting);
 //! 4. prints the Markdown tables, writes `report.json`, `report.md` and SVG charts
 //!    ([`charts`]) into `--out` (default `target/scenarios/`).
 //!
@@ -72,19 +75,20 @@ struct Args {
     /// --lease-reads`) instead of the default ReadIndex reads.
     #[arg(long)]
     lease_reads: bool,
-    /// Scenarios to run, comma-separated (default 1,2,3,4; 5 and 6 on request).
+    /// Scenarios to run, comma-separated (default 1,2,3,4; 5 to 7 on request).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<u8>,
 }
 
 /// Scenario names, by id.
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "no failure",
     "seller-0 + buyer-0 killed",
     "product-db follower killed",
     "product-db leader killed",
     "customer-db-0 killed, restarted",
     "customer-db-0's disk lost",
+    "product-db follower's disk lost",
 ];
 
 /// Mix calls per client at a load level: about 4,000 to 60,000 calls per run, so the whole
@@ -124,8 +128,8 @@ pub fn main(args: &[String]) -> Result<(), String> {
     } else {
         args.scenarios.clone()
     };
-    if let Some(bad) = scenarios.iter().find(|s| !(1..=6).contains(*s)) {
-        return Err(format!("no scenario {bad} (1 to 6)"));
+    if let Some(bad) = scenarios.iter().find(|s| !(1..=7).contains(*s)) {
+        return Err(format!("no scenario {bad} (1 to 7)"));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -388,6 +392,38 @@ fn injector(id: u8, handle: Handle) -> Option<Injector> {
             handle.empty_data_dir("customer-db-0")?;
             handle.start_node("customer-db", 0)?;
             inj.back_after_ms = caught_up_after(&handle, 0, killed);
+            Ok(vec![inj])
+        })),
+        7 => Some(Box::new(move |origin| {
+            let roles = handle.product_db_roles()?;
+            let follower = roles
+                .iter()
+                .find(|(_, r)| r == "follower")
+                .map(|(id, _)| *id)
+                .ok_or_else(|| format!("no product-db follower in {roles:?}"))?;
+            let name = format!("product-db-{follower}");
+            let mut inj = kill(
+                &handle,
+                "kill -9 product-db follower, its data directory emptied, started again",
+                name.clone(),
+                origin,
+            )?;
+            let killed = Instant::now();
+            handle.wait_gone(inj.pid)?;
+            handle.empty_data_dir(&name)?;
+            handle.start_node("product-db", follower)?;
+            // Only the new process can answer for it now: a follower again means it votes.
+            while killed.elapsed() < Duration::from_secs(30) {
+                let roles = handle.product_db_roles().unwrap_or_default();
+                if roles
+                    .iter()
+                    .any(|(id, r)| *id == follower && r == "follower")
+                {
+                    inj.back_after_ms = Some(since_ms(killed));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             Ok(vec![inj])
         })),
         _ => None,
