@@ -285,6 +285,14 @@ impl Handle {
         Err(format!("process {pid} still there 5 s after kill -9"))
     }
 
+    /// A lost disk: once the killed process `pid` of replica `<role>-<id>` is gone, empties
+    /// the replica's data directory and starts it again ([`Handle::start_node`]).
+    pub fn restart_emptied(&self, role: &str, id: u64, pid: u32) -> Result<(), String> {
+        self.wait_gone(pid)?;
+        self.empty_data_dir(&format!("{role}-{id}"))?;
+        self.start_node(role, id)
+    }
+
     /// Empties the data directory of database replica `name` (`customer-db-0`, …): a lost
     /// disk. Kill the replica first.
     pub fn empty_data_dir(&self, name: &str) -> Result<(), String> {

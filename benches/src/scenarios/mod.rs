@@ -313,6 +313,16 @@ fn caught_up_after(handle: &Handle, id: u64, since: Instant) -> Option<f64> {
     None
 }
 
+/// The lowest product-db id that `market status` calls a follower.
+fn some_follower(handle: &Handle) -> Result<u64, String> {
+    let roles = handle.product_db_roles()?;
+    roles
+        .iter()
+        .find(|(_, r)| r == "follower")
+        .map(|(id, _)| *id)
+        .ok_or_else(|| format!("no product-db follower in {roles:?}"))
+}
+
 /// The failure injection of scenario `id`.
 fn injector(id: u8, handle: Handle) -> Option<Injector> {
     let kill = |handle: &Handle, what: &str, victim: String, origin: Instant| {
@@ -335,12 +345,7 @@ fn injector(id: u8, handle: Handle) -> Option<Injector> {
             ])
         })),
         3 => Some(Box::new(move |origin| {
-            let roles = handle.product_db_roles()?;
-            let follower = roles
-                .iter()
-                .find(|(_, r)| r == "follower")
-                .map(|(id, _)| *id)
-                .ok_or_else(|| format!("no product-db follower in {roles:?}"))?;
+            let follower = some_follower(&handle)?;
             Ok(vec![kill(
                 &handle,
                 "kill -9 product-db follower",
@@ -388,19 +393,12 @@ fn injector(id: u8, handle: Handle) -> Option<Injector> {
                 origin,
             )?;
             let killed = Instant::now();
-            handle.wait_gone(inj.pid)?;
-            handle.empty_data_dir("customer-db-0")?;
-            handle.start_node("customer-db", 0)?;
+            handle.restart_emptied("customer-db", 0, inj.pid)?;
             inj.back_after_ms = caught_up_after(&handle, 0, killed);
             Ok(vec![inj])
         })),
         7 => Some(Box::new(move |origin| {
-            let roles = handle.product_db_roles()?;
-            let follower = roles
-                .iter()
-                .find(|(_, r)| r == "follower")
-                .map(|(id, _)| *id)
-                .ok_or_else(|| format!("no product-db follower in {roles:?}"))?;
+            let follower = some_follower(&handle)?;
             let name = format!("product-db-{follower}");
             let mut inj = kill(
                 &handle,
@@ -409,9 +407,7 @@ fn injector(id: u8, handle: Handle) -> Option<Injector> {
                 origin,
             )?;
             let killed = Instant::now();
-            handle.wait_gone(inj.pid)?;
-            handle.empty_data_dir(&name)?;
-            handle.start_node("product-db", follower)?;
+            handle.restart_emptied("product-db", follower, inj.pid)?;
             // Only the new process can answer for it now: a follower again means it votes.
             while killed.elapsed() < Duration::from_secs(30) {
                 let roles = handle.product_db_roles().unwrap_or_default();
