@@ -361,15 +361,29 @@ pub struct Core {
     recovering: bool,
     /// Started with nothing on disk (a new member, or one whose data directory was emptied).
     fresh: bool,
-    /// A fresh member's history query: the peers' answers ([`Body::HistoryReply`]:
-    /// `issued`, `request_max`, `sequence_max`). It issues nothing until every peer answered
-    /// (any of them would know of an earlier incarnation's Requests or first turn).
+    /// Every start of a member of a group (fresh or restarted) asks every peer about its own
+    /// history and issues nothing until all answered; see [`Core::disk_lost`].
+    history_needed: bool,
+    /// A restarted member's check of those answers: own Requests at or above this seq (its
+    /// stored lease) were never sent by an incarnation that wrote this disk. `None`: no
+    /// lease on disk (nothing to compare with).
+    lease_bound: Option<u64>,
+    /// A restarted member's check: the largest own Sequence number an incarnation that wrote
+    /// this disk can have issued (the number it reclaims).
+    own_bound: u64,
+    /// A restarted member's restart Request (`Some(first seq it did not recover)`), issued
+    /// once the history check has passed: before, the disk may be an older copy whose lease
+    /// an earlier incarnation already used.
+    restart_from: Option<u64>,
+    /// The peers' answers to the history query ([`Body::HistoryReply`]: `issued`,
+    /// `request_max`, `sequence_max`). A member issues nothing until every peer answered (any
+    /// of them may hold an earlier incarnation's Requests or Sequences).
     history: BTreeMap<MemberId, (u64, Option<u64>, Option<u64>)>,
     /// When the history query last went out.
     history_asked_ms: Option<u64>,
-    /// A fresh member learned that an earlier incarnation of it sent Requests or issued
-    /// Sequences, and its disk lost them. It acts no more; once every peer answered its
-    /// history query it can be rebuilt ([`Core::rebuild_plan`]).
+    /// The member learned that an earlier incarnation of it sent Requests or issued
+    /// Sequences that its disk lacks (emptied, or an older copy). It acts no more; once
+    /// every peer answered its history query it can be rebuilt ([`Core::rebuild_plan`]).
     disk_lost: bool,
     /// Own Sequence numbers below this were issued by an earlier incarnation whose disk was
     /// lost: they are taken from peers, never issued afresh (see [`Core::with_sequence_floor`]).
@@ -428,6 +442,10 @@ impl Core {
             next_probe: 0,
             recovering: false,
             fresh: true,
+            history_needed: true,
+            lease_bound: None,
+            own_bound: 0,
+            restart_from: None,
             history: BTreeMap::new(),
             history_asked_ms: None,
             disk_lost: false,
@@ -544,6 +562,8 @@ impl Core {
                 .map_or(0, |h| h + 1)
                 .max(base.as_ref().map_or(0, |b| b.delivered));
             let number = floor + (id + n - floor % n) % n;
+            core.own_bound = number;
+            core.lease_bound = (lease > 0).then(|| lease.max(core.next_local_seq));
             core.reclaim = Some(Reclaim {
                 number,
                 answered: BTreeSet::new(),
@@ -557,7 +577,8 @@ impl Core {
                 unknown.saturating_mul(core.cfg.request_payloads_max.max(1) as u64),
             );
             core.next_local_seq = lease;
-            core.issue_request(Vec::new(), Some(recovered));
+            // Issued once every peer has answered the history query (`flush_outbox`).
+            core.restart_from = Some(recovered);
         }
         if any && lease == 0 {
             // Recovered records but no lease (written by an older build, or by a member that
@@ -690,10 +711,14 @@ impl Core {
         self.pending_reads.push(token);
     }
 
-    /// Whether this member, started with nothing on disk, learned that an earlier
-    /// incarnation of it sent Requests or issued Sequences that its peers know of: its data
-    /// directory lost that history. Such a member neither proposes nor sequences (it would
-    /// reuse ids and numbers its peers hold) until it is rebuilt ([`Core::rebuild_plan`]).
+    /// Whether this member learned that its disk lacks history an earlier incarnation of it
+    /// made: started with nothing on disk while its peers hold its Requests or Sequences
+    /// (the data directory was emptied or replaced), or restarted from a disk on which its
+    /// peers hold an own Request at or above the stored lease, or an own Sequence beyond the
+    /// last one written (the disk is an older copy: restored from a backup or a VM snapshot,
+    /// or a storage layer lost acknowledged writes). Such a member neither proposes nor
+    /// sequences (it would reuse ids and numbers its peers hold) until it is rebuilt
+    /// ([`Core::rebuild_plan`]).
     pub fn disk_lost(&self) -> bool {
         self.disk_lost
     }
@@ -718,6 +743,7 @@ impl Core {
         // An earlier incarnation's Requests nobody saw: at most its in-flight bound beyond
         // its sequenced prefix, which at most one Sequence nobody holds can have moved.
         let lease = seen
+            .max(self.next_local_seq)
             .saturating_add(self.cfg.request_window)
             .saturating_add(2 * self.cfg.requests_in_flight_max);
         let sequence_floor = self
@@ -746,21 +772,52 @@ impl Core {
         if let Some(r) = self.reclaim.as_mut() {
             let first = floor + (id + n - floor % n) % n;
             r.number = r.number.max(first);
+            self.own_bound = self.own_bound.max(r.number);
         }
         self
     }
 
     /// Whether this member may not issue Requests or Sequences: its disk was found lost, or
-    /// it started with nothing on disk and not every peer has answered its history query
-    /// yet. (Waiting for every peer costs a new group nothing: its ring needs every member
-    /// anyway.)
+    /// not every peer has answered its history query yet. (Waiting for every peer costs
+    /// nothing: the ring needs every member anyway, and a restarted member's reclaim waits
+    /// for every peer too.)
     fn held_back(&self) -> bool {
-        self.disk_lost || (self.fresh && (self.history.len() as u64) + 1 < self.cfg.members)
+        self.disk_lost
+            || (self.history_needed && (self.history.len() as u64) + 1 < self.cfg.members)
     }
 
-    /// A fresh member asks every peer that has not answered about its history.
+    /// What a peer's answer to the history query says is missing from this member's disk,
+    /// if anything. A fresh member: any history at all. A restarted one: an own Request at
+    /// or above its stored lease, or an own Sequence beyond the one it reclaims; neither can
+    /// have been issued by an incarnation that wrote this disk (Requests go out only under a
+    /// durable lease; own Sequences are written in order with at most one unwritten), so the
+    /// disk is an older copy of itself (restored from a backup or a VM snapshot, or a
+    /// storage layer that lost acknowledged writes).
+    fn history_gap(
+        &self,
+        issued: u64,
+        request_max: Option<u64>,
+        sequence_max: Option<u64>,
+    ) -> Option<&'static str> {
+        if self.fresh {
+            (issued > 0 || request_max.is_some() || sequence_max.is_some())
+                .then_some("a peer holds Requests or Sequences of an earlier incarnation")
+        } else if request_max
+            .zip(self.lease_bound)
+            .is_some_and(|(q, lease)| q >= lease)
+        {
+            Some("a peer holds an own Request at or above the lease on disk")
+        } else if sequence_max.is_some_and(|k| k > self.own_bound) {
+            Some("a peer knows an own Sequence beyond the last one on disk")
+        } else {
+            None
+        }
+    }
+
+    /// A member that has not heard every peer's answer asks those that have not answered
+    /// about its history.
     fn ask_history(&mut self) {
-        if !self.fresh || (self.history.len() as u64) + 1 >= self.cfg.members {
+        if !self.history_needed || (self.history.len() as u64) + 1 >= self.cfg.members {
             return;
         }
         let (now, every) = (self.now_ms, self.cfg.retransmit_after_ms);
@@ -968,8 +1025,8 @@ impl Core {
                 // Only answers that predate this member's first act count: it acts once
                 // every peer answered, and later answers see its own new Requests.
                 if self.held_back() && !self.history.contains_key(&from) {
-                    if issued > 0 || request_max.is_some() || sequence_max.is_some() {
-                        self.lose_disk("a peer holds its Requests or Sequences");
+                    if let Some(why) = self.history_gap(issued, request_max, sequence_max) {
+                        self.lose_disk(why);
                     }
                     self.history
                         .insert(from, (issued, request_max, sequence_max));
@@ -1133,13 +1190,14 @@ impl Core {
         }
     }
 
-    /// A fresh member learned that an earlier incarnation's history exists.
+    /// The member learned that its disk lacks history an earlier incarnation had.
     fn lose_disk(&mut self, why: &str) {
         if !self.disk_lost {
             tracing::error!(
                 id = self.cfg.id,
+                fresh = self.fresh,
                 why,
-                "member started with an empty disk, but its peers know an earlier incarnation"
+                "member's disk lacks history its peers hold (emptied, or an older copy)"
             );
         }
         self.disk_lost = true;
@@ -1293,6 +1351,11 @@ impl Core {
 
     fn flush_outbox(&mut self) {
         let id = self.cfg.id;
+        if !self.held_back() {
+            if let Some(from) = self.restart_from.take() {
+                self.issue_request(Vec::new(), Some(from));
+            }
+        }
         while !self.held_back()
             && !self.outbox.is_empty()
             && self.next_local_seq - self.senders[id as usize].sequenced

@@ -3,7 +3,7 @@
 //! Every [`Message`] starts with a [`Header`] that carries the epoch and the sender's progress
 //! metadata; the [`Body`] carries data (Requests and Sequences, originals and retransmissions
 //! alike), a retransmit request, a read probe or its reply, a restarted owner's reclaim or its
-//! reply, a new member's history query or its reply, or nothing (a progress heartbeat).
+//! reply, a starting member's history query or its reply, or nothing (a progress heartbeat).
 //! Messages are encoded with postcard ([`Message::encode`], [`Message::decode`]); decoding
 //! malformed bytes is an error, never a panic.
 
@@ -119,8 +119,9 @@ pub enum Body {
         /// The probe answered.
         probe: u64,
     },
-    /// A member that started with nothing on disk asks what the receiver knows of its
-    /// history (an earlier incarnation's Requests and Sequences).
+    /// A starting member (fresh or restarted) asks what the receiver knows of its history
+    /// (an earlier incarnation's Requests and Sequences), to learn whether its disk lacks
+    /// some of it.
     HistoryQuery,
     /// Answer to [`Body::HistoryQuery`]: what the answering member knows of the asker's
     /// history. All `None` and `issued == 0`: nothing.

@@ -45,11 +45,18 @@
 //! * **A first start is told from a restart.** A new member's first write carries a lease,
 //!   and nothing of it (no Request, no Sequence) goes out before that write is on disk: a
 //!   member that sent anything always restarts with something on disk, so it recovers (restart
-//!   Request, reclaim) instead of starting fresh and reusing ids. A member that starts with
-//!   nothing on disk issues nothing until every peer has answered its history query
-//!   (`HistoryQuery`: what do you know of my Requests and Sequences?). If one of them knows
-//!   any (or a header says that Sequence `id`, its first turn, exists), its data directory
-//!   lost an earlier incarnation's history ([`Core::disk_lost`]) and it is rebuilt (below).
+//!   Request, reclaim) instead of starting fresh and reusing ids. At every start a member
+//!   issues nothing (no Request, not even its restart Request, no Sequence) until every peer
+//!   has answered its history query (`HistoryQuery`: what do you know of my Requests and
+//!   Sequences?). A member that started with nothing on disk and hears of any (or a header
+//!   says that Sequence `id`, its first turn, exists) lost its data directory. A restarted
+//!   member that hears of an own Request at or above its stored lease, or of an own Sequence
+//!   beyond the one it reclaims, restarted from an *older copy* of its disk (a backup, a VM
+//!   snapshot, a storage layer that dropped acknowledged writes): no incarnation that wrote
+//!   this disk can have issued them, and reusing those ids and numbers would hand peers two
+//!   different Requests, or two Sequences, under one name. Either way its disk lacks history
+//!   ([`Core::disk_lost`]) and it is rebuilt (below). The wait costs a restart one round
+//!   trip and no availability (its reclaim already waits for every peer).
 //! * **A member whose disk was lost is rebuilt from a peer.** From the answers
 //!   ([`Core::rebuild_plan`]): a seq lease above every Request id its peers know it used, plus
 //!   the receive window and twice its in-flight bound (what an earlier incarnation can have
@@ -168,12 +175,16 @@
 //!   Delivery also needs a majority on disk, so a partitioned minority delivers nothing
 //!   new: delivery stops, it never diverges.
 //! * A member started again under its id with an emptied data directory (a replaced disk or
-//!   host) is rebuilt from a peer (above) and rejoins; the ring waits for it meanwhile, as for
-//!   any member that is down. Not covered: a disk that silently lost part of what it had
-//!   fsync'd (its `stable` reports would be lies), and a member losing its disk in the same
-//!   moment as peers crash between sending a Sequence and writing it (the rebuilt member may
-//!   then wait for good for an own Sequence that nobody kept: the ring stops rather than
-//!   diverging). A
+//!   host), or with an older copy of it that lacks Request ids or own Sequences a later
+//!   incarnation used, is rebuilt from a peer (above) and rejoins; the ring waits for it
+//!   meanwhile, as for any member that is down. An older copy that lacks only other members'
+//!   records (the later incarnation issued nothing new) is safe to run: the member catches up
+//!   by retransmission. Not covered: the `stable` reports such a member, or one whose disk
+//!   silently lost part of what it had fsync'd, made before the loss counted towards
+//!   majorities it no longer backs (a second such loss could then lose a delivered write);
+//!   and a member losing its disk in the same moment as peers crash between sending a
+//!   Sequence and writing it (the rebuilt member may then wait for good for an own Sequence
+//!   that nobody kept: the ring stops rather than diverging). A
 //!   damaged store that can be told damaged is refused at open ([`AbcastLog::open`] checks
 //!   that the snapshot's base fits the group and that every journal record names members of
 //!   it); a torn last write is dropped by raft-engine, as after any crash.

@@ -41,14 +41,16 @@
 //! (`id * snapshot_every / members`), so their snapshots, and the moments each member's
 //! clients wait, are spread out.
 //!
-//! **A member whose disk was lost is rebuilt** ([`Core::rebuild_plan`]): once every peer
+//! **A member whose disk was lost (emptied, or an older copy) is rebuilt**
+//! ([`Core::rebuild_plan`]): once every peer
 //! has answered its history query, the loop fetches a donor's image off the loop (the only
 //! request between members: `ImageRequest`, answered with 1 MiB chunks of one encoded
 //! `Image`, the donor's journal and then its stored snapshot, built once per fetch and
 //! dropped after the last chunk), the most advanced peer first. The image is checked (every
 //! record and the snapshot's base, as at open), written with the plan's lease and
 //! [`FLOOR_KEY`] in one synced write after what the member's own journal holds, and the
-//! member starts again from its store as after a restart; proposals taken before are
+//! member starts again from its store as after a restart (its state machine from empty:
+//! whatever it delivered from the old disk is replayed from the copy); proposals taken before are
 //! answered "unavailable" (their callers retry). A donor that fails is skipped; when all do,
 //! the fetch is tried again a second later.
 //!
@@ -249,6 +251,7 @@ impl<S: StateMachine> AbcastLog<S> {
             .map_err(|_| LogError::Rejected("AbcastLog::open needs a tokio runtime".into()))?;
         let engine = storage::open_engine(dir)?;
         let mut state = Deduped::new(initial);
+        let initial = state.snapshot();
         let Loaded {
             base,
             records,
@@ -273,6 +276,7 @@ impl<S: StateMachine> AbcastLog<S> {
         let driver = Driver {
             cfg: cfg.clone(),
             core,
+            initial,
             engine: Arc::new(engine),
             journal_next,
             journal,
@@ -674,6 +678,9 @@ impl Desc {
 struct Driver<S: StateMachine> {
     cfg: AbcastConfig,
     core: Core,
+    /// The empty state machine, as a snapshot: a rebuild starts from it (what was delivered
+    /// from the old disk is replayed from the copied one).
+    initial: Vec<u8>,
     engine: Arc<Engine>,
     journal_next: u64,
     /// The seq lease on disk.
@@ -946,8 +953,8 @@ impl<S: StateMachine> Driver<S> {
                 lease = plan.lease,
                 sequence_floor = plan.sequence_floor,
                 donors = ?plan.donors,
-                "started with an empty data directory under an id the group knows: rebuilding \
-                 from a peer's snapshot and journal"
+                "this member's disk lacks history its peers hold (emptied, or an older copy): \
+                 rebuilding from a peer's snapshot and journal"
             );
             self.rebuild = Some(Rebuild {
                 plan,
@@ -1042,6 +1049,11 @@ impl<S: StateMachine> Driver<S> {
             .map_err(|e| InstallError::Storage(storage::storage_err(e)))?;
         let loaded = {
             let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+            // Whatever the member delivered before it knew its disk was lost is replayed from
+            // the copied store (from its snapshot, or from the start): start from nothing.
+            state
+                .restore(&self.initial)
+                .map_err(|e| InstallError::Storage(LogError::Storage(e.to_string())))?;
             load(&self.engine, members, &mut state).map_err(InstallError::Storage)?
         };
         let core = Core::recover_from(

@@ -78,6 +78,15 @@ enum Event {
     Persisted(usize, u64),
 }
 
+/// A node's disk at one moment ([`Sim::disk_copy`]).
+#[derive(Clone)]
+pub struct DiskCopy {
+    records: Vec<Record>,
+    lease: u64,
+    floor: u64,
+    snapshot: Option<(SnapshotBase, Vec<u64>)>,
+}
+
 /// A drain's persist and the actions that wait for it.
 type PendingWrite = (Vec<Record>, PersistAck, Vec<Action>);
 
@@ -97,6 +106,9 @@ pub struct Sim {
     floors: Vec<u64>,
     /// Members rebuilt from a donor's disk after theirs was lost.
     pub rebuilds: u64,
+    /// Nodes whose disk the test emptied or rolled back (and that were not rebuilt since):
+    /// only they may believe their disk lost; any other that does is a violation.
+    damaged: Vec<bool>,
     /// Nodes armed to crash in their next persist, after sending what goes before it.
     tear_next_persist: Vec<bool>,
     /// The armed crash waits for a persist with an own Sequence sent before it.
@@ -182,6 +194,7 @@ impl Sim {
             leases: vec![0; members],
             floors: vec![0; members],
             rebuilds: 0,
+            damaged: vec![false; members],
             tear_next_persist: vec![false; members],
             tear_needs_sequence: false,
             torn_crashes: 0,
@@ -303,10 +316,33 @@ impl Sim {
     /// Empties node `i`'s disk (journal, lease and snapshot), as if its data directory was
     /// lost; crash it first.
     pub fn wipe_disk(&mut self, i: usize) {
+        self.damaged[i] = true;
         self.disks[i].clear();
         self.leases[i] = 0;
         self.floors[i] = 0;
         self.snapshots[i] = None;
+        self.delivered[i].clear();
+    }
+
+    /// A copy of node `i`'s disk as it is now (journal, lease, floor, snapshot), for
+    /// [`Sim::roll_back_disk`].
+    pub fn disk_copy(&self, i: usize) -> DiskCopy {
+        DiskCopy {
+            records: self.disks[i].clone(),
+            lease: self.leases[i],
+            floor: self.floors[i],
+            snapshot: self.snapshots[i].clone(),
+        }
+    }
+
+    /// Puts an earlier copy of node `i`'s disk back, as if its data directory was restored
+    /// from a backup or a VM snapshot; crash it first.
+    pub fn roll_back_disk(&mut self, i: usize, copy: DiskCopy) {
+        self.damaged[i] = true;
+        self.disks[i] = copy.records;
+        self.leases[i] = copy.lease;
+        self.floors[i] = copy.floor;
+        self.snapshots[i] = copy.snapshot;
         self.delivered[i].clear();
     }
 
@@ -353,6 +389,7 @@ impl Sim {
         self.leases[i] = plan.lease;
         self.floors[i] = plan.sequence_floor;
         self.rebuilds += 1;
+        self.damaged[i] = false;
         self.restart(i);
     }
 
@@ -458,6 +495,11 @@ impl Sim {
     }
 
     fn drain(&mut self, i: usize) {
+        if !self.damaged[i] && self.nodes[i].as_ref().is_some_and(|c| c.disk_lost()) {
+            self.violations.push(format!(
+                "node {i} believes its disk lost, but the test left it intact"
+            ));
+        }
         for _ in 0..16 {
             let Some(core) = self.nodes[i].as_mut() else {
                 return;
