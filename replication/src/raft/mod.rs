@@ -118,8 +118,10 @@
 //!   deleted and the node votes again.
 //!
 //! A restart in the middle keeps the mark, and begins again with the queries. What it does
-//! not cover: a disk that lost data silently (the store is not empty, so nothing tells it),
-//! and a node emptied and restarted *while* an election it had voted in is still running (the
+//! not cover: a disk that lost data silently, or that was restored from an older copy (a
+//! backup, a VM snapshot): the store is not empty, so nothing tells it, and the peers that
+//! saw its later terms and acknowledgements may be exactly the ones that are down (an
+//! operator restoring a replica should empty its directory instead); and a node emptied and restarted *while* an election it had voted in is still running (the
 //! answers can then predate that election's votes), which a real disk replacement is far too
 //! slow for. Tested in `tests/raft_faults.rs`
 //! (`an_emptied_replica_votes_only_after_it_caught_up`: without the mark, two stale replicas
