@@ -361,9 +361,6 @@ pub struct Core {
     recovering: bool,
     /// Started with nothing on disk (a new member, or one whose data directory was emptied).
     fresh: bool,
-    /// Every start of a member of a group (fresh or restarted) asks every peer about its own
-    /// history and issues nothing until all answered; see [`Core::disk_lost`].
-    history_needed: bool,
     /// A restarted member's check of those answers: own Requests at or above this seq (its
     /// stored lease) were never sent by an incarnation that wrote this disk. `None`: no
     /// lease on disk (nothing to compare with).
@@ -376,8 +373,9 @@ pub struct Core {
     /// an earlier incarnation already used.
     restart_from: Option<u64>,
     /// The peers' answers to the history query ([`Body::HistoryReply`]: `issued`,
-    /// `request_max`, `sequence_max`). A member issues nothing until every peer answered (any
-    /// of them may hold an earlier incarnation's Requests or Sequences).
+    /// `request_max`, `sequence_max`). At every start, fresh or restarted, a member issues
+    /// nothing until every peer answered (any of them may hold an earlier incarnation's
+    /// Requests or Sequences); see [`Core::disk_lost`].
     history: BTreeMap<MemberId, (u64, Option<u64>, Option<u64>)>,
     /// When the history query last went out.
     history_asked_ms: Option<u64>,
@@ -442,7 +440,6 @@ impl Core {
             next_probe: 0,
             recovering: false,
             fresh: true,
-            history_needed: true,
             lease_bound: None,
             own_bound: 0,
             restart_from: None,
@@ -782,8 +779,7 @@ impl Core {
     /// nothing: the ring needs every member anyway, and a restarted member's reclaim waits
     /// for every peer too.)
     fn held_back(&self) -> bool {
-        self.disk_lost
-            || (self.history_needed && (self.history.len() as u64) + 1 < self.cfg.members)
+        self.disk_lost || (self.history.len() as u64) + 1 < self.cfg.members
     }
 
     /// What a peer's answer to the history query says is missing from this member's disk,
@@ -817,7 +813,7 @@ impl Core {
     /// A member that has not heard every peer's answer asks those that have not answered
     /// about its history.
     fn ask_history(&mut self) {
-        if !self.history_needed || (self.history.len() as u64) + 1 >= self.cfg.members {
+        if (self.history.len() as u64) + 1 >= self.cfg.members {
             return;
         }
         let (now, every) = (self.now_ms, self.cfg.retransmit_after_ms);
