@@ -5,7 +5,9 @@
 //! and restart `market up` on the same data with every acknowledged effect present (this
 //! one with the product database's opt-in lease reads); a purchase whose frontend dies
 //! mid-way is either complete or has its units back, never both, never neither; `market up
-//! --restart-crashed` starting killed processes again under load with no failed call.
+//! --restart-crashed` starting killed processes again under load with no failed call;
+//! replicas started again with emptied data directories, and a customer-db member with an
+//! older copy of its own, rebuilt or caught up under load with no failed call.
 
 mod cluster;
 
@@ -298,13 +300,43 @@ async fn a_purchase_whose_frontend_dies_midway_is_complete_or_undone() {
     c.stop().await;
 }
 
-/// A replaced disk under load: a customer-db member and a product-db follower are killed,
-/// their data directories emptied, and each is started again under its id. The customer-db
-/// member is rebuilt from a peer's snapshot and journal (the ring waits for it meanwhile);
-/// the product-db replica catches up before it votes. No call fails, every acknowledged
-/// effect is there, and both replicas reach the others.
+/// Copies the files of a (killed) replica's data directory.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).expect("copy");
+        }
+    }
+}
+
+/// Empties a killed replica's data directory (its files may still be closing: bounded
+/// retries).
+async fn empty_dir(dir: &std::path::Path) {
+    for attempt in 0..50 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => break,
+            Err(e) if attempt == 49 => panic!("cannot empty {}: {e}", dir.display()),
+            Err(_) => sleep_ms(20).await,
+        }
+    }
+    std::fs::create_dir_all(dir).expect("recreate the data directory");
+}
+
+/// A replaced or restored disk under load. A customer-db member is started again from an
+/// older copy of its data directory (taken while it was down earlier in the run, as a backup
+/// or a VM snapshot would be): it finds that its peers hold ids and turns the copy lacks and
+/// is rebuilt from a peer. Then a customer-db member and a product-db follower are killed,
+/// their data directories emptied, and each is started again under its id. The emptied
+/// customer-db member is rebuilt from a peer's snapshot and journal (the ring waits for it
+/// meanwhile); the product-db replica catches up before it votes. No call fails, every
+/// acknowledged effect is there, and every replica reaches the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_started_with_emptied_data_directories_rejoin_and_no_call_fails() {
+async fn replicas_started_with_emptied_or_older_data_directories_rejoin_and_no_call_fails() {
     use servers::cluster::{Cluster, RoleKind};
     let _serial = SERIAL.lock().await;
     let mut c = TestCluster::start(|_| {}).await;
@@ -312,21 +344,24 @@ async fn replicas_started_with_emptied_data_directories_rejoin_and_no_call_fails
     let load = Load::start(&c, &accounts, 0);
     let ledger = &load.ledger;
     wait_for_calls(ledger, 1000).await;
+    // customer-db-1: a copy of its directory now, more history after it, then the copy back.
+    let restored = c.cluster.replica_dir(RoleKind::CustomerDb, 1);
+    let copy = tempfile::tempdir().expect("tempdir");
+    c.kill9("customer-db-1");
+    copy_dir(&restored, copy.path());
+    c.restart_customer_db(1);
+    wait_for_calls(ledger, 1000).await;
+    c.kill9("customer-db-1");
+    empty_dir(&restored).await;
+    copy_dir(copy.path(), &restored);
+    c.restart_customer_db(1);
+    wait_for_calls(ledger, 1000).await;
     let leader = c.product_leader().await;
     let follower = (leader + 1) % 5;
     for (kind, id) in [(RoleKind::CustomerDb, 3), (RoleKind::ProductDb, follower)] {
         let name = Cluster::cert_name(kind, id);
         c.kill9(&name);
-        let dir = c.cluster.replica_dir(kind, id);
-        // The killed process's files may still be closing: bounded retries.
-        for attempt in 0..50 {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => break,
-                Err(e) if attempt == 49 => panic!("cannot empty {}: {e}", dir.display()),
-                Err(_) => sleep_ms(20).await,
-            }
-        }
-        std::fs::create_dir_all(&dir).expect("recreate the data directory");
+        empty_dir(&c.cluster.replica_dir(kind, id)).await;
         match kind {
             RoleKind::CustomerDb => c.restart_customer_db(id),
             _ => c.restart_product_db(id),
@@ -356,7 +391,11 @@ async fn replicas_started_with_emptied_data_directories_rejoin_and_no_call_fails
         let voting = status
             .get(&format!("product-db-{follower}"))
             .is_some_and(|r| r.0 == "follower");
-        if reached("customer-db", 3) && reached("product-db", follower) && voting {
+        if reached("customer-db", 3)
+            && reached("customer-db", 1)
+            && reached("product-db", follower)
+            && voting
+        {
             break;
         }
         assert!(
@@ -373,6 +412,13 @@ async fn replicas_started_with_emptied_data_directories_rejoin_and_no_call_fails
     assert!(
         customer.contains("rebuilding from a peer's snapshot and journal"),
         "customer-db-3 was not rebuilt:\n{customer}"
+    );
+    let older = log("customer-db-1".into());
+    assert!(
+        (older.contains("beyond the last one on disk")
+            || older.contains("at or above the lease on disk"))
+            && older.contains("rebuilding from a peer's snapshot and journal"),
+        "customer-db-1, restarted from an older copy, was not rebuilt:\n{older}"
     );
     let product = log(format!("product-db-{follower}"));
     assert!(

@@ -27,7 +27,8 @@ pub struct TestCluster {
     pub cluster: Cluster,
     pub file: ClusterFile,
     up: Child,
-    extra: Vec<Child>,
+    /// Replicas this test started again, by process name (the latest last).
+    extra: Vec<(String, Child)>,
 }
 
 fn port_free(port: u16) -> bool {
@@ -132,8 +133,13 @@ impl TestCluster {
         self.file = ClusterFile::load(&self.dir.join("cluster.json")).expect("cluster.json");
     }
 
+    /// Kills the process named `name` with SIGKILL: the one this test started last under
+    /// that name, or else the one `market up` started.
     pub fn kill9(&self, name: &str) {
-        kill9(self.pid(name));
+        match self.extra.iter().rev().find(|(n, _)| n == name) {
+            Some((_, child)) => kill9(child.id()),
+            None => kill9(self.pid(name)),
+        }
     }
 
     /// Kills `market up` itself and every process it started, all with SIGKILL.
@@ -142,7 +148,7 @@ impl TestCluster {
         for p in &self.file.processes {
             kill9(p.pid);
         }
-        for c in &mut self.extra {
+        for (_, c) in &mut self.extra {
             let _ = c.kill();
         }
         let _ = self.up.wait();
@@ -172,7 +178,7 @@ impl TestCluster {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("restart");
-        self.extra.push(child);
+        self.extra.push((format!("{role}-{id}"), child));
     }
 
     /// What `market status` prints.
@@ -252,7 +258,7 @@ impl Drop for TestCluster {
                 kill9(p.pid);
             }
         }
-        for c in &mut self.extra {
+        for (_, c) in &mut self.extra {
             let _ = c.kill();
             let _ = c.wait();
         }
