@@ -569,39 +569,7 @@ fn a_member_restarted_with_an_emptied_disk_is_rebuilt_from_a_peer() {
         sim.crash(victim);
         sim.wipe_disk(victim);
         sim.restart(victim);
-        for _ in 0..10 {
-            sim.propose(victim);
-            sim.propose(1);
-            sim.run_for(20);
-        }
-        random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 300);
-        sim.run_for(400);
-        assert!(
-            sim.rebuilds >= 1,
-            "seed {seed}: the emptied member was not rebuilt ({own_before:?} before)"
-        );
-        let core = sim.core(victim).expect("alive");
-        assert!(
-            !core.disk_lost(),
-            "seed {seed}: still marked lost after the rebuild"
-        );
-        sim.check_safety()
-            .unwrap_or_else(|e| fail("emptied disk", seed, e));
-        assert!(
-            sim.run_until_all_delivered(20_000),
-            "seed {seed}: not everything delivered after the rebuild: {}",
-            sim.summary()
-        );
-        sim.check_safety()
-            .unwrap_or_else(|e| fail("emptied disk", seed, e));
-        sim.check_all_delivered()
-            .unwrap_or_else(|e| fail("emptied disk", seed, e));
-        let core = sim.core(victim).expect("alive");
-        assert!(
-            core.stats().requests_issued > 0 && core.stats().sequences_issued > 0,
-            "seed {seed}: the rebuilt member never took part: {:?}",
-            core.stats()
-        );
+        goes_on_with_the_rebuilt_member(&mut sim, seed, victim, "emptied disk", &own_before);
         // Members that kept their disks never believe theirs was lost.
         for i in [0, 1, 2, 4] {
             assert!(
@@ -659,37 +627,51 @@ fn a_member_restarted_from_an_older_copy_of_its_disk_is_rebuilt() {
         sim.crash(victim);
         sim.roll_back_disk(victim, old);
         sim.restart(victim);
-        for _ in 0..10 {
-            sim.propose(victim);
-            sim.propose(0);
-            sim.run_for(20);
-        }
-        random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 300);
-        sim.run_for(400);
-        assert!(
-            sim.rebuilds >= 1,
-            "seed {seed}: the rolled-back member was not rebuilt: {}",
-            sim.summary()
-        );
-        sim.check_safety()
-            .unwrap_or_else(|e| fail("older disk", seed, e));
-        assert!(
-            sim.run_until_all_delivered(20_000),
-            "seed {seed}: not everything delivered after the rebuild: {}",
-            sim.summary()
-        );
-        sim.check_safety()
-            .unwrap_or_else(|e| fail("older disk", seed, e));
-        sim.check_all_delivered()
-            .unwrap_or_else(|e| fail("older disk", seed, e));
-        let core = sim.core(victim).expect("alive");
-        assert!(!core.disk_lost(), "seed {seed}: still marked lost");
-        assert!(
-            core.stats().requests_issued > 0 && core.stats().sequences_issued > 0,
-            "seed {seed}: the rebuilt member never took part: {:?}",
-            core.stats()
-        );
+        goes_on_with_the_rebuilt_member(&mut sim, seed, victim, "older disk", &"an older copy");
     }
+}
+
+/// After `victim` restarted with a disk that lacks its history: load at it and at another
+/// member; it must be rebuilt, go on taking part, and every invariant hold.
+fn goes_on_with_the_rebuilt_member(
+    sim: &mut Sim,
+    seed: u64,
+    victim: usize,
+    test: &str,
+    before: &dyn std::fmt::Debug,
+) {
+    for _ in 0..10 {
+        sim.propose(victim);
+        sim.propose((victim + 1) % 5);
+        sim.run_for(20);
+    }
+    random_load(sim, &[0, 1, 2, 3, 4], 40, 300);
+    sim.run_for(400);
+    assert!(
+        sim.rebuilds >= 1,
+        "{test}: seed {seed}: the member was not rebuilt ({before:?} before): {}",
+        sim.summary()
+    );
+    let core = sim.core(victim).expect("alive");
+    assert!(
+        !core.disk_lost(),
+        "{test}: seed {seed}: still marked lost after the rebuild"
+    );
+    sim.check_safety().unwrap_or_else(|e| fail(test, seed, e));
+    assert!(
+        sim.run_until_all_delivered(20_000),
+        "{test}: seed {seed}: not everything delivered after the rebuild: {}",
+        sim.summary()
+    );
+    sim.check_safety().unwrap_or_else(|e| fail(test, seed, e));
+    sim.check_all_delivered()
+        .unwrap_or_else(|e| fail(test, seed, e));
+    let core = sim.core(victim).expect("alive");
+    assert!(
+        core.stats().requests_issued > 0 && core.stats().sequences_issued > 0,
+        "{test}: seed {seed}: the rebuilt member never took part: {:?}",
+        core.stats()
+    );
 }
 
 #[test]

@@ -300,18 +300,20 @@ async fn a_purchase_whose_frontend_dies_midway_is_complete_or_undone() {
     c.stop().await;
 }
 
-/// Copies the files of a (killed) replica's data directory.
+/// Copies a (killed) replica's data directory to `to` (which must not exist).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read dir") {
-        let e = e.expect("entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).expect("copy");
-        }
-    }
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
 }
 
 /// Empties a killed replica's data directory (its files may still be closing: bounded
@@ -346,14 +348,16 @@ async fn replicas_started_with_emptied_or_older_data_directories_rejoin_and_no_c
     wait_for_calls(ledger, 1000).await;
     // customer-db-1: a copy of its directory now, more history after it, then the copy back.
     let restored = c.cluster.replica_dir(RoleKind::CustomerDb, 1);
-    let copy = tempfile::tempdir().expect("tempdir");
+    let copies = tempfile::tempdir().expect("tempdir");
+    let copy = copies.path().join("customer-db-1");
     c.kill9("customer-db-1");
-    copy_dir(&restored, copy.path());
+    copy_dir(&restored, &copy);
     c.restart_customer_db(1);
     wait_for_calls(ledger, 1000).await;
     c.kill9("customer-db-1");
     empty_dir(&restored).await;
-    copy_dir(copy.path(), &restored);
+    std::fs::remove_dir(&restored).expect("remove the emptied directory");
+    copy_dir(&copy, &restored);
     c.restart_customer_db(1);
     wait_for_calls(ledger, 1000).await;
     let leader = c.product_leader().await;
