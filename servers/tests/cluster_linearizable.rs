@@ -103,13 +103,19 @@ type Recorded<Op> = (Vec<(usize, Action<Op>)>, Vec<(usize, Op)>);
 struct Recorder<Op> {
     actions: Mutex<Recorded<Op>>,
     next_process: AtomicU64,
+    /// Calls finished by every client of the run (both objects), for timing the faults.
+    done: Arc<AtomicU64>,
+    /// Every failed call of the run (both objects).
+    failures: Arc<Mutex<Vec<String>>>,
 }
 
 impl<Op: Clone> Recorder<Op> {
-    fn new() -> Arc<Self> {
+    fn new(done: &Arc<AtomicU64>, failures: &Arc<Mutex<Vec<String>>>) -> Arc<Self> {
         Arc::new(Self {
             actions: Mutex::new((Vec::new(), Vec::new())),
             next_process: AtomicU64::new(0),
+            done: Arc::clone(done),
+            failures: Arc::clone(failures),
         })
     }
 
@@ -119,34 +125,34 @@ impl<Op: Clone> Recorder<Op> {
     }
 
     fn call(&self, process: usize, op: Op) {
-        self.actions
-            .lock()
-            .expect("lock")
-            .0
-            .push((process, Action::Call(op)));
+        let mut a = self.actions.lock().expect("lock");
+        a.0.push((process, Action::Call(op)));
     }
 
     fn answer(&self, process: usize, op: Op) {
-        self.actions
-            .lock()
-            .expect("lock")
-            .0
-            .push((process, Action::Response(op)));
+        let mut a = self.actions.lock().expect("lock");
+        a.0.push((process, Action::Response(op)));
+        self.done.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The call got no answer: `effect` (the operation with an unknown answer) may have
-    /// happened at any time after the call, or not at all (`None`: it has no effect).
-    fn unknown(&self, process: usize, effect: Option<Op>) {
-        let mut a = self.actions.lock().expect("lock");
-        match effect {
-            Some(op) => a.1.push((process, op)),
-            None => {
-                // Drop the call: it changed nothing.
-                if let Some(at) = a.0.iter().rposition(|(p, _)| *p == process) {
-                    a.0.remove(at);
+    /// The call of `process` failed (`why`): `effect` (the operation with an unknown answer)
+    /// may have happened at any time after the call, or not at all (`None`: it changes
+    /// nothing, and the call is dropped). The client goes on as a new process.
+    fn failed(&self, process: &mut usize, why: String, effect: Option<Op>) {
+        self.failures.lock().expect("lock").push(why);
+        {
+            let mut a = self.actions.lock().expect("lock");
+            match effect {
+                Some(op) => a.1.push((*process, op)),
+                None => {
+                    if let Some(at) = a.0.iter().rposition(|(p, _)| p == process) {
+                        a.0.remove(at);
+                    }
                 }
             }
         }
+        self.done.fetch_add(1, Ordering::Relaxed);
+        *process = self.process();
     }
 
     /// The history (with its number of calls and answers), or `None` if nothing was called.
@@ -271,71 +277,43 @@ async fn histories_while_replicas_die(args: &[&str]) {
     let cart_owner = buyer_token(0).await;
     let reader = buyer_token(1).await;
 
-    let price = Recorder::<PriceOp>::new();
-    let cart = Recorder::<CartOp>::new();
     let done = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let price = Recorder::<PriceOp>::new(&done, &failures);
+    let cart = Recorder::<CartOp>::new(&done, &failures);
     let mut tasks = Vec::new();
-    // Price writers: unique values, so a read names the write it saw.
-    for w in 0..2u64 {
-        let client = SellerClient::with_config(c.seller_urls(), on_replica(w as usize))
+    // Price writers (unique values, so a read names the write it saw), then price readers
+    // on the buyer frontends.
+    for w in 0..5u64 {
+        let (price, register) = (price.clone(), register.clone());
+        let seller = SellerClient::with_config(c.seller_urls(), on_replica(w as usize))
             .expect("client")
             .with_token(&seller_token)
             .expect("token");
-        let (price, done, failures, register) = (
-            price.clone(),
-            done.clone(),
-            failures.clone(),
-            register.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut process = price.process();
-            for k in 0..OPS {
-                let value = 1_000 * (w + 1) + k;
-                price.call(process, PriceOp::Write(value));
-                match client.change_price(&register, value as i64).await {
-                    Ok(_) => price.answer(process, PriceOp::Write(value)),
-                    Err(e) => {
-                        failures
-                            .lock()
-                            .expect("lock")
-                            .push(format!("change_price: {e}"));
-                        price.unknown(process, Some(PriceOp::Write(value)));
-                        process = price.process();
-                    }
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    // Price readers, on every buyer frontend.
-    for r in 0..3u64 {
-        let client = BuyerClient::with_config(c.buyer_urls(), on_replica(r as usize))
+        let buyer = BuyerClient::with_config(c.buyer_urls(), on_replica(w as usize % 4))
             .expect("client")
             .with_token(&reader)
             .expect("token");
-        let (price, done, failures, register) = (
-            price.clone(),
-            done.clone(),
-            failures.clone(),
-            register.clone(),
-        );
         tasks.push(tokio::spawn(async move {
             let mut process = price.process();
-            for _ in 0..OPS {
-                price.call(process, PriceOp::Read(None));
-                match client.get_item(&register).await {
-                    Ok(item) => price.answer(process, PriceOp::Read(Some(item.price_cents))),
-                    Err(e) => {
-                        failures
-                            .lock()
-                            .expect("lock")
-                            .push(format!("get_item: {e}"));
-                        price.unknown(process, None);
-                        process = price.process();
+            for k in 0..OPS {
+                if w < 2 {
+                    let value = 1_000 * (w + 1) + k;
+                    price.call(process, PriceOp::Write(value));
+                    match seller.change_price(&register, value as i64).await {
+                        Ok(_) => price.answer(process, PriceOp::Write(value)),
+                        Err(e) => {
+                            let why = format!("change_price: {e}");
+                            price.failed(&mut process, why, Some(PriceOp::Write(value)));
+                        }
+                    }
+                } else {
+                    price.call(process, PriceOp::Read(None));
+                    match buyer.get_item(&register).await {
+                        Ok(item) => price.answer(process, PriceOp::Read(Some(item.price_cents))),
+                        Err(e) => price.failed(&mut process, format!("get_item: {e}"), None),
                     }
                 }
-                done.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
@@ -345,7 +323,7 @@ async fn histories_while_replicas_die(args: &[&str]) {
             .expect("client")
             .with_token(&cart_owner)
             .expect("token");
-        let (cart, done, failures) = (cart.clone(), done.clone(), failures.clone());
+        let cart = cart.clone();
         let mine: Vec<String> = if a < 2 {
             to_add[(a * ADDS) as usize..((a + 1) * ADDS) as usize].to_vec()
         } else {
@@ -355,7 +333,8 @@ async fn histories_while_replicas_die(args: &[&str]) {
             let mut process = cart.process();
             let calls = if mine.is_empty() { OPS } else { ADDS };
             for k in 0..calls {
-                let answer = match mine.get(k as usize) {
+                let adds = mine.get(k as usize);
+                let answer = match adds {
                     Some(id) => {
                         cart.call(process, CartOp::Add(id.clone(), None));
                         client.add_to_cart(id, 1).await
@@ -365,28 +344,22 @@ async fn histories_while_replicas_die(args: &[&str]) {
                         client.display_cart().await
                     }
                 };
-                let mine = mine.get(k as usize);
                 match answer {
                     Ok(c) => {
                         let items: BTreeSet<String> =
                             c.items.into_iter().map(|l| l.item_id).collect();
-                        let op = match mine {
+                        let op = match adds {
                             Some(id) => CartOp::Add(id.clone(), Some(items)),
                             None => CartOp::Read(Some(items)),
                         };
                         cart.answer(process, op);
                     }
                     Err(e) => {
-                        failures
-                            .lock()
-                            .expect("lock")
-                            .push(format!("cart {mine:?}: {e}"));
-                        cart.unknown(process, mine.map(|id| CartOp::Add(id.clone(), None)));
-                        process = cart.process();
+                        let effect = adds.map(|id| CartOp::Add(id.clone(), None));
+                        cart.failed(&mut process, format!("cart {adds:?}: {e}"), effect);
                     }
                 }
-                done.fetch_add(1, Ordering::Relaxed);
-                if mine.is_some() {
+                if adds.is_some() {
                     // Adds are fewer: spread them over the run, through the faults.
                     tokio::time::sleep(Duration::from_millis(15)).await;
                 }
