@@ -165,6 +165,9 @@ pub struct AbcastStats {
     pub lag: u64,
     /// Restarted and still catching up, or being rebuilt after losing its disk.
     pub recovering: bool,
+    /// Its disk lacks history its peers hold (emptied, or an older copy): it is being
+    /// rebuilt from a peer ([`Core::disk_lost`]).
+    pub rebuilding: bool,
     /// Synced journal writes.
     pub fsyncs: u64,
     /// Records written to the journal.
@@ -450,6 +453,7 @@ impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
                 ("duplicates".into(), s.core.duplicates),
                 ("requests_voided".into(), s.core.requests_voided),
                 ("anomalies".into(), s.core.anomalies),
+                ("rebuilding".into(), u64::from(s.rebuilding)),
             ],
         }
     }
@@ -1565,6 +1569,7 @@ impl<S: StateMachine> Driver<S> {
             known: c.known(),
             lag: c.known().saturating_sub(c.delivered()),
             recovering: c.recovering() || c.disk_lost(),
+            rebuilding: c.disk_lost(),
             fsyncs: self.fsyncs,
             records_persisted: self.records_persisted,
             send_failures: self.send_failures,

@@ -65,22 +65,42 @@ pub async fn run(cluster: Cluster) -> Result<(), String> {
 }
 
 /// What the customer-db rows mean for the marketplace (`statuses[i]`: member `i`, `None`
-/// when down): nothing while every member is up; while some are down, where the ring stops
-/// (a down member's next turn at or after the slowest live member's next sequence number),
-/// or that no majority is left.
+/// when down): nothing while every member is up and none is being rebuilt; members being
+/// rebuilt from a peer (their disk lacked history: emptied, or an older copy), during which
+/// the ring waits for them; while some are down, where the ring stops (a down member's next
+/// turn at or after the slowest live member's next sequence number), or that no majority is
+/// left.
 pub fn customer_summary(statuses: &[Option<replication::LogStatus>]) -> Option<String> {
     let n = statuses.len() as u64;
     let down: Vec<u64> = (0..n).filter(|&i| statuses[i as usize].is_none()).collect();
+    let rebuilding: Vec<String> = statuses
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.as_ref().and_then(|s| counter(s, "rebuilding")) == Some(1))
+        .map(|(i, _)| format!("customer-db-{i}"))
+        .collect();
+    let rebuilding = (!rebuilding.is_empty()).then(|| {
+        format!(
+            "customer database: {} found that its disk lacks history its peers hold (emptied, \
+             or restored from an older copy) and is being rebuilt from a peer's snapshot and \
+             journal; customer-db writes wait until it has caught up",
+            rebuilding.join(", ")
+        )
+    });
     if down.is_empty() {
-        return None;
+        return rebuilding;
     }
     let names = down
         .iter()
         .map(|d| format!("customer-db-{d}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let joined = |line: String| match &rebuilding {
+        Some(r) => Some(format!("{line}\n{r}")),
+        None => Some(line),
+    };
     if down.len() as u64 > n / 2 {
-        return Some(format!(
+        return joined(format!(
             "customer database: {names} down, no majority left: nothing new is delivered until \
              enough of them are back"
         ));
@@ -94,7 +114,7 @@ pub fn customer_summary(statuses: &[Option<replication::LogStatus>]) -> Option<S
     let stop = (next..next.saturating_add(n))
         .find(|k| down.contains(&(k % n)))
         .unwrap_or(next);
-    Some(format!(
+    joined(format!(
         "customer database: {names} down; the atomic broadcast stops at sequence {stop}, \
          customer-db-{}'s turn, and customer-db writes wait there until it is back (run \
          members under a restarting supervisor: `market up --restart-crashed`, systemd \
@@ -244,6 +264,27 @@ mod tests {
         no_majority[0] = None;
         let line = customer_summary(&no_majority).expect("a summary");
         assert!(line.contains("no majority"), "{line}");
+        // A member being rebuilt is named, alone or beside a down one.
+        let mut rebuilt = all_up.clone();
+        if let Some(s) = rebuilt[4].as_mut() {
+            s.counters.push(("rebuilding".into(), 1));
+        }
+        let line = customer_summary(&rebuilt).expect("a summary");
+        assert!(
+            line.contains("customer-db-4 found that its disk lacks history"),
+            "{line}"
+        );
+        rebuilt[1] = None;
+        let line = customer_summary(&rebuilt).expect("a summary");
+        assert!(line.contains("customer-db-1 down"), "{line}");
+        assert!(line.contains("customer-db-4 found"), "{line}");
+        // Rebuilt: the counter back at 0.
+        if let Some(s) = rebuilt[4].as_mut() {
+            s.counters.retain(|(k, _)| k != "rebuilding");
+            s.counters.push(("rebuilding".into(), 0));
+        }
+        let line = customer_summary(&rebuilt).expect("a summary");
+        assert!(!line.contains("lacks history"), "{line}");
     }
 
     #[test]
