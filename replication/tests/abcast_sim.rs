@@ -534,16 +534,7 @@ fn nothing_goes_out_before_a_members_first_write() {
 #[test]
 fn a_member_restarted_with_an_emptied_disk_is_rebuilt_from_a_peer() {
     for seed in seeds(6) {
-        let lossy = seed % 2 == 1;
-        let faults = if lossy {
-            Faults::lossy()
-        } else {
-            Faults::none()
-        };
-        let mut sim = Sim::new(seed, 5, faults);
-        if seed % 3 == 2 {
-            sim.snapshot_every = Some(5);
-        }
+        let (mut sim, lossy) = disk_loss_sim(seed);
         let early = seed % 3 == 0;
         let victim = 3;
         if early {
@@ -591,16 +582,7 @@ fn a_member_restarted_with_an_emptied_disk_is_rebuilt_from_a_peer() {
 #[test]
 fn a_member_restarted_from_an_older_copy_of_its_disk_is_rebuilt() {
     for seed in seeds(6) {
-        let lossy = seed % 2 == 1;
-        let faults = if lossy {
-            Faults::lossy()
-        } else {
-            Faults::none()
-        };
-        let mut sim = Sim::new(seed, 5, faults);
-        if seed % 3 == 2 {
-            sim.snapshot_every = Some(5);
-        }
+        let (mut sim, lossy) = disk_loss_sim(seed);
         let victim = 2;
         random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 300);
         sim.run_for(300);
@@ -629,6 +611,22 @@ fn a_member_restarted_from_an_older_copy_of_its_disk_is_rebuilt() {
         sim.restart(victim);
         goes_on_with_the_rebuilt_member(&mut sim, seed, victim, "older disk", &"an older copy");
     }
+}
+
+/// A five-member group for the disk-loss cases: odd seeds lose messages, every third seed
+/// takes snapshots. Returns it and whether it is lossy.
+fn disk_loss_sim(seed: u64) -> (Sim, bool) {
+    let lossy = seed % 2 == 1;
+    let faults = if lossy {
+        Faults::lossy()
+    } else {
+        Faults::none()
+    };
+    let mut sim = Sim::new(seed, 5, faults);
+    if seed % 3 == 2 {
+        sim.snapshot_every = Some(5);
+    }
+    (sim, lossy)
 }
 
 /// After `victim` restarted with a disk that lacks its history: load at it and at another
