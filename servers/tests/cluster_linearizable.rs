@@ -31,6 +31,8 @@ const OPS: u64 = 300;
 /// Items each cart client adds (distinct per client, so the cart is a growing set; a cart
 /// holds at most 100).
 const ADDS: u64 = 50;
+/// An adder's calls per add (it reads the cart in between): `OPS / ADD_EVERY >= ADDS`.
+const ADD_EVERY: u64 = 6;
 /// The register item's price when the run starts.
 const FIRST_PRICE: u64 = 100;
 
@@ -331,9 +333,12 @@ async fn histories_while_replicas_die(args: &[&str]) {
         };
         tasks.push(tokio::spawn(async move {
             let mut process = cart.process();
-            let calls = if mine.is_empty() { OPS } else { ADDS };
-            for k in 0..calls {
-                let adds = mine.get(k as usize);
+            for k in 0..OPS {
+                // An adder adds every ADD_EVERY-th call and reads in between, so its adds
+                // spread over the whole run, through the faults.
+                let adds = (k % ADD_EVERY == 0)
+                    .then(|| mine.get((k / ADD_EVERY) as usize))
+                    .flatten();
                 let answer = match adds {
                     Some(id) => {
                         cart.call(process, CartOp::Add(id.clone(), None));
@@ -359,14 +364,10 @@ async fn histories_while_replicas_die(args: &[&str]) {
                         cart.failed(&mut process, format!("cart {adds:?}: {e}"), effect);
                     }
                 }
-                if adds.is_some() {
-                    // Adds are fewer: spread them over the run, through the faults.
-                    tokio::time::sleep(Duration::from_millis(15)).await;
-                }
             }
         }));
     }
-    let total = 5 * OPS + 2 * ADDS + 2 * OPS;
+    let total = 9 * OPS;
     // The faults, each once the clients have made their share of calls.
     let started = Instant::now();
     let mut faults = Vec::new();
