@@ -7,8 +7,8 @@ mod abcast_support;
 
 use abcast_support::{random_load, seeds, Faults, Sim};
 use replication::abcast::{
-    Action, Body, Core, CoreConfig, Header, Message, Record, RequestKey, RequestMsg, SequenceMsg,
-    SnapshotBase,
+    Action, Body, Core, CoreConfig, Cut, Header, Message, Record, RequestKey, RequestMsg,
+    SequenceMsg, SnapshotBase,
 };
 
 fn fail(test: &str, seed: u64, e: String) -> ! {
@@ -168,10 +168,13 @@ fn partition_mid_run_stops_delivery_then_heals() {
     }
 }
 
+/// With reformation off (`reform_after_ms` 0) the ring waits for a member that is down, as
+/// the seed's protocol does: nothing after its turn is delivered until it is back.
 #[test]
-fn crashed_member_stalls_the_ring_and_catches_up_after_restart() {
-    for seed in seeds(6) {
+fn with_reformation_off_the_ring_waits_for_a_dead_member() {
+    for seed in seeds(3) {
         let mut sim = Sim::new(4000 + seed, 5, Faults::lossy());
+        sim.set_reform_after_ms(0);
         random_load(&mut sim, &[0, 1, 3, 4], 60, 600);
         sim.crash(2);
         random_load(&mut sim, &[0, 1, 3, 4], 30, 300);
@@ -187,8 +190,9 @@ fn crashed_member_stalls_the_ring_and_catches_up_after_restart() {
         random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 400);
         assert!(
             sim.run_until_all_delivered(30_000),
-            "seed {seed}: did not catch up after restart: {:?}",
-            sim.check_all_delivered()
+            "seed {seed}: did not catch up after restart: {:?}{}",
+            sim.check_all_delivered(),
+            sim.summary()
         );
         sim.check_safety()
             .unwrap_or_else(|e| fail("crash", seed, e));
@@ -198,6 +202,220 @@ fn crashed_member_stalls_the_ring_and_catches_up_after_restart() {
             !sim.core(2).expect("alive").recovering(),
             "seed {seed}: member 2 still recovering"
         );
+    }
+}
+
+/// A member that dies for good is excluded after `reform_after_ms`: the others agree on a
+/// new epoch in which its turns are passes, and deliver everything proposed at them without
+/// it. A live member restarted meanwhile replays the epoch's cut from its journal. The dead
+/// member, back, learns the epoch from the first peer it talks to, catches up, asks back in
+/// and is readmitted: its turns are its own again.
+#[test]
+fn a_dead_member_is_excluded_and_the_group_goes_on_then_readmits_it() {
+    for seed in seeds(6) {
+        let mut sim = Sim::new(4100 + seed, 5, Faults::lossy());
+        let all = [0, 1, 2, 3, 4];
+        let victim = (seed % 5) as usize;
+        let live: Vec<usize> = all.into_iter().filter(|i| *i != victim).collect();
+        random_load(&mut sim, &all, 60, 600);
+        sim.crash(victim);
+        random_load(&mut sim, &live, 60, 600);
+        assert!(
+            sim.run_until_delivered_at(&live, 10_000),
+            "seed {seed}: the group did not go on without member {victim}{}",
+            sim.summary()
+        );
+        for &i in &live {
+            let core = sim.core(i).expect("alive");
+            assert!(
+                core.excluded().contains(&(victim as u64)) && core.epoch() > 0,
+                "seed {seed}: member {i} went on without excluding {victim}"
+            );
+        }
+        let other = live[seed as usize % live.len()];
+        sim.crash(other);
+        sim.restart(other);
+        random_load(&mut sim, &live, 30, 300);
+        assert!(
+            sim.run_until_delivered_at(&live, 15_000),
+            "seed {seed}: stalled after member {other} restarted{}",
+            sim.summary()
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("excluded", seed, e));
+        sim.restart(victim);
+        random_load(&mut sim, &all, 40, 400);
+        assert!(
+            sim.run_until_all_delivered(30_000),
+            "seed {seed}: member {victim} was not readmitted: {:?}{}",
+            sim.check_all_delivered(),
+            sim.summary()
+        );
+        wait_until_nobody_excluded(&mut sim, seed);
+        let before = sim.core(victim).expect("alive").stats().sequences_issued;
+        random_load(&mut sim, &all, 30, 300);
+        assert!(
+            sim.run_until_all_delivered(20_000),
+            "seed {seed}: stalled at the end"
+        );
+        assert!(
+            sim.core(victim).expect("alive").stats().sequences_issued > before,
+            "seed {seed}: the readmitted member takes no turns"
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("excluded", seed, e));
+        sim.check_all_delivered()
+            .unwrap_or_else(|e| fail("excluded", seed, e));
+    }
+}
+
+/// A member whose death the runtime reports (its liveness connection closed) is excluded at
+/// once, without waiting for the ring to stall for `reform_after_ms` (here a minute).
+#[test]
+fn a_member_reported_dead_is_excluded_at_once() {
+    for seed in seeds(4) {
+        let mut sim = Sim::new(4500 + seed, 5, Faults::lossy());
+        sim.set_reform_after_ms(60_000);
+        let all = [0, 1, 2, 3, 4];
+        let victim = (seed % 5) as usize;
+        let live: Vec<usize> = all.into_iter().filter(|i| *i != victim).collect();
+        random_load(&mut sim, &all, 40, 400);
+        sim.crash(victim);
+        sim.report_down(victim);
+        random_load(&mut sim, &live, 40, 400);
+        assert!(
+            sim.run_until_delivered_at(&live, 2_000),
+            "seed {seed}: the group waited for member {victim}{}",
+            sim.summary()
+        );
+        sim.restart(victim);
+        random_load(&mut sim, &all, 20, 200);
+        assert!(
+            sim.run_until_all_delivered(30_000),
+            "seed {seed}: member {victim} not readmitted: {:?}{}",
+            sim.check_all_delivered(),
+            sim.summary()
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("reported", seed, e));
+    }
+}
+
+/// The coordinator of a reformation dies in the middle of it: the members that promised its
+/// epoch give it up after `reform_after_ms`, and the next member coordinates one that
+/// excludes both.
+#[test]
+fn a_coordinator_killed_during_a_reformation_is_excluded_too() {
+    let mut caught = 0;
+    for seed in seeds(4) {
+        let mut sim = Sim::new(4200 + seed, 5, Faults::lossy());
+        let all = [0, 1, 2, 3, 4];
+        random_load(&mut sim, &all, 40, 400);
+        sim.crash(4);
+        random_load(&mut sim, &[0, 1, 2, 3], 10, 100);
+        let reforming = |sim: &Sim| sim.core(0).is_some_and(|c| c.promised() > c.epoch());
+        for _ in 0..2_000 {
+            if reforming(&sim) {
+                break;
+            }
+            sim.run_for(1);
+        }
+        if reforming(&sim) {
+            caught += 1;
+        }
+        sim.crash(0);
+        random_load(&mut sim, &[1, 2, 3], 40, 400);
+        assert!(
+            sim.run_until_delivered_at(&[1, 2, 3], 15_000),
+            "seed {seed}: the group did not go on without 0 and 4{}",
+            sim.summary()
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("coordinator", seed, e));
+        sim.restart(0);
+        sim.restart(4);
+        random_load(&mut sim, &all, 30, 300);
+        assert!(
+            sim.run_until_all_delivered(30_000),
+            "seed {seed}: not everyone back: {:?}{}",
+            sim.check_all_delivered(),
+            sim.summary()
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("coordinator", seed, e));
+        sim.check_all_delivered()
+            .unwrap_or_else(|e| fail("coordinator", seed, e));
+    }
+    assert!(caught > 0, "member 0 was never caught coordinating");
+}
+
+/// A member cut off from everyone but alive (a false suspicion) goes on in its old epoch
+/// while the others exclude it; it delivers nothing new there (no majority), and once the
+/// network heals it learns the new epoch, drops what it held beyond the cut, and rejoins.
+#[test]
+fn a_member_cut_off_but_alive_is_excluded_and_rejoins_without_divergence() {
+    for seed in seeds(4) {
+        let mut sim = Sim::new(4300 + seed, 5, Faults::lossy());
+        let all = [0, 1, 2, 3, 4];
+        random_load(&mut sim, &all, 40, 400);
+        sim.isolate_all_but(&[0, 1, 3, 4]);
+        random_load(&mut sim, &all, 60, 600);
+        assert!(
+            sim.run_until_delivered_at(&[0, 1, 3, 4], 10_000),
+            "seed {seed}: the group did not go on without member 2{}",
+            sim.summary()
+        );
+        sim.heal();
+        assert!(
+            sim.run_until_all_delivered(30_000),
+            "seed {seed}: member 2 did not rejoin: {:?}{}",
+            sim.check_all_delivered(),
+            sim.summary()
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("cut-off", seed, e));
+    }
+}
+
+/// Two members down of five: both are excluded and the other three go on. A third one down
+/// leaves no majority: delivery stops (it never diverges), and everything goes on once they
+/// are back.
+#[test]
+fn two_dead_members_are_excluded_and_a_third_stops_delivery() {
+    for seed in seeds(3) {
+        let mut sim = Sim::new(4400 + seed, 5, Faults::lossy());
+        let all = [0, 1, 2, 3, 4];
+        random_load(&mut sim, &all, 40, 400);
+        sim.crash(1);
+        sim.crash(3);
+        random_load(&mut sim, &[0, 2, 4], 40, 400);
+        assert!(
+            sim.run_until_delivered_at(&[0, 2, 4], 15_000),
+            "seed {seed}: three members did not go on{}",
+            sim.summary()
+        );
+        sim.crash(4);
+        random_load(&mut sim, &[0, 2], 10, 100);
+        sim.run_for(1_000);
+        let before: Vec<usize> = sim.delivered.iter().map(|d| d.len()).collect();
+        random_load(&mut sim, &[0, 2], 20, 200);
+        sim.run_for(2_000);
+        let after: Vec<usize> = sim.delivered.iter().map(|d| d.len()).collect();
+        assert_eq!(before, after, "seed {seed}: delivered without a majority");
+        for i in [1, 3, 4] {
+            sim.restart(i);
+        }
+        random_load(&mut sim, &all, 30, 300);
+        assert!(
+            sim.run_until_all_delivered(30_000),
+            "seed {seed}: did not recover: {:?}{}",
+            sim.check_all_delivered(),
+            sim.summary()
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("two-dead", seed, e));
+        sim.check_all_delivered()
+            .unwrap_or_else(|e| fail("two-dead", seed, e));
     }
 }
 
@@ -272,6 +490,19 @@ fn crash_after_sending_an_unwritten_sequence_reclaims_its_number() {
     for seed in seeds(8) {
         // Back before its last broadcast (up to 400 ms late) has reached its one peer.
         torn_crash_and_restart(seed, "torn-sequence", true, |sim| sim.run_for(seed % 40));
+    }
+}
+
+/// The owner dies after sending its Sequence early to one peer only, and stays down long
+/// enough to be excluded: the reformation must keep that Sequence or drop it everywhere,
+/// never deliver it at one member and a pass at another.
+#[test]
+fn an_owner_dead_after_sending_its_sequence_to_one_peer_is_excluded_safely() {
+    for seed in seeds(8) {
+        torn_crash_and_restart(100 + seed, "torn-excluded", true, |sim| {
+            random_load(sim, &[0, 1, 2, 3, 4], 40, 800);
+            sim.run_for(1_000);
+        });
     }
 }
 
@@ -439,6 +670,98 @@ fn hostile_messages_are_dropped() {
 /// A journal that decodes but names members outside the group or impossible numbers (a
 /// damaged or foreign disk; the runtime refuses it, see `tests/abcast_disk.rs`) is not
 /// trusted by a core recovered from it directly: those records are skipped, never a panic.
+/// Reformation messages that no correct member sends are refused: chains that are not a
+/// history (epochs not increasing, members out of range, no majority left), promises asked
+/// for an epoch that is not the sender's to coordinate or out of range, answers to a
+/// reformation nobody started. None panics and none moves the member out of its epoch.
+#[test]
+fn hostile_reformation_messages_are_refused() {
+    let mut core = Core::new(CoreConfig::new(0, 5));
+    let cut = |epoch: u64, base: u64, excluded: Vec<u64>| Cut {
+        epoch,
+        base,
+        excluded,
+    };
+    let chains = [
+        vec![cut(3, 0, vec![1]), cut(2, 5, vec![])],
+        vec![cut(3, 9, vec![1]), cut(4, 5, vec![])],
+        vec![cut(3, 0, vec![7])],
+        vec![cut(3, 0, vec![1, 2, 3])],
+        vec![cut(3, 0, vec![1, 1])],
+        vec![cut(u64::MAX, 0, vec![])],
+    ];
+    for chain in chains {
+        core.handle_message(
+            1,
+            Message {
+                header: header(1),
+                body: Body::NewEpoch {
+                    chain,
+                    sequences: vec![],
+                    requests: vec![],
+                },
+            },
+        );
+    }
+    assert_eq!(core.stats().dropped, 6);
+    for epoch in [7, u64::MAX, 0] {
+        core.handle_message(
+            1,
+            Message {
+                header: header(1),
+                body: Body::Reform { epoch, from: 0 },
+            },
+        );
+    }
+    assert_eq!(core.stats().dropped, 9);
+    core.handle_message(
+        1,
+        Message {
+            header: header(1),
+            body: Body::ReformReply {
+                epoch: 6,
+                chain: vec![],
+                stable: u64::MAX,
+                sequences: vec![],
+                requests: vec![],
+            },
+        },
+    );
+    let _ = core.drain();
+    assert_eq!((core.epoch(), core.promised()), (0, 0));
+    // A valid chain excluding member 1 is installed, but a Sequence for one of member 1's
+    // turns that names a Request (a pass is all it can be) is not taken.
+    core.handle_message(
+        2,
+        Message {
+            header: header(2),
+            body: Body::NewEpoch {
+                chain: vec![cut(2, 0, vec![1])],
+                sequences: vec![],
+                requests: vec![],
+            },
+        },
+    );
+    assert_eq!((core.epoch(), core.excluded()), (2, &[1][..]));
+    let mut h = header(2);
+    h.epoch = 2;
+    core.handle_message(
+        2,
+        Message {
+            header: h,
+            body: Body::Data {
+                requests: vec![],
+                sequences: vec![SequenceMsg {
+                    number: 6,
+                    assigned: vec![RequestKey { sender: 2, seq: 0 }],
+                    reissued: false,
+                }],
+            },
+        },
+    );
+    assert_eq!(core.stats().dropped, 10);
+}
+
 #[test]
 fn hostile_recovered_records_are_skipped() {
     let request = |sender, seq| {
@@ -631,6 +954,19 @@ fn disk_loss_sim(seed: u64) -> (Sim, bool) {
 
 /// After `victim` restarted with a disk that lacks its history: load at it and at another
 /// member; it must be rebuilt, go on taking part, and every invariant hold.
+/// Runs until no member excludes anyone (an excluded member that is back was readmitted).
+fn wait_until_nobody_excluded(sim: &mut Sim, seed: u64) {
+    let readmitted =
+        |sim: &Sim| (0..sim.members()).all(|i| sim.core(i).is_none_or(|c| c.excluded().is_empty()));
+    for _ in 0..500 {
+        if readmitted(sim) {
+            return;
+        }
+        sim.run_for(10);
+    }
+    panic!("seed {seed}: still excluded after 5 s:{}", sim.summary());
+}
+
 fn goes_on_with_the_rebuilt_member(
     sim: &mut Sim,
     seed: u64,
@@ -664,6 +1000,13 @@ fn goes_on_with_the_rebuilt_member(
     sim.check_safety().unwrap_or_else(|e| fail(test, seed, e));
     sim.check_all_delivered()
         .unwrap_or_else(|e| fail(test, seed, e));
+    // The others may have excluded it while it was rebuilt: once readmitted, it takes turns.
+    wait_until_nobody_excluded(sim, seed);
+    random_load(sim, &[0, 1, 2, 3, 4], 20, 200);
+    assert!(
+        sim.run_until_all_delivered(20_000),
+        "{test}: seed {seed}: stalled after readmission"
+    );
     let core = sim.core(victim).expect("alive");
     assert!(
         core.stats().requests_issued > 0 && core.stats().sequences_issued > 0,
@@ -719,8 +1062,9 @@ fn restarts_from_snapshots_and_compacted_disks() {
         random_load(&mut sim, &[0, 1, 2, 3, 4], 40, 400);
         assert!(
             sim.run_until_all_delivered(30_000),
-            "seed {seed}: stalled after restarts: {:?}",
-            sim.check_all_delivered()
+            "seed {seed}: stalled after restarts: {:?}{}",
+            sim.check_all_delivered(),
+            sim.summary()
         );
         sim.check_safety()
             .unwrap_or_else(|e| fail("snapshot", seed, e));

@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use super::epoch::{chain_invalid, cut_point, epoch_of, Chain, Cut, EpochState};
 use super::message::{
     Body, Header, MemberId, Message, Record, RequestKey, RequestMsg, SequenceMsg, NUMBER_MAX,
 };
@@ -35,7 +36,8 @@ pub struct CoreConfig {
     pub id: MemberId,
     /// Group size `n`.
     pub members: u64,
-    /// The view number carried in every header (fixed: no view change yet).
+    /// The group's first epoch (later ones come from reformations, see
+    /// [`epoch`](super::epoch)).
     pub epoch: u64,
     /// Client payloads per Request (batching).
     pub request_payloads_max: usize,
@@ -79,6 +81,10 @@ pub struct CoreConfig {
     /// (keep it below the transport's frame limit; a single Request may reach
     /// `request_bytes_max` plus overhead).
     pub message_bytes_max: usize,
+    /// A member suspects the owner of the turn the ring has waited at for this long while
+    /// something is pending, and the group reforms without it (see [`epoch`](super::epoch)).
+    /// 0: never by time (only [`Core::suspect`]).
+    pub reform_after_ms: u64,
 }
 
 impl CoreConfig {
@@ -103,6 +109,7 @@ impl CoreConfig {
             probes_max: 1024,
             read_probe_spare: 1,
             message_bytes_max: 4 << 20,
+            reform_after_ms: 0,
         }
     }
 
@@ -121,6 +128,30 @@ pub struct PersistAck {
     /// and hands the largest stored value to [`Core::recover_from`] after a restart. The member
     /// sends its own Requests with seqs below the stored lease before they are on its disk.
     pub lease: u64,
+    /// The epoch this member promised when the persist was handed out (its
+    /// [`Record::Epoch`] is in this or an earlier persist): answers to the coordinator wait
+    /// for it to be durable.
+    pub promised: u64,
+    /// Cuts of the history before the persist was handed out: a persist from before a cut
+    /// counted Sequences the cut dropped in its `stable`, so that part of it is ignored.
+    pub generation: u64,
+}
+
+impl PersistAck {
+    /// One acknowledgement for this persist and a `later` one written with it (a runtime
+    /// that merges queued writes).
+    pub fn merge(self, later: PersistAck) -> PersistAck {
+        PersistAck {
+            stable: if later.generation > self.generation {
+                later.stable
+            } else {
+                self.stable.max(later.stable)
+            },
+            lease: self.lease.max(later.lease),
+            promised: self.promised.max(later.promised),
+            generation: self.generation.max(later.generation),
+        }
+    }
 }
 
 /// Approximate encoded size of a Request.
@@ -243,6 +274,8 @@ pub struct CoreStats {
     /// Seqs skipped by restart Requests: Requests of crashed incarnations that never got a
     /// global number (see [`RequestMsg::restart`]).
     pub requests_voided: u64,
+    /// Epochs installed (reformations this member went through).
+    pub epochs_installed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -285,6 +318,28 @@ struct Reclaim {
     number: u64,
     answered: BTreeSet<MemberId>,
     last_ask_ms: Option<u64>,
+}
+
+/// A coordinator's reformation in progress (see [`epoch`](super::epoch)).
+#[derive(Debug)]
+struct Reformation {
+    /// The epoch it started.
+    epoch: u64,
+    /// Members to exclude (suspected) and to readmit, applied to the chosen lineage's set.
+    exclude: BTreeSet<MemberId>,
+    readmit: BTreeSet<MemberId>,
+    /// The members the new epoch excludes (known once decided).
+    excluded: Vec<MemberId>,
+    /// Promises: each member's chain and `stable`.
+    replies: BTreeMap<MemberId, (Chain, u64)>,
+    /// Once a majority promised: the chosen lineage, the new epoch's base, and the lowest
+    /// `stable` among the promises of that lineage (the history from there to the base goes
+    /// with the announcement of the new epoch).
+    decided: Option<(Chain, u64, u64)>,
+    /// When the coordinator last asked.
+    asked_ms: Option<u64>,
+    /// When it started (a reformation that gets no majority is given up).
+    started_ms: u64,
 }
 
 #[derive(Debug)]
@@ -344,6 +399,16 @@ pub struct Core {
     own_prev: Option<u64>,
     /// Restarted: the own Sequence number being reclaimed from every peer.
     reclaim: Option<Reclaim>,
+    /// Restarted in an epoch that excludes someone: the number it would reclaim cannot be
+    /// asked of every member (an excluded one may be alive and hold it), so it sequences
+    /// nothing until an epoch newer than this one is installed (whose cut settles that
+    /// number for everyone); it asks the coordinator for one.
+    awaiting_epoch: Option<u64>,
+    /// The floor of the number to reclaim (the snapshot's base), for a recomputation.
+    reclaim_floor: u64,
+    /// A member asked for a new epoch (see `awaiting_epoch`): start one even if the
+    /// excluded set stays as it is.
+    force_reform: bool,
     /// Every peer said it holds no Sequence at this own number: issue it, marked reissued,
     /// even while recovering.
     reissue: Option<u64>,
@@ -379,6 +444,9 @@ pub struct Core {
     history: BTreeMap<MemberId, (u64, Option<u64>, Option<u64>)>,
     /// When the history query last went out.
     history_asked_ms: Option<u64>,
+    /// Every member of the epoch answered the history query (and the disk was not found
+    /// lost): the check is over.
+    history_done: bool,
     /// The member learned that an earlier incarnation of it sent Requests or issued
     /// Sequences that its disk lacks (emptied, or an older copy). It acts no more; once
     /// every peer answered its history query it can be rebuilt ([`Core::rebuild_plan`]).
@@ -392,6 +460,42 @@ pub struct Core {
     /// prefixes whose Sequences were compacted away are trimmed once `gc` passes the base.
     base_prefixes: Option<(u64, Vec<u64>)>,
     stats: CoreStats,
+    /// The highest epoch promised (see [`epoch`](super::epoch)); above the chain's epoch
+    /// while a reformation is under way: the member then sends nothing of its epoch.
+    promised: u64,
+    /// The promise on disk: promises are answered only then.
+    promised_durable: u64,
+    /// This member's `stable` when it promised: while the promise is pending, its own later
+    /// progress (persists still landing) does not count towards its deliveries, since its
+    /// answer may not include it.
+    promise_stable: u64,
+    /// The reformations this member's history went through.
+    chain: Chain,
+    /// Cuts of the history so far (see [`PersistAck::generation`]).
+    generation: u64,
+    /// The generation of the last durable persist: an own Sequence goes out before its
+    /// persist only once the epoch it belongs to is on disk (so a restart that does not know
+    /// the epoch never has to reclaim a number of it).
+    generation_durable: u64,
+    /// Members suspected down: the ring waited at their turn (forgotten once it moves), or
+    /// the runtime saw them die ([`Core::suspect`]: kept until an epoch is installed; a
+    /// message of theirs still in flight proves nothing).
+    suspected: BTreeSet<MemberId>,
+    down: BTreeSet<MemberId>,
+    /// Excluded members that asked to be readmitted.
+    readmit: BTreeSet<MemberId>,
+    /// The ring's position and since when it has not moved.
+    stall: (u64, u64),
+    /// This member's reformation, as coordinator.
+    reform: Option<Reformation>,
+    /// Promises to answer once durable: (coordinator, epoch, first number it lacks).
+    promise_replies: Vec<(MemberId, u64, u64)>,
+    /// When this member last sent each peer its chain (answer to an older epoch's message).
+    hinted_ms: Vec<Option<u64>>,
+    /// When this member last promised, installed, asked to rejoin or announced its promise.
+    epoch_event_ms: u64,
+    /// When it last asked to be readmitted, or said it waits for a new epoch.
+    epoch_ask_ms: Option<u64>,
 }
 
 impl Core {
@@ -430,6 +534,9 @@ impl Core {
             own_last: None,
             own_prev: None,
             reclaim: None,
+            awaiting_epoch: None,
+            reclaim_floor: 0,
+            force_reform: false,
             reissue: None,
             refused: BTreeSet::new(),
             news_for: BTreeSet::new(),
@@ -445,12 +552,28 @@ impl Core {
             restart_from: None,
             history: BTreeMap::new(),
             history_asked_ms: None,
+            history_done: false,
             disk_lost: false,
             sequence_floor: 0,
             catch_up_target: None,
             heard: BTreeSet::new(),
             base_prefixes: None,
             stats: CoreStats::default(),
+            promised: cfg.epoch,
+            promised_durable: cfg.epoch,
+            promise_stable: 0,
+            chain: Vec::new(),
+            generation: 0,
+            generation_durable: 0,
+            suspected: BTreeSet::new(),
+            down: BTreeSet::new(),
+            readmit: BTreeSet::new(),
+            stall: (0, 0),
+            reform: None,
+            promise_replies: Vec::new(),
+            hinted_ms: vec![None; n],
+            epoch_event_ms: 0,
+            epoch_ask_ms: None,
             cfg,
         };
         // The first write carries a lease: nothing of this member goes out before something
@@ -527,8 +650,19 @@ impl Core {
                     core.known = core.known.max(s.number + 1);
                     core.sequences.insert(s.number, s);
                 }
+                Record::Epoch { cut, state } => {
+                    // A reformation dropped what this member held from `cut` on.
+                    core.sequences.retain(|k, _| *k < cut);
+                    core.known = core
+                        .known
+                        .min(cut)
+                        .max(state.chain.last().map_or(0, |c| c.base));
+                    core.promised = core.promised.max(state.promised);
+                    core.chain = state.chain;
+                }
             }
         }
+        core.promised_durable = core.promised;
         core.gc = core
             .sequences
             .keys()
@@ -547,25 +681,8 @@ impl Core {
             core.lease_handed = lease;
         }
         if core.recovering {
-            // Own Sequences are written in order and at most one goes out unwritten, so the
-            // only number the crashed incarnation may have sent without writing is its first
-            // own number above everything it wrote (and above its snapshot).
-            let (n, id) = (core.cfg.members, core.cfg.id);
-            let floor = core
-                .sequences
-                .keys()
-                .rev()
-                .find(|k| *k % n == id)
-                .map_or(0, |h| h + 1)
-                .max(base.as_ref().map_or(0, |b| b.delivered));
-            let number = floor + (id + n - floor % n) % n;
-            core.own_bound = number;
             core.lease_bound = (lease > 0).then(|| lease.max(core.next_local_seq));
-            core.reclaim = Some(Reclaim {
-                number,
-                answered: BTreeSet::new(),
-                last_ask_ms: None,
-            });
+            core.start_reclaim(base.as_ref().map_or(0, |b| b.delivered));
         }
         if lease > core.next_local_seq {
             let recovered = core.next_local_seq;
@@ -583,6 +700,165 @@ impl Core {
             core.lease_issued = core.next_local_seq + core.lease_step();
         }
         core
+    }
+
+    /// Own Sequences are written in order and at most one goes out unwritten, so the only
+    /// number a crashed incarnation may have sent without writing is its first own number
+    /// above everything it wrote (and above `floor`): a restarted member asks every peer
+    /// about it before it sequences ([`Body::Reclaim`]). None if this member has no turns
+    /// (excluded from its epoch).
+    fn start_reclaim(&mut self, floor: u64) {
+        let id = self.cfg.id;
+        let above = self
+            .sequences
+            .keys()
+            .rev()
+            .find(|k| self.owner(**k) == Some(id))
+            .map_or(0, |h| h + 1)
+            .max(floor);
+        let n = self.cfg.members;
+        // Whatever the epoch: no incarnation that wrote this disk issued an own number beyond
+        // this one (the history check, `history_gap`).
+        self.own_bound = self.own_bound.max(above + (id + n - above % n) % n);
+        self.reclaim_floor = floor;
+        self.reclaim = self.own_turn_from(above).map(|number| {
+            self.own_bound = self.own_bound.max(number);
+            Reclaim {
+                number,
+                answered: BTreeSet::new(),
+                last_ask_ms: None,
+            }
+        });
+        self.awaiting_epoch = None;
+        if self.reclaim.is_some() && !self.excluded().is_empty() {
+            self.reclaim = None;
+            self.awaiting_epoch = Some(self.epoch());
+        }
+    }
+
+    /// This member's first turn at or above `at` in its epoch (never below the epoch's base:
+    /// that history is agreed, and fetched rather than issued). None if it has no turns.
+    fn own_turn_from(&self, at: u64) -> Option<u64> {
+        let n = self.cfg.members;
+        let at = at.max(self.base());
+        let first = at + (self.cfg.id + n - at % n) % n;
+        (self.owner(first) == Some(self.cfg.id)).then_some(first)
+    }
+
+    /// One line on this member's epochs and reformations (chain, promise, suspects,
+    /// reformation under way, pending reclaim), for logs and test failure messages.
+    pub fn describe_epoch(&self) -> String {
+        format!(
+            "chain={:?} promised={} durable={} history={:?} disk_lost={} suspected={:?} \
+             down={:?} readmit={:?} reform={:?} reclaim={:?} awaiting={:?}",
+            self.chain,
+            self.promised,
+            self.promised_durable,
+            self.history.keys().collect::<Vec<_>>(),
+            self.disk_lost,
+            self.suspected,
+            self.down,
+            self.readmit,
+            self.reform.as_ref().map(|r| (r.epoch, r.decided.clone())),
+            self.reclaim.as_ref().map(|r| r.number),
+            self.awaiting_epoch,
+        )
+    }
+
+    /// The highest epoch this member promised (above [`Core::epoch`] while a reformation it
+    /// answered is under way).
+    pub fn promised(&self) -> u64 {
+        self.promised
+    }
+
+    /// The epoch this member is in.
+    pub fn epoch(&self) -> u64 {
+        epoch_of(&self.chain, self.cfg.epoch)
+    }
+
+    /// What this member stores about epochs (the runtime keeps it beside the lease and hands
+    /// it back to [`Core::with_epoch_state`] after a restart).
+    pub fn epoch_state(&self) -> EpochState {
+        EpochState {
+            promised: self.promised,
+            chain: self.chain.clone(),
+        }
+    }
+
+    /// Restores the epoch state stored beside the journal (journal compaction may have
+    /// dropped the [`Record::Epoch`] that carried it; the cuts it made are in the past of
+    /// whatever the journal still holds). A state older than the journal's is ignored.
+    pub fn with_epoch_state(mut self, state: EpochState) -> Self {
+        if chain_invalid(&state.chain, self.cfg.members, self.cfg.epoch).is_some() {
+            self.stats.anomalies += 1;
+            return self;
+        }
+        self.promised = self.promised.max(state.promised);
+        self.promised_durable = self.promised;
+        if epoch_of(&state.chain, self.cfg.epoch) > self.epoch() {
+            let base = state.chain.last().map_or(0, |c| c.base);
+            self.chain = state.chain;
+            self.known = self.known.max(base);
+            if self.reclaim.is_some() || self.awaiting_epoch.is_some() {
+                let floor = self.reclaim.as_ref().map_or(0, |r| r.number);
+                self.start_reclaim(floor.max(self.reclaim_floor));
+            }
+            self.advance();
+        }
+        self
+    }
+
+    /// The base of this member's epoch: Sequences below it are agreed history.
+    fn base(&self) -> u64 {
+        self.chain.last().map_or(0, |c| c.base)
+    }
+
+    /// Members excluded from this member's epoch: their turns are passes nobody sends
+    /// (see [`epoch`](super::epoch)).
+    pub fn excluded(&self) -> &[MemberId] {
+        self.chain.last().map_or(&[], |c| c.excluded.as_slice())
+    }
+
+    /// The member that issues Sequence `k` (`k mod n`), or None if its turn is a pass
+    /// nobody sends (it was excluded from the epoch that covers `k`).
+    fn owner(&self, k: u64) -> Option<MemberId> {
+        let o = k % self.cfg.members;
+        match self.chain.iter().rev().find(|c| c.base <= k) {
+            Some(c) if c.excluded.contains(&o) => None,
+            _ => Some(o),
+        }
+    }
+
+    /// The other members of this member's epoch (not excluded).
+    fn view_peers(&self) -> Vec<MemberId> {
+        let ex = self.excluded();
+        (0..self.cfg.members)
+            .filter(|p| *p != self.cfg.id && !ex.contains(p))
+            .collect()
+    }
+
+    /// The largest Sequence number below `upper` whose turn is `member`'s.
+    fn last_turn_below(&self, member: MemberId, upper: u64) -> Option<u64> {
+        let n = self.cfg.members;
+        let mut upper = upper;
+        for (i, c) in self.chain.iter().enumerate().rev() {
+            if upper <= c.base {
+                continue;
+            }
+            let top = upper - 1;
+            if top >= member && !c.excluded.contains(&member) {
+                let k = top - (top + n - member) % n;
+                if k >= c.base && k >= member {
+                    return Some(k);
+                }
+            }
+            upper = c.base;
+            if i == 0 && upper == 0 {
+                return None;
+            }
+        }
+        let top = upper.checked_sub(1)?;
+        (top >= member).then(|| top - (top - member) % n)
     }
 
     /// Seqs granted per lease extension (half the receive window, so a restart Request at the
@@ -728,7 +1004,7 @@ impl Core {
     /// then recovers like any restarted member: restart Request at the lease, reclaim of
     /// its first own Sequence number that nobody knows of, catch-up by retransmission.
     pub fn rebuild_plan(&self) -> Option<RebuildPlan> {
-        if !self.disk_lost || (self.history.len() as u64) + 1 < self.cfg.members {
+        if !self.disk_lost || self.history_open() {
             return None;
         }
         let seen = self
@@ -765,9 +1041,8 @@ impl Core {
     /// earlier incarnation may have sent to nobody who kept it).
     pub fn with_sequence_floor(mut self, floor: u64) -> Self {
         self.sequence_floor = floor;
-        let (n, id) = (self.cfg.members, self.cfg.id);
-        if let Some(r) = self.reclaim.as_mut() {
-            let first = floor + (id + n - floor % n) % n;
+        let first = self.own_turn_from(floor);
+        if let (Some(r), Some(first)) = (self.reclaim.as_mut(), first) {
             r.number = r.number.max(first);
             self.own_bound = self.own_bound.max(r.number);
         }
@@ -779,7 +1054,28 @@ impl Core {
     /// nothing: the ring needs every member anyway, and a restarted member's reclaim waits
     /// for every peer too.)
     fn held_back(&self) -> bool {
-        self.disk_lost || (self.history.len() as u64) + 1 < self.cfg.members
+        self.disk_lost
+            || self.history_open()
+            || self.excluded().contains(&self.cfg.id)
+            || self.promised > self.epoch()
+    }
+
+    /// Some member of this member's epoch has not answered its history query yet (once
+    /// every one did, the check is over for this incarnation: a member readmitted later
+    /// would see this member's new Requests).
+    fn history_open(&self) -> bool {
+        !self.history_done
+            && self
+                .view_peers()
+                .iter()
+                .any(|p| !self.history.contains_key(p))
+    }
+
+    /// Marks the history check over once every member of the epoch answered.
+    fn close_history(&mut self) {
+        if !self.history_done && !self.disk_lost && !self.history_open() {
+            self.history_done = true;
+        }
     }
 
     /// What a peer's answer to the history query says is missing from this member's disk,
@@ -813,7 +1109,7 @@ impl Core {
     /// A member that has not heard every peer's answer asks those that have not answered
     /// about its history.
     fn ask_history(&mut self) {
-        if (self.history.len() as u64) + 1 >= self.cfg.members {
+        if !self.history_open() {
             return;
         }
         let (now, every) = (self.now_ms, self.cfg.retransmit_after_ms);
@@ -824,8 +1120,10 @@ impl Core {
             return;
         }
         self.history_asked_ms = Some(now);
-        let ask: Vec<MemberId> = (0..self.cfg.members)
-            .filter(|p| *p != self.cfg.id && !self.history.contains_key(p))
+        let ask: Vec<MemberId> = self
+            .view_peers()
+            .into_iter()
+            .filter(|p| !self.history.contains_key(p))
             .collect();
         for to in ask {
             let message = self.message(Body::HistoryQuery);
@@ -835,7 +1133,6 @@ impl Core {
 
     /// What this member knows of `from`'s history.
     fn answer_history(&mut self, from: MemberId) {
-        let n = self.cfg.members;
         let st = &self.senders[from as usize];
         let request_max = [
             st.received.keys().next_back().copied(),
@@ -846,16 +1143,12 @@ impl Core {
         .flatten()
         .max();
         // Every number below `contiguous` exists (held, or garbage everyone delivered).
-        let below = self
-            .contiguous
-            .checked_sub(1)
-            .filter(|top| *top >= from)
-            .map(|top| top - (top - from) % n);
+        let below = self.last_turn_below(from, self.contiguous);
         let held = self
             .sequences
             .keys()
             .rev()
-            .find(|k| *k % n == from)
+            .find(|k| self.owner(**k) == Some(from))
             .copied();
         let message = self.message(Body::HistoryReply {
             issued: st.issued,
@@ -888,6 +1181,11 @@ impl Core {
             && self.news_for.is_empty()
             && self.to_persist.is_empty()
             && !self.pending_known()
+            && self.reform.is_none()
+            && self.promised == self.epoch()
+            && self.promise_replies.is_empty()
+            && self.suspected.is_empty()
+            && self.owner_in_view(self.cfg.id)
     }
 
     /// When (on the clock [`Core::tick`] is given) the next heartbeat is due.
@@ -911,13 +1209,18 @@ impl Core {
         self.ask_reclaim();
         self.retry_probes();
         self.collect_garbage();
+        self.epoch_timers();
+        self.reform_step();
         self.try_sequence();
     }
 
     /// The records of an [`Action::Persist`] are durable.
     pub fn persisted(&mut self, ack: PersistAck) {
         self.lease_durable = self.lease_durable.max(ack.lease);
-        if ack.stable <= self.stable {
+        self.promised_durable = self.promised_durable.max(ack.promised);
+        self.generation_durable = self.generation_durable.max(ack.generation);
+        if ack.generation != self.generation || ack.stable <= self.stable {
+            // A persist from before a cut counted Sequences the cut dropped.
             return;
         }
         let id = self.cfg.id;
@@ -942,13 +1245,19 @@ impl Core {
         self.persisted(ack);
         let header = self.header();
         let mut broadcast = false;
+        // Messages of an epoch this member left, or sent while it promises a new one, keep
+        // the header they were made with (news of this epoch's progress must not reach them).
+        let current = |m: &Message| header.epoch == m.header.epoch && !is_blank(&m.header);
+        if self.promised > self.epoch() {
+            return;
+        }
         for action in rest {
             match action {
-                Action::Send { to, message } => {
+                Action::Send { to, message } if current(message) => {
                     message.header = header;
                     self.news_for.remove(to);
                 }
-                Action::Broadcast(message) => {
+                Action::Broadcast(message) if current(message) => {
                     message.header = header;
                     broadcast = true;
                 }
@@ -971,16 +1280,36 @@ impl Core {
     /// Handles one message from member `from`.
     pub fn handle_message(&mut self, from: MemberId, message: Message) {
         let h = message.header;
-        if h.epoch != self.cfg.epoch
-            || h.from != from
-            || from >= self.cfg.members
-            || from == self.cfg.id
-        {
+        if h.from != from || from >= self.cfg.members || from == self.cfg.id {
+            self.stats.dropped += 1;
+            return;
+        }
+        if h.epoch < self.epoch() {
+            self.hint(from);
+        }
+        // Reformation messages carry their own epochs, and their headers report nothing.
+        let body = match message.body {
+            Body::Reform { epoch, from: lo } => return self.promise(from, epoch, lo),
+            Body::ReformReply {
+                epoch,
+                chain,
+                stable,
+                sequences,
+                requests,
+            } => return self.promised_by(from, epoch, chain, stable, sequences, requests),
+            Body::NewEpoch {
+                chain,
+                sequences,
+                requests,
+            } => return self.new_epoch(chain, sequences, requests),
+            body => body,
+        };
+        if h.epoch != self.epoch() {
             self.stats.dropped += 1;
             return;
         }
         self.observe_header(&h);
-        match message.body {
+        match body {
             Body::Data {
                 requests,
                 sequences,
@@ -1020,7 +1349,7 @@ impl Core {
             } => {
                 // Only answers that predate this member's first act count: it acts once
                 // every peer answered, and later answers see its own new Requests.
-                if self.held_back() && !self.history.contains_key(&from) {
+                if (self.disk_lost || self.history_open()) && !self.history.contains_key(&from) {
                     if let Some(why) = self.history_gap(issued, request_max, sequence_max) {
                         self.lose_disk(why);
                     }
@@ -1028,15 +1357,567 @@ impl Core {
                         .insert(from, (issued, request_max, sequence_max));
                 }
             }
+            Body::Rejoin => {
+                if self.excluded().contains(&from) {
+                    self.readmit.insert(from);
+                    self.suspected.remove(&from);
+                } else {
+                    // A restarted member that cannot reclaim its number (`awaiting_epoch`).
+                    self.force_reform = true;
+                }
+            }
+            Body::Reform { .. } | Body::ReformReply { .. } | Body::NewEpoch { .. } => {}
         }
+    }
+
+    /// Tells `from`, which sent a message of an older epoch, the chain of this one (at most
+    /// once per retransmit interval).
+    fn hint(&mut self, from: MemberId) {
+        if self.generation_durable != self.generation {
+            // The epoch is not on this member's disk yet: its own announcement, which carries
+            // the history below the base, goes out first (after the write).
+            return;
+        }
+        let now = self.now_ms;
+        let every = self.cfg.retransmit_after_ms;
+        let last = &mut self.hinted_ms[from as usize];
+        if last.is_some_and(|t| now.saturating_sub(t) < every) {
+            return;
+        }
+        *last = Some(now);
+        let message = self.blank_message(Body::NewEpoch {
+            chain: self.chain.clone(),
+            sequences: Vec::new(),
+            requests: Vec::new(),
+        });
+        self.actions.push(Action::Send { to: from, message });
+    }
+
+    /// A message whose header reports no progress (reformation messages, and what a member
+    /// that promised a new epoch sends: it must not report in its old one any more).
+    fn blank_message(&self, body: Body) -> Message {
+        Message {
+            header: Header {
+                epoch: self.epoch(),
+                from: self.cfg.id,
+                ..Header::default()
+            },
+            body,
+        }
+    }
+
+    /// Suspects `member` of being down (the runtime's liveness connection to it closed):
+    /// if the ring waits for it, the group reforms without it (see [`epoch`](super::epoch)).
+    pub fn suspect(&mut self, member: MemberId) {
+        if member != self.cfg.id && member < self.cfg.members && !self.excluded().contains(&member)
+        {
+            self.down.insert(member);
+        }
+    }
+
+    /// A coordinator asks for a promise of `epoch`: write it, then answer (once durable,
+    /// see [`Core::answer_promises`]).
+    fn promise(&mut self, from: MemberId, epoch: u64, lo: u64) {
+        let n = self.cfg.members;
+        if epoch % n != from
+            || epoch <= self.epoch()
+            || epoch < self.promised
+            || epoch >= NUMBER_MAX
+            || lo >= NUMBER_MAX
+        {
+            self.stats.dropped += 1;
+            return;
+        }
+        if epoch > self.promised {
+            self.promise_epoch(epoch);
+        }
+        self.promise_replies.retain(|(to, _, _)| *to != from);
+        self.promise_replies.push((from, epoch, lo));
+    }
+
+    /// Promises `epoch` (writes it): from now on nothing of the current epoch is sent.
+    fn promise_epoch(&mut self, epoch: u64) {
+        if self.promised == self.epoch() {
+            self.promise_stable = self.stable;
+        }
+        self.promised = epoch;
+        self.epoch_event_ms = self.now_ms;
+        self.to_persist.push(Record::Epoch {
+            cut: NUMBER_MAX,
+            state: self.epoch_state(),
+        });
+        if self.reform.as_ref().is_some_and(|r| r.epoch < epoch) {
+            self.reform = None;
+        }
+    }
+
+    /// Answers the promises that are on disk: this member's chain, its `stable`, and the
+    /// history the coordinator lacks, as much as one message holds.
+    fn answer_promises(&mut self) {
+        if self.promise_replies.is_empty() || self.promised_durable < self.promised {
+            return;
+        }
+        for (to, epoch, lo) in std::mem::take(&mut self.promise_replies) {
+            if epoch != self.promised {
+                continue;
+            }
+            let (sequences, requests) = self.history_between(lo, self.complete);
+            let message = self.blank_message(Body::ReformReply {
+                epoch,
+                chain: self.chain.clone(),
+                stable: self.stable,
+                sequences,
+                requests,
+            });
+            self.actions.push(Action::Send { to, message });
+        }
+    }
+
+    /// A member promised this coordinator's epoch.
+    fn promised_by(
+        &mut self,
+        from: MemberId,
+        epoch: u64,
+        chain: Chain,
+        stable: u64,
+        sequences: Vec<SequenceMsg>,
+        requests: Vec<RequestMsg>,
+    ) {
+        let Some(r) = self.reform.as_mut() else {
+            return;
+        };
+        if r.epoch != epoch
+            || stable >= NUMBER_MAX
+            || chain_invalid(&chain, self.cfg.members, self.cfg.epoch).is_some()
+        {
+            self.stats.dropped += 1;
+            return;
+        }
+        r.replies
+            .entry(from)
+            .or_insert_with(|| (chain.clone(), stable));
+        if let Some((chosen, g, _)) = &r.decided {
+            // History of the chosen lineage that the coordinator lacks below the new base.
+            if *chosen == chain && self.chain == chain {
+                let g = *g;
+                for req in requests {
+                    self.receive_request(req);
+                }
+                for s in sequences.into_iter().filter(|s| s.number < g) {
+                    self.receive_sequence(s);
+                }
+                self.advance();
+            }
+        }
+        self.reform_step();
+    }
+
+    /// A chain ending in an epoch newer than this member's (and not older than one it
+    /// promised): install it, with the history that came with it.
+    fn new_epoch(&mut self, chain: Chain, sequences: Vec<SequenceMsg>, requests: Vec<RequestMsg>) {
+        if chain_invalid(&chain, self.cfg.members, self.cfg.epoch).is_some() {
+            self.stats.dropped += 1;
+            return;
+        }
+        let e = epoch_of(&chain, self.cfg.epoch);
+        if e > self.epoch() && e >= self.promised {
+            self.install(chain.clone(), NUMBER_MAX);
+        }
+        if self.chain != chain || sequences.is_empty() {
+            return;
+        }
+        // (Also when the epoch came first in an answer without its history.)
+        let base = self.base();
+        for r in requests {
+            self.receive_request(r);
+        }
+        for s in sequences.into_iter().filter(|s| s.number < base) {
+            self.receive_sequence(s);
+        }
+        self.advance();
+    }
+
+    /// The coordinator's next step: count its own promise once durable, decide once a
+    /// majority promised, fetch what it lacks of the chosen history, then install the new
+    /// epoch and announce it.
+    fn reform_step(&mut self) {
+        let (id, majority, first) = (self.cfg.id, self.cfg.majority(), self.cfg.epoch);
+        let (chain, stable, durable) = (self.chain.clone(), self.stable, self.promised_durable);
+        let Some(r) = self.reform.as_mut() else {
+            return;
+        };
+        if durable >= r.epoch {
+            r.replies.entry(id).or_insert((chain, stable));
+        }
+        if r.decided.is_none() && r.replies.len() >= majority {
+            let top = r
+                .replies
+                .values()
+                .map(|(c, _)| epoch_of(c, first))
+                .max()
+                .unwrap_or(first);
+            let lineage: Vec<&(Chain, u64)> = r
+                .replies
+                .values()
+                .filter(|(c, _)| epoch_of(c, first) == top)
+                .collect();
+            let chosen = lineage
+                .iter()
+                .max_by_key(|(_, s)| *s)
+                .map(|(c, _)| c.clone())
+                .unwrap_or_default();
+            let g = lineage
+                .iter()
+                .map(|(_, s)| *s)
+                .max()
+                .unwrap_or(0)
+                .max(chosen.last().map_or(0, |c| c.base));
+            let low = lineage.iter().map(|(_, s)| *s).min().unwrap_or(0).min(g);
+            // The excluded set follows the chosen lineage's (this member's view of it may be
+            // stale): its members, plus the suspects, minus those readmitted and the
+            // coordinator, as many as leave a majority.
+            let mut excluded: BTreeSet<MemberId> = chosen
+                .last()
+                .map_or(BTreeSet::new(), |c| c.excluded.iter().copied().collect());
+            excluded.retain(|m| !r.readmit.contains(m) && *m != id);
+            let room = (self.cfg.members as usize).saturating_sub(majority);
+            for m in &r.exclude {
+                if excluded.len() < room && *m != id {
+                    excluded.insert(*m);
+                }
+            }
+            r.excluded = excluded.into_iter().collect();
+            r.decided = Some((chosen.clone(), g, low));
+            if epoch_of(&chosen, first) > self.epoch() {
+                // Adopt the chosen lineage (nothing is sent in it: this member promised).
+                self.follow_chain(chosen);
+            }
+        }
+        let now = self.now_ms;
+        let every = self.cfg.retransmit_after_ms;
+        let complete = self.complete;
+        let Some(r) = self.reform.as_mut() else {
+            return;
+        };
+        let ask_due = r.asked_ms.is_none_or(|t| now.saturating_sub(t) >= every);
+        let (epoch, excluded) = (r.epoch, r.excluded.clone());
+        match r.decided.clone() {
+            None if ask_due => {
+                r.asked_ms = Some(now);
+                let ask: Vec<MemberId> = (0..self.cfg.members)
+                    .filter(|p| *p != id && !r.replies.contains_key(p))
+                    .collect();
+                for to in ask {
+                    self.send_reform(to, epoch, complete);
+                }
+            }
+            None => {}
+            Some((mut chain, g, low)) if complete >= g => {
+                chain.push(Cut {
+                    epoch,
+                    base: g,
+                    excluded,
+                });
+                self.install(chain, low);
+            }
+            Some((chosen, g, _)) if ask_due => {
+                r.asked_ms = Some(now);
+                let ask: Vec<MemberId> = r
+                    .replies
+                    .iter()
+                    .filter(|(p, (c, s))| **p != id && *c == chosen && *s > complete.min(g))
+                    .map(|(p, _)| *p)
+                    .collect();
+                for to in ask {
+                    self.send_reform(to, epoch, complete);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn send_reform(&mut self, to: MemberId, epoch: u64, from: u64) {
+        let message = self.blank_message(Body::Reform { epoch, from });
+        self.actions.push(Action::Send { to, message });
+    }
+
+    /// Goes on in the epoch `chain` ends in (see [`epoch`](super::epoch)), and tells the
+    /// others, with its history from `low` to the base (a coordinator; others pass
+    /// [`NUMBER_MAX`]: nothing).
+    fn install(&mut self, chain: Chain, low: u64) {
+        let e = epoch_of(&chain, self.cfg.epoch);
+        self.promised = self.promised.max(e);
+        if self.reform.as_ref().is_some_and(|r| r.epoch <= e) {
+            self.reform = None;
+        }
+        self.follow_chain(chain);
+        self.stats.epochs_installed += 1;
+        self.known = self.known.max(self.base());
+        let ex: Vec<MemberId> = self.excluded().to_vec();
+        self.suspected.clear();
+        self.down.clear();
+        self.readmit.retain(|m| ex.contains(m));
+        self.stall = (self.contiguous, self.now_ms);
+        self.epoch_event_ms = self.now_ms;
+        self.epoch_ask_ms = None;
+        self.promise_replies.clear();
+        tracing::info!(
+            id = self.cfg.id,
+            epoch = e,
+            base = self.base(),
+            excluded = ?ex,
+            "atomic broadcast: new epoch installed"
+        );
+        let (sequences, requests) = self.history_between(low, self.base());
+        let message = self.blank_message(Body::NewEpoch {
+            chain: self.chain.clone(),
+            sequences,
+            requests,
+        });
+        self.actions.push(Action::Broadcast(message));
+    }
+
+    /// The Sequences held from `from` up to `to` (as many as one message holds) and the
+    /// Requests they name that this member holds.
+    fn history_between(&self, from: u64, to: u64) -> (Vec<SequenceMsg>, Vec<RequestMsg>) {
+        let limit = self.cfg.retransmit_items_max.max(1);
+        let mut sequences = Vec::new();
+        let mut requests = Vec::new();
+        let mut bytes = 0;
+        let from = from.max(self.gc).min(to);
+        for (_, seq) in self.sequences.range(from..to) {
+            if sequences.len() >= limit || bytes >= self.cfg.message_bytes_max / 2 {
+                break;
+            }
+            for key in &seq.assigned {
+                if let Some(r) = self.senders[key.sender as usize].received.get(&key.seq) {
+                    bytes += approx_size(r);
+                    requests.push(r.clone());
+                }
+            }
+            sequences.push(seq.clone());
+        }
+        (sequences, requests)
+    }
+
+    /// Follows `chain`: drops what this member holds from where its lineage and the chain's
+    /// part, and writes the cut and the new state.
+    fn follow_chain(&mut self, chain: Chain) {
+        let cut = cut_point(&self.chain, &chain);
+        self.chain = chain;
+        self.drop_from(cut);
+        self.to_persist.push(Record::Epoch {
+            cut,
+            state: self.epoch_state(),
+        });
+        // The excluded members' turns right at the cut are passes already.
+        self.advance();
+    }
+
+    /// Drops every Sequence held from `cut` on (another lineage's), with what was derived
+    /// from them; progress reports of the old epoch no longer count.
+    fn drop_from(&mut self, cut: u64) {
+        let cut = if cut < self.delivered {
+            // Everything delivered anywhere lies below every cut (see `epoch`).
+            self.stats.anomalies += 1;
+            tracing::error!(
+                cut,
+                delivered = self.delivered,
+                "reformation cuts delivered history"
+            );
+            self.delivered
+        } else {
+            cut
+        };
+        self.generation += 1;
+        let _ = self.sequences.split_off(&cut);
+        self.to_persist
+            .retain(|r| !matches!(r, Record::Sequence(s) if s.number >= cut));
+        self.out_sequences.retain(|s| s.number < cut);
+        self.contiguous = self.contiguous.min(cut);
+        self.complete = self.complete.min(cut);
+        self.stable = self.stable.min(cut);
+        self.persist_mark = self.persist_mark.min(cut);
+        self.known = self.known.min(cut).max(self.contiguous);
+        self.missing_sequences.clear();
+        self.own_last = self.own_last.filter(|k| *k < cut);
+        self.own_prev = self.own_prev.filter(|k| *k < cut);
+        self.reclaim = None;
+        self.reissue = None;
+        self.refused.clear();
+        // Per-sender sequenced prefixes, again from what is delivered and the Sequences kept.
+        for st in &mut self.senders {
+            st.sequenced = st.delivered.max(st.gc);
+        }
+        for (_, seq) in self.sequences.range(self.delivered..self.contiguous) {
+            for key in &seq.assigned {
+                let st = &mut self.senders[key.sender as usize];
+                st.sequenced = st.sequenced.max(key.seq + 1);
+            }
+        }
+        for p in &mut self.peers {
+            p.stable = 0;
+            p.known = 0;
+        }
+        for p in self.probes.values_mut() {
+            p.replies.clear();
+            p.replies.insert(self.cfg.id, self.stable);
+            p.target = None;
+            p.sent_ms = 0;
+        }
+        if self.recovering {
+            self.heard.clear();
+            self.catch_up_target = None;
+        }
+    }
+
+    /// Timers of reformations: suspicion of the owner of a turn the ring waits at (or of
+    /// the coordinator of an epoch promised long ago), a coordinator's start, an excluded
+    /// member's request to be readmitted, and a promising member's word that it waits.
+    fn epoch_timers(&mut self) {
+        let (n, id, now) = (self.cfg.members, self.cfg.id, self.now_ms);
+        let after = self.cfg.reform_after_ms;
+        if n < 3 {
+            return;
+        }
+        let ask_every = 2 * self.cfg.retransmit_after_ms.max(1);
+        let ask_due = self
+            .epoch_ask_ms
+            .is_none_or(|t| now.saturating_sub(t) >= ask_every);
+        if self.promised > self.epoch() {
+            if ask_due {
+                // Members of a newer epoch answer with its chain.
+                self.epoch_ask_ms = Some(now);
+                let message = self.blank_message(Body::Progress);
+                self.actions.push(Action::Broadcast(message));
+            }
+            if after > 0 && now.saturating_sub(self.epoch_event_ms) >= after {
+                let coordinator = self.promised % n;
+                if coordinator != id {
+                    self.suspected.insert(coordinator);
+                }
+                self.epoch_event_ms = now;
+            }
+        } else if after > 0 {
+            if self.stall.0 != self.contiguous {
+                // The ring moved: whoever it waited for was not down after all.
+                self.stall = (self.contiguous, now);
+                self.suspected.clear();
+            }
+            let waiting =
+                self.known > self.contiguous || self.pending_known() || !self.outbox.is_empty();
+            if !waiting || self.contiguous < self.base() {
+                self.stall.1 = now;
+            } else if now.saturating_sub(self.stall.1) >= after {
+                if let Some(d) = self.owner(self.contiguous).filter(|d| *d != id) {
+                    if self.suspected.insert(d) || self.reform.is_some() {
+                        // First suspicion (or this member is already reforming).
+                    } else if let Some(c) =
+                        (0..n).find(|m| self.owner_in_view(*m) && !self.suspected.contains(m))
+                    {
+                        // Suspected before, and no reformation came since: the member that
+                        // should coordinate one is down too.
+                        if c != id && now.saturating_sub(self.epoch_event_ms) >= after {
+                            self.suspected.insert(c);
+                        }
+                    }
+                }
+                self.stall.1 = now;
+            }
+        }
+        let awaiting = self.awaiting_epoch.is_some_and(|e| self.epoch() <= e);
+        if awaiting && (0..n).find(|m| self.owner_in_view(*m)) == Some(id) {
+            self.force_reform = true;
+        }
+        // An excluded member asks back in once it has caught up; a restarted one that awaits
+        // a new epoch asks at once (the ring may wait at its turn meanwhile).
+        let rejoin = self.excluded().contains(&id) && !self.recovering;
+        if (rejoin || awaiting)
+            && self.promised == self.epoch()
+            && !self.disk_lost
+            && !self.history_open()
+            && ask_due
+        {
+            if let Some(to) = (0..n).find(|m| !self.excluded().contains(m)) {
+                self.epoch_ask_ms = Some(now);
+                let message = self.message(Body::Rejoin);
+                self.actions.push(Action::Send { to, message });
+            }
+        }
+        self.maybe_reform();
+    }
+
+    /// Starts a reformation if the excluded set should change (a member suspected, or an
+    /// excluded one asking back) and this member is the coordinator: the lowest member
+    /// neither excluded nor suspected.
+    fn maybe_reform(&mut self) {
+        let (n, id, now) = (self.cfg.members, self.cfg.id, self.now_ms);
+        if let Some(r) = &self.reform {
+            let patience = 8 * self
+                .cfg
+                .retransmit_after_ms
+                .max(self.cfg.reform_after_ms / 2);
+            if now.saturating_sub(r.started_ms) < patience.max(1) {
+                return;
+            }
+            // No majority, or the history it chose could not be fetched: try again higher.
+            self.reform = None;
+        }
+        let suspects: BTreeSet<MemberId> = self.suspected.union(&self.down).copied().collect();
+        let mut excluded: BTreeSet<MemberId> = self.excluded().iter().copied().collect();
+        excluded.extend(suspects.iter().copied());
+        for m in &self.readmit {
+            excluded.remove(m);
+        }
+        let same: BTreeSet<MemberId> = self.excluded().iter().copied().collect();
+        // A promised epoch that never came: its coordinator is suspected, or it is this
+        // member and it lost the reformation in a restart.
+        let stuck = self.promised > self.epoch()
+            && (suspects.contains(&(self.promised % n)) || self.promised % n == id);
+        if excluded == same && !stuck && !self.force_reform {
+            return;
+        }
+        // The coordinator: the lowest member of the current view that nobody here suspects
+        // (a member being readmitted does not coordinate its own readmission).
+        let coordinator = (0..n).find(|m| self.owner_in_view(*m) && !suspects.contains(m));
+        // (More to exclude than leaves a majority: the decision keeps what fits.)
+        if coordinator != Some(id)
+            || self.disk_lost
+            || now.saturating_sub(self.epoch_event_ms) < 2 * self.cfg.retransmit_after_ms
+        {
+            return;
+        }
+        let above = self.promised.max(self.epoch()) + 1;
+        let epoch = above + (id + n - above % n) % n;
+        if epoch >= NUMBER_MAX {
+            return;
+        }
+        self.promise_epoch(epoch);
+        self.force_reform = false;
+        self.reform = Some(Reformation {
+            epoch,
+            exclude: suspects,
+            readmit: self.readmit.clone(),
+            excluded: Vec::new(),
+            replies: BTreeMap::new(),
+            decided: None,
+            asked_ms: None,
+            started_ms: now,
+        });
+        tracing::info!(id, epoch, "atomic broadcast: reformation started");
     }
 
     /// Everything to do now; see the [module docs](self) for the order.
     pub fn drain(&mut self) -> Vec<Action> {
+        self.close_history();
+        self.answer_promises();
+        self.reform_step();
         self.flush_outbox();
         self.try_sequence();
         self.try_deliver();
-        self.start_probes();
+        if self.promised == self.epoch() {
+            self.start_probes();
+        }
         self.check_probes();
         let mut out = Vec::with_capacity(self.actions.len() + 3);
         // Own Requests under the stored lease go out before their persist: their seqs can
@@ -1054,6 +1935,7 @@ impl Core {
         let id = self.cfg.id;
         let lease = self.lease_durable;
         let early_sequence = self.lease_durable > 0
+            && self.generation_durable == self.generation
             && self.own_prev.is_none_or(|p| p < self.stable)
             && self.out_sequences.len() == 1
             && self.out_sequences[0]
@@ -1094,6 +1976,8 @@ impl Core {
                 ack: PersistAck {
                     stable: self.complete,
                     lease: self.lease_issued,
+                    promised: self.promised,
+                    generation: self.generation,
                 },
             });
         }
@@ -1124,6 +2008,15 @@ impl Core {
             self.broadcasted();
         }
         out.append(&mut self.actions);
+        if self.promised > self.epoch() {
+            // Promised a new epoch: nothing that reports progress in this one goes out.
+            out.retain(|a| match a {
+                Action::Send { message, .. } | Action::Broadcast(message) => {
+                    is_blank(&message.header)
+                }
+                _ => true,
+            });
+        }
         out
     }
 
@@ -1146,7 +2039,7 @@ impl Core {
 
     fn header(&self) -> Header {
         Header {
-            epoch: self.cfg.epoch,
+            epoch: self.epoch(),
             from: self.cfg.id,
             stable: self.stable,
             delivered: self.delivered.min(self.stable),
@@ -1175,7 +2068,10 @@ impl Core {
         // has not hears that it exists: its data directory lost an earlier incarnation's
         // history (a restart of a member that wrote anything is never fresh: the first write
         // carries the lease, and nothing goes out before it).
-        if self.fresh && self.own_last.is_none() && h.known > self.cfg.id {
+        if self.fresh
+            && self.stats.sequences_issued == 0
+            && self.last_turn_below(self.cfg.id, h.known).is_some()
+        {
             self.lose_disk("the group knows its first Sequence");
         }
         if self.recovering && self.catch_up_target.is_none() {
@@ -1225,7 +2121,14 @@ impl Core {
             self.stats.duplicates += 1;
             return;
         }
-        if k >= self.delivered + 2 * self.cfg.sequence_window
+        if self.owner(k).is_none() {
+            // An excluded member's turn: every member of the epoch makes the pass itself.
+            if !s.assigned.is_empty() {
+                self.stats.dropped += 1;
+            }
+            return;
+        }
+        if k >= self.sequence_limit()
             || s.assigned.len() > self.cfg.sequence_requests_max.max(1)
             || s.assigned.iter().any(|key| key.sender >= self.cfg.members)
         {
@@ -1252,10 +2155,22 @@ impl Core {
         self.sequences.insert(k, s);
     }
 
+    /// Sequences at or above this are not taken (and not asked for): twice the sequence
+    /// window beyond what is delivered, or, for a coordinator fetching the history of a new
+    /// epoch, its base.
+    fn sequence_limit(&self) -> u64 {
+        let window = self.delivered + 2 * self.cfg.sequence_window;
+        match self.reform.as_ref().and_then(|r| r.decided.as_ref()) {
+            Some((_, g, _)) => window.max(*g),
+            None => window,
+        }
+    }
+
     /// Asks every peer that has not answered yet about the reclaimed number.
     fn ask_reclaim(&mut self) {
         let now = self.now_ms;
         let every = self.cfg.retransmit_after_ms;
+        let peers = self.view_peers();
         let Some(r) = self.reclaim.as_mut() else {
             return;
         };
@@ -1264,8 +2179,9 @@ impl Core {
         }
         r.last_ask_ms = Some(now);
         let number = r.number;
-        let ask: Vec<MemberId> = (0..self.cfg.members)
-            .filter(|p| *p != self.cfg.id && !r.answered.contains(p))
+        let ask: Vec<MemberId> = peers
+            .into_iter()
+            .filter(|p| !r.answered.contains(p))
             .collect();
         for to in ask {
             let message = self.message(Body::Reclaim { number });
@@ -1276,7 +2192,7 @@ impl Core {
     /// A restarted owner asks about its Sequence `number`: hand it over, or promise to refuse
     /// any copy of it that is not reissued.
     fn answer_reclaim(&mut self, from: MemberId, number: u64) {
-        if number % self.cfg.members != from || number < self.gc {
+        if self.owner(number) != Some(from) || number < self.gc.max(self.base()) {
             self.stats.dropped += 1;
             return;
         }
@@ -1296,10 +2212,10 @@ impl Core {
             Some(s) if s.number == number => self.receive_sequence(s),
             Some(_) => self.stats.dropped += 1,
             None => {
-                let peers = self.cfg.members as usize - 1;
+                let peers = self.view_peers();
                 if let Some(r) = self.reclaim.as_mut() {
                     r.answered.insert(from);
-                    if r.answered.len() >= peers {
+                    if peers.iter().all(|p| r.answered.contains(p)) {
                         self.reclaim = None;
                         if !self.sequences.contains_key(&number) {
                             self.reissue = Some(number);
@@ -1313,7 +2229,21 @@ impl Core {
     /// Folds newly contiguous Sequences into the per-sender sequenced prefixes and advances
     /// `complete`.
     fn advance(&mut self) {
-        while let Some(seq) = self.sequences.get(&self.contiguous) {
+        loop {
+            let k = self.contiguous;
+            if self.owner(k).is_none() && !self.sequences.contains_key(&k) {
+                // An excluded member's turn: a pass nobody sends.
+                let pass = SequenceMsg {
+                    number: k,
+                    assigned: Vec::new(),
+                    reissued: false,
+                };
+                self.sequences.insert(k, pass);
+                self.known = self.known.max(k + 1);
+            }
+            let Some(seq) = self.sequences.get(&k) else {
+                break;
+            };
             for key in &seq.assigned {
                 let st = &mut self.senders[key.sender as usize];
                 if key.seq >= st.sequenced {
@@ -1374,11 +2304,20 @@ impl Core {
         }
     }
 
-    /// Whether some Request is known to be waiting for a global number.
+    /// Whether `member` takes part in this member's epoch (is not excluded).
+    fn owner_in_view(&self, member: MemberId) -> bool {
+        !self.excluded().contains(&member)
+    }
+
+    /// Whether some Request is known to be waiting for a global number. (An excluded
+    /// member's announced Requests do not count: it may be gone, and it issues nothing new
+    /// until readmitted; those it sent are sequenced if somebody holds them.)
     fn pending_known(&self) -> bool {
         self.senders.iter().enumerate().any(|(s, st)| {
             let issued = if s as u64 == self.cfg.id {
                 self.next_local_seq
+            } else if !self.owner_in_view(s as u64) {
+                st.sequenced
             } else {
                 st.issued
             };
@@ -1391,7 +2330,9 @@ impl Core {
         loop {
             let k = self.contiguous;
             let reissue = self.reissue == Some(k);
-            if k % n != self.cfg.id
+            if self.owner(k) != Some(self.cfg.id)
+                || k < self.base()
+                || self.awaiting_epoch.is_some_and(|e| self.epoch() <= e)
                 || self.held_back()
                 || (self.recovering && !reissue)
                 || (k < self.sequence_floor && !reissue)
@@ -1461,10 +2402,12 @@ impl Core {
             .iter()
             .enumerate()
             .map(|(j, p)| {
-                if j as u64 == self.cfg.id {
-                    self.stable
-                } else {
+                if j as u64 != self.cfg.id {
                     p.stable
+                } else if self.promised > self.epoch() {
+                    self.stable.min(self.promise_stable)
+                } else {
+                    self.stable
                 }
             })
             .collect();
@@ -1541,15 +2484,15 @@ impl Core {
         let now = self.now_ms;
         let mut asks: BTreeMap<MemberId, (Vec<u64>, Vec<RequestKey>)> = BTreeMap::new();
         // Missing Sequences: gaps below what is known to exist.
-        let hi = self
-            .known
-            .min(self.delivered + 2 * self.cfg.sequence_window);
+        let hi = self.known.min(self.sequence_limit());
+        let (base, coordinator) = (self.base(), self.epoch() % n);
         let mut live = BTreeSet::new();
         for k in self.contiguous..hi {
             if live.len() >= limit {
                 break;
             }
-            if self.sequences.contains_key(&k) {
+            if self.sequences.contains_key(&k) || self.owner(k).is_none() {
+                // (An excluded member's turn is a pass this member makes itself.)
                 continue;
             }
             live.insert(k);
@@ -1559,7 +2502,9 @@ impl Core {
                 attempts: 0,
             });
             if self.nack_due(&m) {
-                let to = self.nack_target(k % n, m.attempts);
+                // The agreed history below the epoch's base is on its coordinator's disk.
+                let origin = if k < base { coordinator } else { k % n };
+                let to = self.nack_target(origin, m.attempts);
                 asks.entry(to).or_default().0.push(k);
                 if let Some(m) = self.missing_sequences.get_mut(&k) {
                     m.last_nack_ms = Some(now);
@@ -1594,7 +2539,12 @@ impl Core {
                 .range(st.sequenced..)
                 .rev()
                 .find_map(|(&q, r)| r.restart.map(|from| from..q));
-            let hi = st.issued.min(st.sequenced + self.cfg.request_window);
+            let issued = if self.owner_in_view(s as u64) {
+                st.issued
+            } else {
+                st.sequenced
+            };
+            let hi = issued.min(st.sequenced + self.cfg.request_window);
             for q in st.sequenced.max(st.gc)..hi {
                 if wanted.len() >= 2 * limit {
                     break;
@@ -1647,6 +2597,7 @@ impl Core {
         let seqs: Vec<SequenceMsg> = sequences
             .iter()
             .take(limit)
+            .filter(|k| self.owner(**k).is_some())
             .filter_map(|k| self.sequences.get(k).cloned())
             .collect();
         let mut reqs: Vec<RequestMsg> = Vec::new();
@@ -1813,4 +2764,9 @@ impl Core {
             self.senders.iter().map(|s| s.received.len()).sum(),
         )
     }
+}
+
+/// A header that reports no progress (see `Core::blank_message`).
+fn is_blank(h: &Header) -> bool {
+    h.stable == 0 && h.delivered == 0 && h.known == 0 && h.issued == 0
 }

@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::epoch::{chain_invalid, Chain, EpochState};
+
 /// A member's id: `0..n`.
 pub type MemberId = u64;
 
@@ -135,6 +137,45 @@ pub enum Body {
         /// exists (below its `contiguous`).
         sequence_max: Option<u64>,
     },
+    /// A coordinator asks for a promise of `epoch` (a reformation, see
+    /// [`epoch`](super::epoch)). The answer carries the Sequences (and their Requests) the
+    /// answerer holds from `from` on, as far as a message holds, so that the coordinator can
+    /// fetch the history it lacks by asking again.
+    Reform {
+        /// The epoch to promise.
+        epoch: u64,
+        /// First Sequence number the coordinator lacks.
+        from: u64,
+    },
+    /// A promise of `epoch`: the answerer's chain and `stable` (in the epoch it is in), and
+    /// the history asked for.
+    ReformReply {
+        /// The epoch promised.
+        epoch: u64,
+        /// The chain of the epoch the answerer is in.
+        chain: Chain,
+        /// The answerer's `stable` in that epoch.
+        stable: u64,
+        /// Sequences from the asked number on (consecutive, as many as fit).
+        sequences: Vec<SequenceMsg>,
+        /// The Requests they name that the answerer holds.
+        requests: Vec<RequestMsg>,
+    },
+    /// A chain ending in a newer epoch than the receiver's: the coordinator's announcement of
+    /// a new epoch, or the answer to a message of an older one.
+    NewEpoch {
+        /// The chain.
+        chain: Chain,
+        /// From the coordinator: the new epoch's history from the lowest `stable` among the
+        /// promises up to its base, with the Requests it names (so that every member that
+        /// installs the epoch has it on disk, not only the coordinator). Empty in an answer to
+        /// an older epoch's message.
+        sequences: Vec<SequenceMsg>,
+        /// The Requests those Sequences name.
+        requests: Vec<RequestMsg>,
+    },
+    /// An excluded member that caught up asks to be readmitted (a reformation without it).
+    Rejoin,
 }
 
 /// One wire message.
@@ -165,6 +206,16 @@ pub enum Record {
     Request(RequestMsg),
     /// A Sequence.
     Sequence(SequenceMsg),
+    /// A promise or a new epoch (see [`epoch`](super::epoch)): Sequences held at or above
+    /// `cut` before this record were dropped (a replay drops them too), and `state` is the
+    /// member's epoch state from here on.
+    Epoch {
+        /// Sequences from this number on that precede the record are void
+        /// ([`NUMBER_MAX`]: none).
+        cut: u64,
+        /// The promised epoch and the chain.
+        state: EpochState,
+    },
 }
 
 /// Numbers (sequence numbers, local seqs) at or above this are refused in records read back
@@ -195,6 +246,16 @@ impl Record {
                 Some(format!("sequence number {} is out of range", s.number))
             }
             Record::Sequence(s) => s.assigned.iter().find_map(key_invalid),
+            Record::Epoch { cut, state } => {
+                if *cut > NUMBER_MAX || state.promised >= NUMBER_MAX {
+                    Some(format!(
+                        "epoch record cut {cut} promised {}",
+                        state.promised
+                    ))
+                } else {
+                    chain_invalid(&state.chain, members, 0)
+                }
+            }
         }
     }
 }

@@ -84,9 +84,11 @@
 //!   anything: a peer that holds it hands it over (the owner adopts it and sends it again
 //!   marked `reissued`); a peer that does not promises to refuse any unmarked copy that still
 //!   arrives (a packet the dead process sent). Only when every peer said no does the owner
-//!   issue that number afresh, marked `reissued`, even before it has caught up. Waiting for
-//!   every peer costs no availability: the ring stalls anyway while a member is down. (A peer
-//!   that restarts loses its promise but also the connections the old packets travelled on.)
+//!   issue that number afresh, marked `reissued`, even before it has caught up. A member that
+//!   is down cannot answer, so this needs every member in the group; when some member is
+//!   excluded (and may be alive, holding that Sequence), the restarted member asks for a new
+//!   epoch instead (see the failure model). (A peer that restarts loses its promise but also
+//!   the connections the old packets travelled on.)
 //!   Headers never announce an own Sequence before it is on disk (`known` advances on the
 //!   persist acknowledgement).
 //! * **Delivery rule.** A member delivers `k` once it has delivered everything below `k`, holds
@@ -96,6 +98,18 @@
 //!   order and each Request's payloads in order. Every member thus delivers the same sequence
 //!   (total order, agreement); a per-sender delivered prefix makes delivery at most once
 //!   (integrity) and FIFO even if a faulty Sequence named a Request twice.
+//! * **A member that is down is excluded (reformation, [`epoch`]).** Its turns cannot be
+//!   taken by anyone else without a new *epoch*: when the ring has waited at a member's turn
+//!   for [`CoreConfig::reform_after_ms`] (300 ms in the runtime) while something is pending,
+//!   or at once when the runtime sees its process die ([`Core::suspect`]: the liveness
+//!   connection closed), the lowest member still in the group collects promises from a
+//!   majority, fixes the history they hold (Viewstamped Replication's view change: the
+//!   newest lineage, up to the largest `stable` among its promises), and announces an epoch
+//!   from whose base the excluded member's turns are passes nobody sends. Every header
+//!   carries its sender's epoch and only reports of one's own epoch count, so no report about
+//!   an old history can complete a delivery in the new one. A member that comes back learns
+//!   the epoch from the first peer it talks to, catches up, and asks to be readmitted (another
+//!   reformation). Up to `n - (n/2+1)` members may be excluded at once (two of five).
 //! * **Progress news.** When a member's `stable` advances it tells the proposers of the newly
 //!   stable Requests at once (they wait to deliver and answer their clients); the others hear
 //!   it with its next broadcast, or from a Progress broadcast after
@@ -123,7 +137,7 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `epoch` | view number; fixed at [`CoreConfig::epoch`] until a view change exists; other epochs are dropped |
+//! | `epoch` | the sender's epoch ([`epoch`]); a message of another epoch is dropped, one of an older epoch answered with the receiver's chain |
 //! | `stable` | the sender has Sequences `0..stable` and every Request they name on disk: drives delivery and read barriers |
 //! | `delivered` | the sender has delivered `0..delivered` (capped at `stable`): garbage when everyone reports it |
 //! | `known` | the sender knows Sequences `0..known` exist: drives retransmission and catch-up |
@@ -166,18 +180,26 @@
 //!   the ring. Its Requests that were sent but not yet on its disk when it crashed are
 //!   delivered if a peer holds them in time, or voided by its restart Request; either way they
 //!   were never acknowledged, so their proposers saw an error and retry.
-//! * **While a member is down the group stalls.** Its turns (every `k` with `k mod n == id`)
-//!   cannot be taken by anyone else, so sequencing stops at its next turn until it comes back
-//!   (there is no view change yet; the epoch in every header leaves room for Chang and
-//!   Maxemchuk's reformation phase). Restarted at once by a supervisor, a killed member
-//!   stalls the group for about its restart: longest calls of 51-115 ms at 1 + 1 clients
-//!   and 0.33-0.57 s at 100 + 100 on a slow day (scenario 5 of the scenario benchmark).
-//!   Delivery also needs a majority on disk, so a partitioned minority delivers nothing
-//!   new: delivery stops, it never diverges.
+//! * **A member that is down is excluded; the group goes on.** The ring waits at the dead
+//!   member's next turn until the others have reformed without it: at once when its process
+//!   is seen to die (a few round trips and fsyncs), after
+//!   [`CoreConfig::reform_after_ms`] when a whole host vanishes. Then its turns are passes
+//!   and nothing waits for it. With up to two of five excluded the other three go on; a
+//!   third failure leaves no majority: delivery stops, it never diverges (delivery needs a
+//!   majority on disk, and a reformation needs a majority's promises). A false suspicion
+//!   (a member cut off but alive) costs two reformations and nothing else: the cut-off
+//!   member delivers nothing new meanwhile, then drops what it held beyond the new epoch's
+//!   base and rejoins. While a member is excluded the others keep what it has not delivered
+//!   (garbage collection waits for every member, as before), so memory and journals grow
+//!   until it is back or replaced (an emptied data directory is rebuilt from a peer).
+//! * A restarted member whose epoch excludes someone does not reclaim its one possibly
+//!   unwritten own Sequence (the excluded member, perhaps alive, cannot be asked): it asks
+//!   for a new epoch instead, whose cut settles that number for everyone, and sequences
+//!   nothing until it is installed.
 //! * A member started again under its id with an emptied data directory (a replaced disk or
 //!   host), or with an older copy of it that lacks Request ids or own Sequences a later
-//!   incarnation used, is rebuilt from a peer (above) and rejoins; the ring waits for it
-//!   meanwhile, as for any member that is down. An older copy that lacks only other members'
+//!   incarnation used, is rebuilt from a peer (above) and rejoins; meanwhile the others
+//!   exclude it, as any member that is down. An older copy that lacks only other members'
 //!   records (the later incarnation issued nothing new) is safe to run: the member catches up
 //!   by retransmission. Not covered: the `stable` reports such a member, or one whose disk
 //!   silently lost part of what it had fsync'd, made before the loss counted towards
@@ -227,20 +249,26 @@
 //!   rewritten. A member reopened on an emptied directory is rebuilt from a peer's image and
 //!   serves again (a restart after that is an ordinary one); image requests that do not
 //!   decode or come from outside the group are refused.
+//! * `tests/abcast_sim.rs` also excludes members that die (a member for good, then back and
+//!   readmitted; two at once, then a third: delivery stops; one reported dead by the
+//!   runtime, excluded without the timeout; the coordinator killed mid-reformation; a
+//!   member cut off but alive; an owner dead after sending its Sequence to one peer only),
+//!   and every other case runs with reformations on (a crash or a partition longer than
+//!   `reform_after_ms` reforms), with the same invariants; with `reform_after_ms` 0 the ring
+//!   waits for a dead member, as the seed's protocol does.
 //! * `tests/abcast_sim.rs` also rebuilds a member whose disk was lost (after a quiet spell,
 //!   mid-load with loss and snapshots, and before its first turn, when only its Requests give
 //!   it away), with every invariant asserted.
 //!
 //! # Not done yet
 //!
-//! No view change (the ring stalls while a member is down, see above; a design for one, and
-//! why a member may not simply take a dead member's turns, is in the repository's
-//! `docs/design/abcast-reformation.md`). State transfer exists only as the rebuild of a
-//! member whose disk was lost (a whole image of a peer's store, not an incremental catch-up;
-//! a member that is merely behind catches up by retransmission, since nobody compacts what
-//! it has not delivered).
+//! State transfer exists only as the rebuild of a member whose disk was lost (a whole image
+//! of a peer's store, not an incremental catch-up; a member that is merely behind, or was
+//! excluded for a while, catches up by retransmission, since nobody compacts what it has
+//! not delivered). Garbage collection therefore waits for excluded members too (above).
 
 pub mod core;
+pub mod epoch;
 pub mod message;
 pub mod runtime;
 
@@ -248,6 +276,7 @@ pub use self::core::{
     Action, Core, CoreConfig, CoreStats, Delivery, PersistAck, ProposeError, RebuildPlan,
     SnapshotBase,
 };
+pub use self::epoch::{Chain, Cut, EpochState};
 pub use self::message::{
     Body, Header, MemberId, Message, Record, RequestKey, RequestMsg, SequenceMsg,
 };

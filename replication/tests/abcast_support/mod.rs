@@ -14,7 +14,7 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replication::abcast::{
-    Action, Body, Core, CoreConfig, Message, PersistAck, Record, SnapshotBase,
+    Action, Body, Core, CoreConfig, EpochState, Message, PersistAck, Record, SnapshotBase,
 };
 use tokio::sync::mpsc;
 use transport::{Incoming, Network, NodeId, Responder, TransportError};
@@ -84,6 +84,7 @@ pub struct DiskCopy {
     records: Vec<Record>,
     lease: u64,
     floor: u64,
+    epoch: EpochState,
     snapshot: Option<(SnapshotBase, Vec<u64>)>,
 }
 
@@ -104,6 +105,8 @@ pub struct Sim {
     leases: Vec<u64>,
     /// Each node's stored sequence floor (written when it is rebuilt after losing its disk).
     floors: Vec<u64>,
+    /// Each node's stored epoch state (the runtime's key beside the journal).
+    epochs: Vec<EpochState>,
     /// Members rebuilt from a donor's disk after theirs was lost.
     pub rebuilds: u64,
     /// Nodes whose disk the test emptied or rolled back (and that were not rebuilt since):
@@ -179,6 +182,7 @@ impl Sim {
                 c.retransmit_after_ms = 30;
                 c.heartbeat_ms = 50;
                 c.pass_retry_ms = 20;
+                c.reform_after_ms = 200;
                 c
             })
             .collect();
@@ -193,6 +197,7 @@ impl Sim {
             disks: vec![Vec::new(); members],
             leases: vec![0; members],
             floors: vec![0; members],
+            epochs: vec![EpochState::default(); members],
             rebuilds: 0,
             damaged: vec![false; members],
             tear_next_persist: vec![false; members],
@@ -233,6 +238,52 @@ impl Sim {
             sim.push(offset, Event::Tick(i));
         }
         sim
+    }
+
+    /// Sets every member's [`CoreConfig::reform_after_ms`] (0: a member that is down is
+    /// waited for, never excluded) and starts the group afresh; call before anything runs.
+    pub fn set_reform_after_ms(&mut self, ms: u64) {
+        for (i, c) in self.cfgs.iter_mut().enumerate() {
+            c.reform_after_ms = ms;
+            self.nodes[i] = Some(Core::new(c.clone()));
+        }
+    }
+
+    /// Whether every payload proposed at one of `nodes` (and not lost with a crashed
+    /// outbox or in flight at a crash) has been delivered by every one of `nodes`.
+    pub fn delivered_at(&self, nodes: &[usize]) -> bool {
+        let want: BTreeSet<u64> = nodes
+            .iter()
+            .flat_map(|i| self.proposed[*i].iter())
+            .filter(|id| !self.maybe_lost.contains(id))
+            .copied()
+            .collect();
+        nodes.iter().all(|i| {
+            let got: BTreeSet<u64> = self.delivered[*i].iter().copied().collect();
+            want.is_subset(&got)
+        })
+    }
+
+    /// Runs until [`Sim::delivered_at`] holds for `nodes` or `max_ms` pass.
+    pub fn run_until_delivered_at(&mut self, nodes: &[usize], max_ms: u64) -> bool {
+        let end = self.now_ms + max_ms;
+        while self.now_ms < end {
+            if self.delivered_at(nodes) {
+                return true;
+            }
+            self.run_for(10);
+        }
+        self.delivered_at(nodes)
+    }
+
+    /// Tells every live node that node `i` died ([`Core::suspect`], as the runtime does
+    /// when its liveness connection closes).
+    pub fn report_down(&mut self, i: usize) {
+        for j in 0..self.members() {
+            if let Some(core) = self.nodes[j].as_mut() {
+                core.suspect(i as u64);
+            }
+        }
     }
 
     pub fn members(&self) -> usize {
@@ -320,6 +371,7 @@ impl Sim {
         self.disks[i].clear();
         self.leases[i] = 0;
         self.floors[i] = 0;
+        self.epochs[i] = EpochState::default();
         self.snapshots[i] = None;
         self.delivered[i].clear();
     }
@@ -331,6 +383,7 @@ impl Sim {
             records: self.disks[i].clone(),
             lease: self.leases[i],
             floor: self.floors[i],
+            epoch: self.epochs[i].clone(),
             snapshot: self.snapshots[i].clone(),
         }
     }
@@ -342,6 +395,7 @@ impl Sim {
         self.disks[i] = copy.records;
         self.leases[i] = copy.lease;
         self.floors[i] = copy.floor;
+        self.epochs[i] = copy.epoch;
         self.snapshots[i] = copy.snapshot;
         self.delivered[i].clear();
     }
@@ -361,7 +415,10 @@ impl Sim {
             }
             None => Core::recover(self.cfgs[i].clone(), self.leases[i], self.disks[i].clone()),
         };
-        self.nodes[i] = Some(core.with_sequence_floor(self.floors[i]));
+        self.nodes[i] = Some(
+            core.with_sequence_floor(self.floors[i])
+                .with_epoch_state(self.epochs[i].clone()),
+        );
     }
 
     /// Rebuilds node `i`, whose disk was lost, once its core has a plan, as the runtime
@@ -383,6 +440,13 @@ impl Sim {
         self.crash(i);
         let copied = self.disks[donor].clone();
         self.disks[i].extend(copied);
+        // As the runtime's image does: the donor's epoch state ends the copied journal.
+        let state = self.epochs[donor].clone();
+        self.disks[i].push(Record::Epoch {
+            cut: replication::abcast::message::NUMBER_MAX,
+            state: state.clone(),
+        });
+        self.epochs[i] = state;
         if self.snapshots[donor].is_some() {
             self.snapshots[i] = self.snapshots[donor].clone();
         }
@@ -424,6 +488,8 @@ impl Sim {
             .position(|r| match r {
                 Record::Sequence(s) => s.number >= g,
                 Record::Request(r) => r.key.seq >= prefixes[r.key.sender as usize],
+                // Its state is kept beside the journal; what it cut precedes it.
+                Record::Epoch { .. } => false,
             })
             .unwrap_or(self.disks[i].len());
         self.disks[i].drain(..keep_from);
@@ -601,8 +667,7 @@ impl Sim {
         match self.queued[i].as_mut() {
             Some((q_records, q_ack, q_rest)) => {
                 q_records.extend(records);
-                q_ack.stable = q_ack.stable.max(ack.stable);
-                q_ack.lease = q_ack.lease.max(ack.lease);
+                *q_ack = q_ack.merge(ack);
                 q_rest.extend(rest);
             }
             None => self.queued[i] = Some((records, ack, rest)),
@@ -618,8 +683,7 @@ impl Sim {
         ack: PersistAck,
         rest: &mut [Action],
     ) -> bool {
-        self.disks[i].extend(records);
-        self.leases[i] = self.leases[i].max(ack.lease);
+        self.write_disk(i, records, ack);
         match self.nodes[i].as_mut() {
             Some(core) => {
                 core.persisted_then(ack, rest);
@@ -627,6 +691,18 @@ impl Sim {
             }
             None => false,
         }
+    }
+
+    /// Puts records on node `i`'s disk, with the lease and the epoch state they carry.
+    fn write_disk(&mut self, i: usize, records: Vec<Record>, ack: PersistAck) {
+        if let Some(state) = records.iter().rev().find_map(|r| match r {
+            Record::Epoch { state, .. } => Some(state.clone()),
+            _ => None,
+        }) {
+            self.epochs[i] = state;
+        }
+        self.disks[i].extend(records);
+        self.leases[i] = self.leases[i].max(ack.lease);
     }
 
     /// Node `i`'s write in flight is on disk: what waited for it is done, the queued write
@@ -673,8 +749,7 @@ impl Sim {
         for a in actions {
             match a {
                 Action::Persist { records, ack } => {
-                    self.disks[i].extend(records);
-                    self.leases[i] = self.leases[i].max(ack.lease);
+                    self.write_disk(i, records, ack);
                     if let Some(core) = self.nodes[i].as_mut() {
                         core.persisted(ack);
                     }
@@ -872,8 +947,9 @@ impl Sim {
         for (i, n) in self.nodes.iter().enumerate() {
             match n {
                 None => out.push_str(&format!("\n  node {i}: down")),
-                Some(c) => out.push_str(&format!(
-                    "\n  node {i}: delivered {} deliverable {} sequenced {} stable {} known {} recovering {} held {:?} outbox {} payloads {} stats {:?}",
+                Some(c) => out.push_str(&(format!(
+                    "\n  node {i}: epoch {} delivered {} deliverable {} sequenced {} stable {} known {} recovering {} held {:?} outbox {} payloads {} stats {:?}",
+                    c.epoch(),
                     c.delivered(),
                     c.deliverable(),
                     c.sequenced(),
@@ -884,7 +960,7 @@ impl Sim {
                     c.outbox_len(),
                     self.delivered[i].len(),
                     c.stats()
-                )),
+                ) + &format!("\n     {}", c.describe_epoch()))),
             }
         }
         out
