@@ -1,7 +1,8 @@
 //! A member of a five-member in-process group (real raft-engine storage) is killed mid-load:
-//! the ring stalls at its turn (no view change yet), it restarts from its disk, catches up
-//! from its peers, and the group goes on. Clients retry with the same request id, so no
-//! acknowledged command is lost or doubled.
+//! the others exclude it after `reform_after_ms` (a new epoch in which its turns are passes)
+//! and go on without it; it restarts from its disk, learns the new epoch, catches up from
+//! its peers and is readmitted. Clients retry with the same request id, so no acknowledged
+//! command is lost or doubled.
 
 mod abcast_support;
 
@@ -47,7 +48,7 @@ async fn history(log: &AbcastLog<TestMachine>, c: ReadConsistency) -> Result<Vec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_member_restarts_catches_up_and_the_group_goes_on() {
+async fn killed_member_is_excluded_the_group_goes_on_and_it_is_readmitted() {
     let hub = Hub::new();
     let dirs: Vec<_> = (0..MEMBERS)
         .map(|_| tempfile::tempdir().expect("tempdir"))
@@ -118,10 +119,17 @@ async fn killed_member_restarts_catches_up_and_the_group_goes_on() {
     hub.detach(VICTIM as u64);
     drop(victim);
     let at_kill = acked.lock().expect("acked").len();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The ring stalls at the victim's turn until the others exclude it; then it goes on.
+    wait_acked(at_kill + 100).await;
     let during = acked.lock().expect("acked").len();
-    // The ring stalls at the victim's turn; at most what was already in flight completes.
-    eprintln!("acknowledged at kill: {at_kill}, 600 ms later: {during}");
+    for i in (0..MEMBERS as usize).filter(|i| *i != VICTIM) {
+        let s = current(&slots, i).expect("member").stats();
+        assert!(
+            s.epoch > 0 && s.excluded == 1 << VICTIM,
+            "member {i} went on without excluding the victim: {s:?}"
+        );
+    }
+    eprintln!("acknowledged at kill: {at_kill}, without the victim: {during}");
 
     let restarted = open(&hub, dirs[VICTIM].path(), VICTIM as u64);
     *slots[VICTIM].lock().expect("slot") = Some(Arc::clone(&restarted));
@@ -171,6 +179,18 @@ async fn killed_member_restarts_catches_up_and_the_group_goes_on() {
         Role::Member,
         "the restarted member never left recovery"
     );
+    // The restarted member asks back in and is readmitted: nobody is excluded any more.
+    let mut excluded = u64::MAX;
+    for _ in 0..500 {
+        excluded = (0..MEMBERS as usize)
+            .map(|i| current(&slots, i).expect("member").stats().excluded)
+            .sum();
+        if excluded == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(excluded, 0, "the restarted member was not readmitted");
     eprintln!("restarted member: {:?}", restarted.stats());
     // Snapshots were taken and the journal compacted behind them.
     for i in 0..MEMBERS as usize {

@@ -73,6 +73,7 @@ use transport::{Incoming, Network};
 use super::core::{
     Action, Core, CoreConfig, CoreStats, Delivery, PersistAck, RebuildPlan, SnapshotBase,
 };
+use super::epoch::EpochState;
 use super::message::{Message, Record, RequestKey, NUMBER_MAX};
 use crate::dedup::{Applied, Deduped};
 use crate::log::{
@@ -95,6 +96,10 @@ pub const LEASE_KEY: &[u8] = b"lease";
 /// Key of the member's sequence floor ([`RebuildPlan::sequence_floor`], a postcard `u64`) in
 /// [`SNAPSHOT_GROUP`]: written when a member whose disk was lost is rebuilt.
 pub const FLOOR_KEY: &[u8] = b"sequence_floor";
+/// Key of the member's epoch state ([`EpochState`], postcard) in [`SNAPSHOT_GROUP`]: written
+/// in the same synced write as every [`Record::Epoch`] (journal compaction may drop the
+/// record; the key keeps what it said).
+pub const EPOCH_KEY: &[u8] = b"epoch";
 /// Bytes of a rebuild image per answer (well below the transport's frame limit).
 const IMAGE_CHUNK_BYTES: usize = 1 << 20;
 /// How long one chunk of a rebuild image may take to arrive.
@@ -137,7 +142,10 @@ impl AbcastConfig {
     /// Defaults for member `id` of a group of `members`.
     pub fn new(id: u64, members: u64) -> Self {
         Self {
-            core: CoreConfig::new(id, members),
+            core: CoreConfig {
+                reform_after_ms: 300,
+                ..CoreConfig::new(id, members)
+            },
             tick_ms: 5,
             propose_timeout: DEFAULT_PROPOSE_TIMEOUT,
             read_timeout: DEFAULT_PROPOSE_TIMEOUT,
@@ -180,6 +188,15 @@ pub struct AbcastStats {
     pub journal_len: u64,
     /// Delivery resumed at this sequence number when the member opened (its snapshot).
     pub resumed_at: u64,
+    /// The epoch this member is in (0 until a reformation: see
+    /// [`epoch`](super::epoch)).
+    pub epoch: u64,
+    /// Members its epoch excludes (their turns are passes), as a bit mask: bit `i` for
+    /// member `i`.
+    pub excluded: u64,
+    /// This member is excluded from its epoch (it was down; it asks to be readmitted once it
+    /// has caught up).
+    pub excluded_self: bool,
     /// The core's counters (retransmits, passes, duplicates...).
     pub core: CoreStats,
 }
@@ -262,9 +279,11 @@ impl<S: StateMachine> AbcastLog<S> {
             journal_next,
             lease,
             floor,
+            epoch,
         } = load(&engine, cfg.core.members, &mut state)?;
         let core = Core::recover_from(cfg.core.clone(), base.clone(), lease, records)
-            .with_sequence_floor(floor);
+            .with_sequence_floor(floor)
+            .with_epoch_state(epoch);
         let stats = AbcastStats {
             resumed_at: base.as_ref().map_or(0, |b| b.delivered),
             ..AbcastStats::default()
@@ -433,7 +452,7 @@ impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
             } else {
                 Role::Member
             },
-            term: self.cfg.core.epoch,
+            term: s.epoch,
             leader: None,
             commit_index: s.deliverable,
             applied_index: s.delivered,
@@ -454,6 +473,10 @@ impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
                 ("requests_voided".into(), s.core.requests_voided),
                 ("anomalies".into(), s.core.anomalies),
                 ("rebuilding".into(), u64::from(s.rebuilding)),
+                ("epoch".into(), s.epoch),
+                ("epochs_installed".into(), s.core.epochs_installed),
+                ("excluded".into(), s.excluded),
+                ("excluded_self".into(), u64::from(s.excluded_self)),
             ],
         }
     }
@@ -467,6 +490,17 @@ struct Loaded {
     journal_next: u64,
     lease: u64,
     floor: u64,
+    epoch: EpochState,
+}
+
+/// The epoch state the last [`Record::Epoch`] among `records` carries.
+fn last_epoch_state<'a>(
+    records: impl DoubleEndedIterator<Item = &'a Record>,
+) -> Option<&'a EpochState> {
+    records.rev().find_map(|r| match r {
+        Record::Epoch { state, .. } => Some(state),
+        _ => None,
+    })
 }
 
 /// Reads a member's store: restores its snapshot (if any) into `state`, and reads its
@@ -507,6 +541,14 @@ fn load<S: StateMachine>(
         },
         None => Ok(0),
     };
+    let epoch = match engine.get(SNAPSHOT_GROUP, EPOCH_KEY) {
+        Some(raw) => postcard::from_bytes::<EpochState>(&raw)
+            .map_err(|e| LogError::Storage(format!("epoch state: {e}")))?,
+        None => EpochState::default(),
+    };
+    if let Some(why) = crate::abcast::epoch::chain_invalid(&epoch.chain, members, 0) {
+        return Err(LogError::Storage(format!("epoch state: {why}")));
+    }
     Ok(Loaded {
         base,
         records,
@@ -514,6 +556,7 @@ fn load<S: StateMachine>(
         journal_next,
         lease: number(LEASE_KEY, "lease")?,
         floor: number(FLOOR_KEY, "sequence floor")?,
+        epoch,
     })
 }
 
@@ -668,6 +711,9 @@ fn put_value<T: serde::Serialize>(
 enum Desc {
     Sequence(u64),
     Request(RequestKey),
+    /// A [`Record::Epoch`]: the key [`EPOCH_KEY`] holds its state, and the Sequences it cut
+    /// precede it, so it goes whenever the records before it go.
+    Epoch,
 }
 
 impl Desc {
@@ -675,6 +721,7 @@ impl Desc {
         match r {
             Record::Sequence(s) => Desc::Sequence(s.number),
             Record::Request(r) => Desc::Request(r.key),
+            Record::Epoch { .. } => Desc::Epoch,
         }
     }
 }
@@ -726,6 +773,8 @@ enum Event<S: StateMachine> {
     Command(Command<S>),
     Net(Incoming),
     Tick,
+    /// The network saw this peer's process die (its liveness connection closed).
+    PeerDown(u64),
     /// The snapshot in flight is written (its length) or failed.
     SnapshotWritten(Result<u64, LogError>),
     Stop,
@@ -756,6 +805,9 @@ async fn drive<S: StateMachine>(
     tokio::pin!(ticker);
     let mut ticked = false;
     let mut snapshot: Option<SnapshotTask> = None;
+    // Peers seen to die: the group reforms without them at once if the ring needs them,
+    // instead of after `reform_after_ms` (see `epoch`).
+    let mut deaths = network.subscribe_peer_down();
     loop {
         let (accept, quiet_until) = match cell.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             Some(driver) => (driver.core.can_accept(), driver.quiet_until()),
@@ -792,6 +844,18 @@ async fn drive<S: StateMachine>(
                 Some(i) => Event::Net(i),
                 None => Event::Stop,
             },
+            death = async { deaths.as_mut().expect("guarded by is_some").recv().await },
+                if deaths.is_some() =>
+            {
+                match death {
+                    Ok(peer) => Event::PeerDown(peer),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Event::Tick,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        deaths = None;
+                        Event::Tick
+                    }
+                }
+            }
         };
         if matches!(event, Event::SnapshotWritten(_)) {
             snapshot = None;
@@ -1023,9 +1087,12 @@ impl<S: StateMachine> Driver<S> {
             decode_snapshot(&image.snapshot, members)
                 .map_err(|e| InstallError::Image(e.to_string()))?;
         }
+        let mut decoded = Vec::with_capacity(image.records.len());
         for (k, data) in image.records.iter().enumerate() {
-            decode_record(data, members)
-                .map_err(|why| InstallError::Image(format!("record {k}: {why}")))?;
+            decoded.push(
+                decode_record(data, members)
+                    .map_err(|why| InstallError::Image(format!("record {k}: {why}")))?,
+            );
         }
         let entries: Vec<_> = image
             .records
@@ -1048,6 +1115,9 @@ impl<S: StateMachine> Driver<S> {
         }
         put_value(&mut batch, LEASE_KEY, &plan.lease).map_err(InstallError::Storage)?;
         put_value(&mut batch, FLOOR_KEY, &plan.sequence_floor).map_err(InstallError::Storage)?;
+        if let Some(state) = last_epoch_state(decoded.iter()) {
+            put_value(&mut batch, EPOCH_KEY, state).map_err(InstallError::Storage)?;
+        }
         let engine = &self.engine;
         blocking(|| engine.write(&mut batch, true))
             .map_err(|e| InstallError::Storage(storage::storage_err(e)))?;
@@ -1066,7 +1136,8 @@ impl<S: StateMachine> Driver<S> {
             loaded.lease,
             loaded.records,
         )
-        .with_sequence_floor(loaded.floor);
+        .with_sequence_floor(loaded.floor)
+        .with_epoch_state(loaded.epoch);
         tracing::warn!(
             member = self.cfg.core.id,
             resumes_at = loaded.base.as_ref().map_or(0, |b| b.delivered),
@@ -1116,6 +1187,12 @@ impl<S: StateMachine> Driver<S> {
                         .map_err(|e| e.to_string())?;
                 records = entries.into_iter().map(|e| e.data.to_vec()).collect();
             }
+            // The donor's epoch (its journal may have been compacted past its last record).
+            let epoch = Record::Epoch {
+                cut: NUMBER_MAX,
+                state: self.core.epoch_state(),
+            };
+            records.push(postcard::to_stdvec(&epoch).map_err(|e| e.to_string())?);
             let snapshot = self
                 .engine
                 .get(SNAPSHOT_GROUP, SNAPSHOT_KEY)
@@ -1176,6 +1253,14 @@ impl<S: StateMachine> Driver<S> {
         }
         match event {
             Event::Stop => return false,
+            Event::PeerDown(peer) => {
+                tracing::info!(
+                    member = self.cfg.core.id,
+                    peer,
+                    "atomic broadcast: peer down"
+                );
+                self.core.suspect(peer);
+            }
             Event::Tick => {
                 let now_ms = self.start.elapsed().as_millis() as u64;
                 self.last_tick_ms = now_ms;
@@ -1434,6 +1519,7 @@ impl<S: StateMachine> Driver<S> {
                 Desc::Request(key) => prefixes
                     .get(key.sender as usize)
                     .is_some_and(|p| key.seq < *p),
+                Desc::Epoch => true,
             };
             if !garbage {
                 break;
@@ -1498,6 +1584,9 @@ impl<S: StateMachine> Driver<S> {
         }
         if let Some(lease) = lease {
             put_value(&mut batch, LEASE_KEY, &lease)?;
+        }
+        if let Some(state) = last_epoch_state(records.iter()) {
+            put_value(&mut batch, EPOCH_KEY, state)?;
         }
         Ok(Some(batch))
     }
@@ -1576,6 +1665,13 @@ impl<S: StateMachine> Driver<S> {
             snapshots: self.snapshots,
             journal_len: self.journal.len() as u64,
             resumed_at: self.resumed_at,
+            epoch: c.epoch(),
+            excluded: c
+                .excluded()
+                .iter()
+                .filter(|m| **m < 64)
+                .fold(0, |mask, m| mask | 1 << m),
+            excluded_self: c.excluded().contains(&self.cfg.core.id),
             core: c.stats(),
         };
         *self.shared.stats.lock().unwrap_or_else(|p| p.into_inner()) = s;
