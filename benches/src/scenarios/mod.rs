@@ -17,10 +17,11 @@
 //!       status` until another replica leads and records how long that took;
 //!    5. (beyond the seed's four; not in the default set) with `market up
 //!       --restart-crashed`, kill -9 `customer-db-0`, which the supervisor starts again at
-//!       once: the atomic broadcast's ring waits at a dead member's turns (README, "Failure
-//!       model"), so this measures how long the customer database stalls around a member's
-//!       crash and restart; polls `market status` until the member has caught up with the
-//!       others and records how long that took;
+//!       once: the others exclude it from the atomic broadcast's ring (a reformation) and
+//!       readmit it once it is back (README, "Failure model"), so this measures how long the
+//!       customer database stalls around a member's crash and restart; polls `market
+//!       status` until the member has caught up with the others and records how long that
+//!       took;
 //!    6. (also on request) a lost disk: kill -9 `customer-db-0`, empty its data directory and
 //!       start it again (`market node customer-db --id 0`): it learns from its peers that
 //!       it had a history, copies a peer's snapshot and journal, and rejoins (the ring waits
@@ -28,6 +29,8 @@
 //!    7. (also on request) a product-db follower's disk lost: kill -9 it, empty its data
 //!       directory, start it again: it follows the leader and catches up before it votes;
 //!       records how long until `market status` calls it a follower again (voting);
+//!    8. (also on request) kill -9 `customer-db-0` and leave it down: the others exclude it
+//!       and go on (a host lost for good);
 //! 4. prints the Markdown tables, writes `report.json`, `report.md` and SVG charts
 //!    ([`charts`]) into `--out` (default `target/scenarios/`).
 //!
@@ -75,13 +78,13 @@ struct Args {
     /// --lease-reads`) instead of the default ReadIndex reads.
     #[arg(long)]
     lease_reads: bool,
-    /// Scenarios to run, comma-separated (default 1,2,3,4; 5 to 7 on request).
+    /// Scenarios to run, comma-separated (default 1,2,3,4; 5 to 8 on request).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<u8>,
 }
 
 /// Scenario names, by id.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "no failure",
     "seller-0 + buyer-0 killed",
     "product-db follower killed",
@@ -89,6 +92,7 @@ const SCENARIOS: [&str; 7] = [
     "customer-db-0 killed, restarted",
     "customer-db-0's disk lost",
     "product-db follower's disk lost",
+    "customer-db-0 killed, left down",
 ];
 
 /// Mix calls per client at a load level: about 4,000 to 60,000 calls per run, so the whole
@@ -128,8 +132,8 @@ pub fn main(args: &[String]) -> Result<(), String> {
     } else {
         args.scenarios.clone()
     };
-    if let Some(bad) = scenarios.iter().find(|s| !(1..=7).contains(*s)) {
-        return Err(format!("no scenario {bad} (1 to 7)"));
+    if let Some(bad) = scenarios.iter().find(|s| !(1..=8).contains(*s)) {
+        return Err(format!("no scenario {bad} (1 to 8)"));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -421,6 +425,14 @@ fn injector(id: u8, handle: Handle) -> Option<Injector> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Ok(vec![inj])
+        })),
+        8 => Some(Box::new(move |origin| {
+            Ok(vec![kill(
+                &handle,
+                "kill -9 customer-db member (left down)",
+                "customer-db-0".into(),
+                origin,
+            )?])
         })),
         _ => None,
     }

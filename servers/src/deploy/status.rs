@@ -65,62 +65,92 @@ pub async fn run(cluster: Cluster) -> Result<(), String> {
 }
 
 /// What the customer-db rows mean for the marketplace (`statuses[i]`: member `i`, `None`
-/// when down): nothing while every member is up and none is being rebuilt; members being
-/// rebuilt from a peer (their disk lacked history: emptied, or an older copy), during which
-/// the ring waits for them; while some are down, where the ring stops (a down member's next
-/// turn at or after the slowest live member's next sequence number), or that no majority is
-/// left.
+/// when down): nothing while every member is up, in the group and not being rebuilt.
+/// Otherwise: members down that the others have excluded (they go on, passing their turns),
+/// members down not excluded yet (the ring waits at the first of their turns until they are
+/// excluded or back), members back but not readmitted yet (catching up), members being
+/// rebuilt from a peer (their disk lacked history), or that no majority is left.
 pub fn customer_summary(statuses: &[Option<replication::LogStatus>]) -> Option<String> {
     let n = statuses.len() as u64;
-    let down: Vec<u64> = (0..n).filter(|&i| statuses[i as usize].is_none()).collect();
-    let rebuilding: Vec<String> = statuses
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.as_ref().and_then(|s| counter(s, "rebuilding")) == Some(1))
-        .map(|(i, _)| format!("customer-db-{i}"))
-        .collect();
-    let rebuilding = (!rebuilding.is_empty()).then(|| {
-        format!(
-            "customer database: {} found that its disk lacks history its peers hold (emptied, \
-             or restored from an older copy) and is being rebuilt from a peer's snapshot and \
-             journal; customer-db writes wait until it has caught up",
-            rebuilding.join(", ")
-        )
-    });
-    if down.is_empty() {
-        return rebuilding;
-    }
-    let names = down
-        .iter()
-        .map(|d| format!("customer-db-{d}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let joined = |line: String| match &rebuilding {
-        Some(r) => Some(format!("{line}\n{r}")),
-        None => Some(line),
+    let names = |ids: &[u64]| {
+        ids.iter()
+            .map(|d| format!("customer-db-{d}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    if down.len() as u64 > n / 2 {
-        return joined(format!(
-            "customer database: {names} down, no majority left: nothing new is delivered until \
-             enough of them are back"
-        ));
-    }
-    let next = statuses
+    let down: Vec<u64> = (0..n).filter(|&i| statuses[i as usize].is_none()).collect();
+    let with = |key: &str| -> Vec<u64> {
+        (0..n)
+            .filter(|&i| {
+                statuses[i as usize]
+                    .as_ref()
+                    .and_then(|s| counter(s, key))
+                    .is_some_and(|v| v > 0)
+            })
+            .collect()
+    };
+    // The newest epoch a live member is in, and whom it excludes.
+    let (epoch, mask) = statuses
         .iter()
         .flatten()
-        .map(|s| counter(s, "sequenced").unwrap_or(s.commit_index))
-        .min()
-        .unwrap_or(0);
-    let stop = (next..next.saturating_add(n))
-        .find(|k| down.contains(&(k % n)))
-        .unwrap_or(next);
-    joined(format!(
-        "customer database: {names} down; the atomic broadcast stops at sequence {stop}, \
-         customer-db-{}'s turn, and customer-db writes wait there until it is back (run \
-         members under a restarting supervisor: `market up --restart-crashed`, systemd \
-         Restart=always)",
-        stop % n.max(1)
-    ))
+        .map(|s| (s.term, counter(s, "excluded").unwrap_or(0)))
+        .max()
+        .unwrap_or((0, 0));
+    let excluded = |i: u64| i < 64 && mask & (1 << i) != 0;
+    let mut lines = Vec::new();
+    if down.len() as u64 > n / 2 {
+        lines.push(format!(
+            "customer database: {} down, no majority left: nothing new is delivered until \
+             enough of them are back",
+            names(&down)
+        ));
+    } else {
+        let (gone, waited): (Vec<u64>, Vec<u64>) = down.iter().partition(|d| excluded(**d));
+        if !gone.is_empty() {
+            lines.push(format!(
+                "customer database: {} down and excluded (epoch {epoch}): the others go on \
+                 without it, passing its turns; it is readmitted once it is back and has \
+                 caught up",
+                names(&gone)
+            ));
+        }
+        if !waited.is_empty() {
+            let next = statuses
+                .iter()
+                .flatten()
+                .map(|s| counter(s, "sequenced").unwrap_or(s.commit_index))
+                .min()
+                .unwrap_or(0);
+            let stop = (next..next.saturating_add(n))
+                .find(|k| waited.contains(&(k % n)))
+                .unwrap_or(next);
+            lines.push(format!(
+                "customer database: {} down; the atomic broadcast waits at sequence {stop}, \
+                 customer-db-{}'s turn, until the others exclude it (a reformation, within \
+                 a second) or it is back",
+                names(&waited),
+                stop % n.max(1)
+            ));
+        }
+    }
+    let back = with("excluded_self");
+    if !back.is_empty() {
+        lines.push(format!(
+            "customer database: {} back, catching up before it is readmitted (the others go \
+             on meanwhile)",
+            names(&back)
+        ));
+    }
+    let rebuilding = with("rebuilding");
+    if !rebuilding.is_empty() {
+        lines.push(format!(
+            "customer database: {} found that its disk lacks history its peers hold (emptied, \
+             or restored from an older copy) and is being rebuilt from a peer's snapshot and \
+             journal; the others go on without it",
+            names(&rebuilding)
+        ));
+    }
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }
 
 /// What the product-db rows mean: nothing while a leader is up and every replica votes;
@@ -236,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn the_customer_summary_names_where_the_ring_stops() {
+    fn the_customer_summary_names_where_the_ring_waits_and_who_is_excluded() {
         let all_up: Vec<_> = (0..5).map(|i| member(i, 40)).collect();
         assert_eq!(customer_summary(&all_up), None);
         // Member 2 down, the slowest live member's next number 40 (owner 0): the ring
@@ -247,7 +277,7 @@ mod tests {
         let line = customer_summary(&one_down).expect("a summary");
         assert!(line.contains("customer-db-2 down"), "{line}");
         assert!(
-            line.contains("stops at sequence 42, customer-db-2's turn"),
+            line.contains("waits at sequence 42, customer-db-2's turn"),
             "{line}"
         );
         // Two down: the first turn either owns.
@@ -257,7 +287,7 @@ mod tests {
         let line = customer_summary(&two_down).expect("a summary");
         assert!(line.contains("customer-db-1, customer-db-3 down"), "{line}");
         assert!(
-            line.contains("stops at sequence 41, customer-db-1's turn"),
+            line.contains("waits at sequence 41, customer-db-1's turn"),
             "{line}"
         );
         let mut no_majority = two_down;
@@ -285,6 +315,30 @@ mod tests {
         }
         let line = customer_summary(&rebuilt).expect("a summary");
         assert!(!line.contains("lacks history"), "{line}");
+        // Member 2 down and excluded by the others' epoch 5: they go on.
+        let mut excluded = all_up.clone();
+        excluded[2] = None;
+        for s in excluded.iter_mut().flatten() {
+            s.term = 5;
+            s.counters.push(("excluded".into(), 1 << 2));
+        }
+        let line = customer_summary(&excluded).expect("a summary");
+        assert!(
+            line.contains("customer-db-2 down and excluded (epoch 5)"),
+            "{line}"
+        );
+        assert!(!line.contains("waits at"), "{line}");
+        // Back, catching up before it is readmitted.
+        let mut back = member(2, 30);
+        if let Some(s) = back.as_mut() {
+            s.term = 5;
+            s.counters.push(("excluded".into(), 1 << 2));
+            s.counters.push(("excluded_self".into(), 1));
+        }
+        excluded[2] = back;
+        let line = customer_summary(&excluded).expect("a summary");
+        assert!(line.contains("customer-db-2 back, catching up"), "{line}");
+        assert!(!line.contains("down"), "{line}");
     }
 
     #[test]
