@@ -1541,6 +1541,9 @@ impl Core {
     /// majority promised, fetch what it lacks of the chosen history, then install the new
     /// epoch and announce it.
     fn reform_step(&mut self) {
+        if self.reform.is_none() {
+            return;
+        }
         let (id, majority, first) = (self.cfg.id, self.cfg.majority(), self.cfg.epoch);
         let (chain, stable, durable) = (self.chain.clone(), self.stable, self.promised_durable);
         let Some(r) = self.reform.as_mut() else {
@@ -1810,16 +1813,18 @@ impl Core {
                 self.stall.1 = now;
             } else if now.saturating_sub(self.stall.1) >= after {
                 if let Some(d) = self.owner(self.contiguous).filter(|d| *d != id) {
-                    if self.suspected.insert(d) || self.reform.is_some() {
-                        // First suspicion (or this member is already reforming).
-                    } else if let Some(c) =
-                        (0..n).find(|m| self.owner_in_view(*m) && !self.suspected.contains(m))
-                    {
-                        // Suspected before, and no reformation came since: the member that
-                        // should coordinate one is down too.
-                        if c != id && now.saturating_sub(self.epoch_event_ms) >= after {
-                            self.suspected.insert(c);
-                        }
+                    let again = !self.suspected.insert(d);
+                    // Suspected before, and no reformation came since: the member that should
+                    // coordinate one is down too.
+                    let coordinator =
+                        (0..n).find(|m| self.owner_in_view(*m) && !self.suspected.contains(m));
+                    if let Some(c) = coordinator.filter(|c| {
+                        again
+                            && self.reform.is_none()
+                            && *c != id
+                            && now.saturating_sub(self.epoch_event_ms) >= after
+                    }) {
+                        self.suspected.insert(c);
                     }
                 }
                 self.stall.1 = now;
