@@ -1409,8 +1409,7 @@ impl Core {
     /// Suspects `member` of being down (the runtime's liveness connection to it closed):
     /// if the ring waits for it, the group reforms without it (see [`epoch`](super::epoch)).
     pub fn suspect(&mut self, member: MemberId) {
-        if member != self.cfg.id && member < self.cfg.members && !self.excluded().contains(&member)
-        {
+        if member != self.cfg.id && member < self.cfg.members && self.owner_in_view(member) {
             self.down.insert(member);
         }
     }
@@ -1816,9 +1815,7 @@ impl Core {
                     let again = !self.suspected.insert(d);
                     // Suspected before, and no reformation came since: the member that should
                     // coordinate one is down too.
-                    let coordinator =
-                        (0..n).find(|m| self.owner_in_view(*m) && !self.suspected.contains(m));
-                    if let Some(c) = coordinator.filter(|c| {
+                    if let Some(c) = self.coordinator_among(&self.suspected).filter(|c| {
                         again
                             && self.reform.is_none()
                             && *c != id
@@ -1831,7 +1828,8 @@ impl Core {
             }
         }
         let awaiting = self.awaiting_epoch.is_some_and(|e| self.epoch() <= e);
-        if awaiting && (0..n).find(|m| self.owner_in_view(*m)) == Some(id) {
+        let coordinator = self.coordinator_among(&BTreeSet::new());
+        if awaiting && coordinator == Some(id) {
             self.force_reform = true;
         }
         // An excluded member asks back in once it has caught up; a restarted one that awaits
@@ -1843,7 +1841,7 @@ impl Core {
             && !self.history_open()
             && ask_due
         {
-            if let Some(to) = (0..n).find(|m| !self.excluded().contains(m)) {
+            if let Some(to) = coordinator {
                 self.epoch_ask_ms = Some(now);
                 let message = self.message(Body::Rejoin);
                 self.actions.push(Action::Send { to, message });
@@ -1884,7 +1882,7 @@ impl Core {
         }
         // The coordinator: the lowest member of the current view that nobody here suspects
         // (a member being readmitted does not coordinate its own readmission).
-        let coordinator = (0..n).find(|m| self.owner_in_view(*m) && !suspects.contains(m));
+        let coordinator = self.coordinator_among(&suspects);
         // (More to exclude than leaves a majority: the decision keeps what fits.)
         if coordinator != Some(id)
             || self.disk_lost
@@ -2307,6 +2305,12 @@ impl Core {
             }
             self.issue_request(payloads, None);
         }
+    }
+
+    /// Who coordinates a reformation as this member sees it: the lowest member of its epoch
+    /// (not excluded) outside `suspects`.
+    fn coordinator_among(&self, suspects: &BTreeSet<MemberId>) -> Option<MemberId> {
+        (0..self.cfg.members).find(|m| self.owner_in_view(*m) && !suspects.contains(m))
     }
 
     /// Whether `member` takes part in this member's epoch (is not excluded).
