@@ -1,7 +1,8 @@
 //! A member of a five-member in-process group (real raft-engine storage) is killed mid-load:
 //! the others exclude it after `reform_after_ms` (a new epoch in which its turns are passes)
 //! and go on without it; it restarts from its disk, learns the new epoch, catches up from
-//! its peers and is readmitted. Clients retry with the same request id, so no acknowledged
+//! its peers (by retransmission, or, when they collected what it missed, from a peer's
+//! image) and is readmitted. Clients retry with the same request id, so no acknowledged
 //! command is lost or doubled.
 
 mod abcast_support;
@@ -20,7 +21,12 @@ const MEMBERS: u64 = 5;
 const VICTIM: usize = 2;
 
 fn config(id: u64) -> AbcastConfig {
+    config_retaining(id, AbcastConfig::new(id, MEMBERS).core.retain_for_excluded)
+}
+
+fn config_retaining(id: u64, retain_for_excluded: u64) -> AbcastConfig {
     let mut cfg = AbcastConfig::new(id, MEMBERS);
+    cfg.core.retain_for_excluded = retain_for_excluded;
     cfg.tick_ms = 2;
     cfg.core.heartbeat_ms = 20;
     cfg.core.retransmit_after_ms = 20;
@@ -32,8 +38,16 @@ fn config(id: u64) -> AbcastConfig {
 
 type Slot = Arc<Mutex<Option<Arc<AbcastLog<TestMachine>>>>>;
 
-fn open(hub: &Arc<Hub>, dir: &std::path::Path, i: u64) -> Arc<AbcastLog<TestMachine>> {
-    Arc::new(AbcastLog::open(config(i), dir, hub.attach(i), TestMachine::default()).expect("open"))
+fn open(hub: &Arc<Hub>, dir: &std::path::Path, i: u64, retain: u64) -> Arc<AbcastLog<TestMachine>> {
+    Arc::new(
+        AbcastLog::open(
+            config_retaining(i, retain),
+            dir,
+            hub.attach(i),
+            TestMachine::default(),
+        )
+        .expect("open"),
+    )
 }
 
 fn current(slots: &[Slot], i: usize) -> Option<Arc<AbcastLog<TestMachine>>> {
@@ -49,12 +63,41 @@ async fn history(log: &AbcastLog<TestMachine>, c: ReadConsistency) -> Result<Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_member_is_excluded_the_group_goes_on_and_it_is_readmitted() {
+    let restarted = kill_exclude_restart(config(0).core.retain_for_excluded).await;
+    assert_eq!(
+        restarted.rebuilds, 0,
+        "the peers kept what the member missed: it catches up by retransmission"
+    );
+}
+
+/// Its peers keep only 16 numbers for an excluded member: while it is down they collect
+/// (and compact their journals) past it, and back, it is rebuilt from a peer's image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_longer_than_its_peers_keep_history_is_rebuilt_from_an_image() {
+    let restarted = kill_exclude_restart(16).await;
+    assert!(
+        restarted.rebuilds >= 1,
+        "the member caught up although its peers collected what it missed: {restarted:?}"
+    );
+}
+
+/// Kills member `VICTIM` under load, restarts it once the others went on without it, and
+/// checks that nothing acknowledged is lost or doubled and that it is readmitted. Returns
+/// the restarted member's final stats.
+async fn kill_exclude_restart(retain: u64) -> replication::abcast::AbcastStats {
     let hub = Hub::new();
     let dirs: Vec<_> = (0..MEMBERS)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
     let slots: Vec<Slot> = (0..MEMBERS)
-        .map(|i| Arc::new(Mutex::new(Some(open(&hub, dirs[i as usize].path(), i)))))
+        .map(|i| {
+            Arc::new(Mutex::new(Some(open(
+                &hub,
+                dirs[i as usize].path(),
+                i,
+                retain,
+            ))))
+        })
         .collect();
     let slots = Arc::new(slots);
     let stop = Arc::new(AtomicBool::new(false));
@@ -131,7 +174,7 @@ async fn killed_member_is_excluded_the_group_goes_on_and_it_is_readmitted() {
     }
     eprintln!("acknowledged at kill: {at_kill}, without the victim: {during}");
 
-    let restarted = open(&hub, dirs[VICTIM].path(), VICTIM as u64);
+    let restarted = open(&hub, dirs[VICTIM].path(), VICTIM as u64, retain);
     *slots[VICTIM].lock().expect("slot") = Some(Arc::clone(&restarted));
     wait_acked(during + 100).await;
     stop.store(true, Ordering::Relaxed);
@@ -191,7 +234,8 @@ async fn killed_member_is_excluded_the_group_goes_on_and_it_is_readmitted() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(excluded, 0, "the restarted member was not readmitted");
-    eprintln!("restarted member: {:?}", restarted.stats());
+    let stats = restarted.stats();
+    eprintln!("restarted member: {stats:?}");
     // Snapshots were taken and the journal compacted behind them.
     for i in 0..MEMBERS as usize {
         let s = current(&slots, i).expect("member").stats();
@@ -201,6 +245,7 @@ async fn killed_member_is_excluded_the_group_goes_on_and_it_is_readmitted() {
             "member {i} never compacted its journal: {s:?}"
         );
     }
+    stats
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

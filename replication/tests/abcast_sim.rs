@@ -269,6 +269,84 @@ fn a_dead_member_is_excluded_and_the_group_goes_on_then_readmits_it() {
     }
 }
 
+/// A member away for longer than its peers keep history for it
+/// (`CoreConfig::retain_for_excluded`, 48 numbers here) is collected past: while it is away
+/// its peers hold a bounded amount of history (and, with snapshots, compact their disks past
+/// it). Back (restarted, or its links restored while it ran cut off), it asks for what it
+/// missed, is told that it is gone, is rebuilt from a peer's snapshot and journal, catches
+/// up and is readmitted, and takes its turns again.
+#[test]
+fn a_member_away_long_is_collected_past_then_rebuilt_from_an_image() {
+    for seed in seeds(6) {
+        let mut sim = Sim::new(5300 + seed, 5, Faults::lossy());
+        if seed % 2 == 0 {
+            sim.snapshot_every = Some(16);
+        }
+        let cut_off = seed % 4 >= 2;
+        let all = [0, 1, 2, 3, 4];
+        let victim = (seed % 5) as usize;
+        let live: Vec<usize> = all.into_iter().filter(|i| *i != victim).collect();
+        random_load(&mut sim, &all, 30, 300);
+        sim.run_for(300);
+        if cut_off {
+            sim.isolate_all_but(&live);
+        } else {
+            sim.crash(victim);
+        }
+        let away_from = sim.core(live[0]).expect("alive").delivered();
+        random_load(&mut sim, &live, 200, 6_000);
+        assert!(
+            sim.run_until_delivered_at(&live, 20_000),
+            "seed {seed}: the group did not go on without member {victim}{}",
+            sim.summary()
+        );
+        for &i in &live {
+            let core = sim.core(i).expect("alive");
+            let (held, _) = core.held();
+            assert!(
+                core.collected() > away_from && held <= 48 + 64,
+                "seed {seed}: member {i} kept the history of member {victim} that was away: \
+                 collected {} (away from {away_from}), {held} Sequences held{}",
+                core.collected(),
+                sim.summary()
+            );
+        }
+        if cut_off {
+            sim.heal();
+        } else {
+            sim.restart(victim);
+        }
+        random_load(&mut sim, &all, 30, 300);
+        assert!(
+            sim.run_until_all_delivered(30_000),
+            "seed {seed}: member {victim} did not catch up: {:?}{}",
+            sim.check_all_delivered(),
+            sim.summary()
+        );
+        assert!(
+            sim.rebuilds_behind >= 1,
+            "seed {seed}: member {victim} caught up without an image{}",
+            sim.summary()
+        );
+        wait_until_nobody_excluded(&mut sim, seed);
+        let before = sim.core(victim).expect("alive").stats().sequences_issued;
+        random_load(&mut sim, &all, 30, 300);
+        assert!(
+            sim.run_until_all_delivered(20_000),
+            "seed {seed}: stalled at the end{}",
+            sim.summary()
+        );
+        assert!(
+            sim.core(victim).expect("alive").stats().sequences_issued > before,
+            "seed {seed}: the readmitted member takes no turns"
+        );
+        sim.check_safety()
+            .unwrap_or_else(|e| fail("collected past", seed, e));
+        sim.check_all_delivered()
+            .unwrap_or_else(|e| fail("collected past", seed, e));
+    }
+}
+
 /// A member whose death the runtime reports (its liveness connection closed) is excluded at
 /// once, without waiting for the ring to stall for `reform_after_ms` (here a minute).
 #[test]

@@ -85,6 +85,13 @@ pub struct CoreConfig {
     /// something is pending, and the group reforms without it (see [`epoch`](super::epoch)).
     /// 0: never by time (only [`Core::suspect`]).
     pub reform_after_ms: u64,
+    /// How many Sequence numbers members keep for an excluded member beyond what the members
+    /// of the epoch have all delivered. Garbage collection waits for an excluded member
+    /// that lags by less (it catches up by retransmission when it is back); one that lags by
+    /// more is collected past and, back, is rebuilt from a peer's snapshot and journal
+    /// ([`Core::behind`]). Bounds the memory and journal a member that is down for good
+    /// costs its peers.
+    pub retain_for_excluded: u64,
 }
 
 impl CoreConfig {
@@ -110,6 +117,7 @@ impl CoreConfig {
             read_probe_spare: 1,
             message_bytes_max: 4 << 20,
             reform_after_ms: 0,
+            retain_for_excluded: 16_384,
         }
     }
 
@@ -454,6 +462,11 @@ pub struct Core {
     /// Own Sequence numbers below this were issued by an earlier incarnation whose disk was
     /// lost: they are taken from peers, never issued afresh (see [`Core::with_sequence_floor`]).
     sequence_floor: u64,
+    /// A peer answered a retransmit request with [`Body::Collected`]: history this member
+    /// still needs is gone from the members of the epoch (it lagged by more than
+    /// [`CoreConfig::retain_for_excluded`] while excluded). It acts no more and is rebuilt
+    /// from an image ([`Core::rebuild_plan`]).
+    behind: bool,
     catch_up_target: Option<u64>,
     heard: BTreeSet<MemberId>,
     /// Recovered from a snapshot at `(delivered, per-sender prefixes)`: Requests below the
@@ -554,6 +567,7 @@ impl Core {
             history_asked_ms: None,
             history_done: false,
             disk_lost: false,
+            behind: false,
             sequence_floor: 0,
             catch_up_target: None,
             heard: BTreeSet::new(),
@@ -749,13 +763,14 @@ impl Core {
     /// reformation under way, pending reclaim), for logs and test failure messages.
     pub fn describe_epoch(&self) -> String {
         format!(
-            "chain={:?} promised={} durable={} history={:?} disk_lost={} suspected={:?} \
+            "chain={:?} promised={} durable={} history={:?} disk_lost={} behind={} suspected={:?} \
              down={:?} readmit={:?} reform={:?} reclaim={:?} awaiting={:?}",
             self.chain,
             self.promised,
             self.promised_durable,
             self.history.keys().collect::<Vec<_>>(),
             self.disk_lost,
+            self.behind,
             self.suspected,
             self.down,
             self.readmit,
@@ -996,6 +1011,15 @@ impl Core {
         self.disk_lost
     }
 
+    /// Whether this member needs history that every member of its epoch has collected: it
+    /// was excluded and lagged by more than [`CoreConfig::retain_for_excluded`] numbers (a
+    /// peer answered its retransmit request with [`Body::Collected`]). Like a member whose
+    /// disk was lost, it acts no more until it is rebuilt from a peer's snapshot and
+    /// journal ([`Core::rebuild_plan`]); then it catches up and is readmitted as usual.
+    pub fn behind(&self) -> bool {
+        self.behind
+    }
+
     /// Once a member whose disk was lost ([`Core::disk_lost`]) has every peer's answer to
     /// its history query: how to rebuild it. The runtime copies a donor's snapshot and
     /// journal (any member's: they hold the same history), stores [`RebuildPlan::lease`] as
@@ -1003,7 +1027,28 @@ impl Core {
     /// again from that disk ([`Core::recover_from`], then [`Core::with_sequence_floor`]). It
     /// then recovers like any restarted member: restart Request at the lease, reclaim of
     /// its first own Sequence number that nobody knows of, catch-up by retransmission.
+    ///
+    /// A member [`Core::behind`] its peers' garbage collection is rebuilt the same way; its
+    /// own disk is intact, so its plan keeps its lease and its own Sequences as the floor.
     pub fn rebuild_plan(&self) -> Option<RebuildPlan> {
+        if self.behind && !self.disk_lost {
+            let own = self
+                .sequences
+                .keys()
+                .rev()
+                .find(|k| self.owner(**k) == Some(self.cfg.id))
+                .map_or(0, |k| k + 1);
+            let mut donors = self.view_peers();
+            donors.sort_by_key(|&p| std::cmp::Reverse(self.peers[p as usize].delivered));
+            return Some(RebuildPlan {
+                lease: self
+                    .lease_durable
+                    .max(self.lease_issued)
+                    .max(self.next_local_seq),
+                sequence_floor: self.sequence_floor.max(own),
+                donors,
+            });
+        }
         if !self.disk_lost || self.history_open() {
             return None;
         }
@@ -1049,12 +1094,14 @@ impl Core {
         self
     }
 
-    /// Whether this member may not issue Requests or Sequences: its disk was found lost, or
+    /// Whether this member may not issue Requests or Sequences: its disk was found lost, it
+    /// is behind its peers' garbage collection, it is excluded or promised a new epoch, or
     /// not every peer has answered its history query yet. (Waiting for every peer costs
     /// nothing: the ring needs every member anyway, and a restarted member's reclaim waits
     /// for every peer too.)
     fn held_back(&self) -> bool {
         self.disk_lost
+            || self.behind
             || self.history_open()
             || self.excluded().contains(&self.cfg.id)
             || self.promised > self.epoch()
@@ -1357,8 +1404,25 @@ impl Core {
                         .insert(from, (issued, request_max, sequence_max));
                 }
             }
+            Body::Collected { below } => {
+                if below > self.delivered && !self.behind {
+                    tracing::warn!(
+                        id = self.cfg.id,
+                        delivered = self.delivered,
+                        below,
+                        from,
+                        "the members of the epoch collected history this member lacks: \
+                         it is rebuilt from a peer's image"
+                    );
+                    self.behind = true;
+                }
+            }
             Body::Rejoin => {
-                if self.excluded().contains(&from) {
+                if self.excluded().contains(&from) && self.peers[from as usize].delivered < self.gc
+                {
+                    // It could not catch up from here: it asks again once it is rebuilt.
+                    self.stats.dropped += 1;
+                } else if self.excluded().contains(&from) {
                     self.readmit.insert(from);
                     self.suspected.remove(&from);
                 } else {
@@ -1834,7 +1898,9 @@ impl Core {
         }
         // An excluded member asks back in once it has caught up; a restarted one that awaits
         // a new epoch asks at once (the ring may wait at its turn meanwhile).
-        let rejoin = self.excluded().contains(&id) && !self.recovering;
+        let rejoin = self.excluded().contains(&id)
+            && !self.recovering
+            && self.known <= self.delivered.saturating_add(2 * self.cfg.sequence_window);
         if (rejoin || awaiting)
             && self.promised == self.epoch()
             && !self.disk_lost
@@ -2603,6 +2669,19 @@ impl Core {
 
     fn answer_retransmit(&mut self, from: MemberId, sequences: &[u64], requests: &[RequestKey]) {
         let limit = self.cfg.retransmit_items_max.max(1);
+        // Asked for what every member of the epoch delivered and this one collected: the
+        // asker lags behind the collection (it was excluded), and nobody can send it.
+        let collected = sequences.iter().any(|&k| k < self.gc)
+            || requests.iter().any(|k| {
+                self.senders
+                    .get(k.sender as usize)
+                    .is_some_and(|st| k.seq < st.gc)
+            });
+        if collected && self.peers[from as usize].delivered < self.gc {
+            let message = self.message(Body::Collected { below: self.gc });
+            self.actions.push(Action::Send { to: from, message });
+            return;
+        }
         let seqs: Vec<SequenceMsg> = sequences
             .iter()
             .take(limit)
@@ -2720,17 +2799,14 @@ impl Core {
         }
     }
 
-    /// Drops what every member has delivered (and has on disk).
+    /// Drops what every member of the epoch has delivered (and has on disk), and what every
+    /// excluded member has too, unless one lags by more than
+    /// [`CoreConfig::retain_for_excluded`] numbers: that one will be rebuilt from an image.
     fn collect_garbage(&mut self) {
         while self.refused.first().is_some_and(|&k| k < self.gc) {
             self.refused.pop_first();
         }
-        let mut g = self.delivered.min(self.stable);
-        for (j, p) in self.peers.iter().enumerate() {
-            if j as u64 != self.cfg.id {
-                g = g.min(p.delivered);
-            }
-        }
+        let g = self.collectable();
         while self.gc < g {
             if let Some(seq) = self.sequences.remove(&self.gc) {
                 for key in seq.assigned {
@@ -2764,6 +2840,26 @@ impl Core {
                 self.base_prefixes = None;
             }
         }
+    }
+
+    /// The number below which everything may be collected (see `collect_garbage`).
+    fn collectable(&self) -> u64 {
+        let excluded = self.excluded();
+        let mut view = self.delivered.min(self.stable);
+        let mut others = u64::MAX;
+        for (j, p) in self.peers.iter().enumerate() {
+            let j = j as u64;
+            if j == self.cfg.id {
+                continue;
+            }
+            if excluded.contains(&j) {
+                others = others.min(p.delivered);
+            } else {
+                view = view.min(p.delivered);
+            }
+        }
+        let kept = view.saturating_sub(self.cfg.retain_for_excluded);
+        view.min(others.max(kept))
     }
 
     /// Number of Sequences and Requests held in memory (for tests of garbage collection).

@@ -3,7 +3,8 @@
 //! Every [`Message`] starts with a [`Header`] that carries the epoch and the sender's progress
 //! metadata; the [`Body`] carries data (Requests and Sequences, originals and retransmissions
 //! alike), a retransmit request, a read probe or its reply, a restarted owner's reclaim or its
-//! reply, a starting member's history query or its reply, or nothing (a progress heartbeat).
+//! reply, a starting member's history query or its reply, a reformation's messages, the news
+//! that asked-for history was collected, or nothing (a progress heartbeat).
 //! Messages are encoded with postcard ([`Message::encode`], [`Message::decode`]); decoding
 //! malformed bytes is an error, never a panic.
 
@@ -176,6 +177,14 @@ pub enum Body {
     },
     /// An excluded member that caught up asks to be readmitted (a reformation without it).
     Rejoin,
+    /// Answer to a [`Body::Retransmit`] that asked for history the answerer has collected:
+    /// every member of the epoch delivered it, and the asker, which lags behind it, must
+    /// be rebuilt from a peer's snapshot and journal instead (see
+    /// [`CoreConfig::retain_for_excluded`](super::CoreConfig::retain_for_excluded)).
+    Collected {
+        /// The answerer holds no Sequence below this number.
+        below: u64,
+    },
 }
 
 /// One wire message.

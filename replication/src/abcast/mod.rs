@@ -120,8 +120,12 @@
 //!   below a sender's `issued` — asks for it with a Retransmit message after
 //!   [`CoreConfig::retransmit_after_ms`], first from its original sender (`k mod n` for a
 //!   Sequence), then from the other members in turn. Any member answers from what it holds.
-//! * **Garbage collection.** What every member reports delivered (and on disk) is dropped from
-//!   memory. On disk, the runtime snapshots the applied state every
+//! * **Garbage collection.** What every member of the epoch reports delivered (and on disk)
+//!   is dropped from memory, and what every excluded member reports too, unless one lags by
+//!   more than [`CoreConfig::retain_for_excluded`] numbers (16,384 by default): that one is
+//!   collected past, and when it is back and asks for what it missed it is told so
+//!   ([`Body::Collected`]) and rebuilt from a peer's image like a member whose disk was lost
+//!   ([`Core::behind`]). On disk, the runtime snapshots the applied state every
 //!   [`AbcastConfig::snapshot_every`] payloads (more as the state grows:
 //!   [`AbcastConfig::snapshot_bytes_per_payload`]) and compacts its journal up to the first record
 //!   that is not both below its snapshot and delivered by every member (so a lagging member
@@ -189,9 +193,14 @@
 //!   majority on disk, and a reformation needs a majority's promises). A false suspicion
 //!   (a member cut off but alive) costs two reformations and nothing else: the cut-off
 //!   member delivers nothing new meanwhile, then drops what it held beyond the new epoch's
-//!   base and rejoins. While a member is excluded the others keep what it has not delivered
-//!   (garbage collection waits for every member, as before), so memory and journals grow
-//!   until it is back or replaced (an emptied data directory is rebuilt from a peer).
+//!   base and rejoins. While a member is excluded the others keep at most
+//!   [`CoreConfig::retain_for_excluded`] numbers of history it has not delivered (a member
+//!   restarted within that catches up by retransmission); beyond, they collect and compact
+//!   past it, and back, it is rebuilt from a peer's snapshot and journal, catches up and is
+//!   readmitted. So a member down for good costs its peers bounded memory and disk. It asks
+//!   to be readmitted only once it is within two Sequence windows of what its peers know, and
+//!   the coordinator refuses one that lags behind its collection (it would stall the ring at
+//!   its turns).
 //! * A restarted member whose epoch excludes someone does not reclaim its one possibly
 //!   unwritten own Sequence (the excluded member, perhaps alive, cannot be asked): it asks
 //!   for a new epoch instead, whose cut settles that number for everyone, and sequences
@@ -241,8 +250,9 @@
 //!   linearizability tester.
 //! * `tests/abcast_lossy.rs`: the same over `transport::sim` with lossy, duplicating,
 //!   reordering links.
-//! * `tests/abcast_restart.rs`: a member killed mid-load and restarted; a whole group restarted
-//!   from snapshots and compacted journals.
+//! * `tests/abcast_restart.rs`: a member killed mid-load, excluded, restarted and readmitted
+//!   (caught up by retransmission; and, with peers that keep only 16 numbers for it, rebuilt
+//!   from a peer's image); a whole group restarted from snapshots and compacted journals.
 //! * `tests/abcast_disk.rs`: a member's snapshot, journal and lease damaged on disk (bytes
 //!   that do not decode, records that decode but name members or numbers no member of the
 //!   group could have written): the open is refused with a storage error, and nothing is
@@ -252,7 +262,9 @@
 //! * `tests/abcast_sim.rs` also excludes members that die (a member for good, then back and
 //!   readmitted; two at once, then a third: delivery stops; one reported dead by the
 //!   runtime, excluded without the timeout; the coordinator killed mid-reformation; a
-//!   member cut off but alive; an owner dead after sending its Sequence to one peer only),
+//!   member cut off but alive; an owner dead after sending its Sequence to one peer only; a
+//!   member away, dead or cut off, for longer than its peers keep history for it: their
+//!   memory stays bounded, and back, it is rebuilt from an image and readmitted),
 //!   and every other case runs with reformations on (a crash or a partition longer than
 //!   `reform_after_ms` reforms), with the same invariants; with `reform_after_ms` 0 the ring
 //!   waits for a dead member, as the seed's protocol does.
@@ -262,10 +274,11 @@
 //!
 //! # Not done yet
 //!
-//! State transfer exists only as the rebuild of a member whose disk was lost (a whole image
-//! of a peer's store, not an incremental catch-up; a member that is merely behind, or was
-//! excluded for a while, catches up by retransmission, since nobody compacts what it has
-//! not delivered). Garbage collection therefore waits for excluded members too (above).
+//! State transfer is a whole image of a peer's store (snapshot and journal), not an incremental
+//! catch-up: a member excluded for longer than [`CoreConfig::retain_for_excluded`] numbers
+//! fetches the whole state even if it missed little more than that. A member of the epoch
+//! that falls behind without being excluded is still waited for (the ring stops at its turns
+//! anyway until it is excluded).
 
 pub mod core;
 pub mod epoch;

@@ -41,14 +41,17 @@
 //! (`id * snapshot_every / members`), so their snapshots, and the moments each member's
 //! clients wait, are spread out.
 //!
-//! **A member whose disk was lost (emptied, or an older copy) is rebuilt**
+//! **A member whose disk was lost (emptied, or an older copy) is rebuilt**, and so is one
+//! whose peers collected what it missed while it was excluded ([`Core::behind`])
 //! ([`Core::rebuild_plan`]): once every peer
-//! has answered its history query, the loop fetches a donor's image off the loop (the only
+//! has answered its history query (a member behind: at once), the loop fetches a donor's image off the loop (the only
 //! request between members: `ImageRequest`, answered with 1 MiB chunks of one encoded
 //! `Image`, the donor's journal and then its stored snapshot, built once per fetch and
 //! dropped after the last chunk), the most advanced peer first. The image is checked (every
-//! record and the snapshot's base, as at open), written with the plan's lease and
-//! [`FLOOR_KEY`] in one synced write after what the member's own journal holds, and the
+//! record and the snapshot's base, as at open; its donor must be in the member's epoch or a
+//! later one), written with the plan's lease and [`FLOOR_KEY`] in one synced write after
+//! what the member's own journal holds and a cut at 0 (the copy's history replaces the
+//! member's Sequences: one a later epoch voided must not come back), and the
 //! member starts again from its store as after a restart (its state machine from empty:
 //! whatever it delivered from the old disk is replayed from the copy); proposals taken before are
 //! answered "unavailable" (their callers retry). A donor that fails is skipped; when all do,
@@ -73,7 +76,7 @@ use transport::{Incoming, Network};
 use super::core::{
     Action, Core, CoreConfig, CoreStats, Delivery, PersistAck, RebuildPlan, SnapshotBase,
 };
-use super::epoch::EpochState;
+use super::epoch::{epoch_of, EpochState};
 use super::message::{Message, Record, RequestKey, NUMBER_MAX};
 use crate::dedup::{Applied, Deduped};
 use crate::log::{
@@ -173,9 +176,12 @@ pub struct AbcastStats {
     pub lag: u64,
     /// Restarted and still catching up, or being rebuilt after losing its disk.
     pub recovering: bool,
-    /// Its disk lacks history its peers hold (emptied, or an older copy): it is being
-    /// rebuilt from a peer ([`Core::disk_lost`]).
+    /// It lacks history its peers hold: its disk was emptied or is an older copy
+    /// ([`Core::disk_lost`]), or its peers collected what it missed while it was excluded
+    /// ([`Core::behind`]). It is being rebuilt from a peer's snapshot and journal.
     pub rebuilding: bool,
+    /// Rebuilds from a peer's image completed since this member opened.
+    pub rebuilds: u64,
     /// Synced journal writes.
     pub fsyncs: u64,
     /// Records written to the journal.
@@ -317,6 +323,7 @@ impl<S: StateMachine> AbcastLog<S> {
             ticks: 0,
             last_tick_ms: 0,
             snapshots: 0,
+            rebuilds: 0,
             network: Arc::clone(&network),
             shared: Arc::clone(&shared),
             proposers: HashMap::new(),
@@ -473,6 +480,7 @@ impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
                 ("requests_voided".into(), s.core.requests_voided),
                 ("anomalies".into(), s.core.anomalies),
                 ("rebuilding".into(), u64::from(s.rebuilding)),
+                ("rebuilds".into(), s.rebuilds),
                 ("epoch".into(), s.epoch),
                 ("epochs_installed".into(), s.core.epochs_installed),
                 ("excluded".into(), s.excluded),
@@ -751,6 +759,8 @@ struct Driver<S: StateMachine> {
     /// When (ms since `start`) the core was last ticked.
     last_tick_ms: u64,
     snapshots: u64,
+    /// Rebuilds from a peer's image completed.
+    rebuilds: u64,
     resumed_at: u64,
     network: Arc<dyn Network>,
     shared: Arc<Shared<S>>,
@@ -999,7 +1009,7 @@ impl<S: StateMachine> Driver<S> {
                 _ => break,
             }
         }
-        if self.core.disk_lost() {
+        if self.core.disk_lost() || self.core.behind() {
             if let Err(e) = self.rebuild_step() {
                 self.fail(e);
                 return false;
@@ -1021,8 +1031,10 @@ impl<S: StateMachine> Driver<S> {
                 lease = plan.lease,
                 sequence_floor = plan.sequence_floor,
                 donors = ?plan.donors,
-                "this member's disk lacks history its peers hold (emptied, or an older copy): \
-                 rebuilding from a peer's snapshot and journal"
+                behind = self.core.behind(),
+                "this member lacks history its peers hold (its disk was emptied or is an older \
+                 copy, or its peers collected what it missed while excluded): rebuilding from \
+                 a peer's snapshot and journal"
             );
             self.rebuild = Some(Rebuild {
                 plan,
@@ -1094,9 +1106,34 @@ impl<S: StateMachine> Driver<S> {
                     .map_err(|why| InstallError::Image(format!("record {k}: {why}")))?,
             );
         }
-        let entries: Vec<_> = image
-            .records
-            .into_iter()
+        // The image's history replaces the Sequences this member's journal holds (an own
+        // Sequence a reformation voided must not come back when its record of the cut was
+        // compacted away at the donor): a cut at 0 precedes the copy. The donor must be in
+        // this member's epoch or a later one (its history may hold what a later cut voids),
+        // and what this member promised stays promised.
+        let own = self.core.epoch_state();
+        let first = self.cfg.core.epoch;
+        let state = match last_epoch_state(decoded.iter()) {
+            Some(donor) if epoch_of(&donor.chain, first) < self.core.epoch() => {
+                return Err(InstallError::Image(format!(
+                    "the donor is in epoch {}, this member in {}",
+                    epoch_of(&donor.chain, first),
+                    self.core.epoch()
+                )));
+            }
+            Some(donor) => EpochState {
+                promised: donor.promised.max(own.promised),
+                chain: donor.chain.clone(),
+            },
+            None => own,
+        };
+        let cut = Record::Epoch {
+            cut: 0,
+            state: state.clone(),
+        };
+        let cut = postcard::to_stdvec(&cut).map_err(|e| InstallError::Image(e.to_string()))?;
+        let entries: Vec<_> = std::iter::once(cut)
+            .chain(image.records)
             .enumerate()
             .map(|(k, data)| {
                 storage::entry(self.journal_next + k as u64, self.cfg.core.epoch, data)
@@ -1113,11 +1150,10 @@ impl<S: StateMachine> Driver<S> {
                 .put(SNAPSHOT_GROUP, SNAPSHOT_KEY.to_vec(), image.snapshot)
                 .map_err(|e| InstallError::Storage(storage::storage_err(e)))?;
         }
-        put_value(&mut batch, LEASE_KEY, &plan.lease).map_err(InstallError::Storage)?;
+        put_value(&mut batch, LEASE_KEY, &plan.lease.max(self.lease))
+            .map_err(InstallError::Storage)?;
         put_value(&mut batch, FLOOR_KEY, &plan.sequence_floor).map_err(InstallError::Storage)?;
-        if let Some(state) = last_epoch_state(decoded.iter()) {
-            put_value(&mut batch, EPOCH_KEY, state).map_err(InstallError::Storage)?;
-        }
+        put_value(&mut batch, EPOCH_KEY, &state).map_err(InstallError::Storage)?;
         let engine = &self.engine;
         blocking(|| engine.write(&mut batch, true))
             .map_err(|e| InstallError::Storage(storage::storage_err(e)))?;
@@ -1151,6 +1187,7 @@ impl<S: StateMachine> Driver<S> {
         self.snapshot = loaded.base;
         self.held.clear();
         self.rebuild = None;
+        self.rebuilds += 1;
         // Proposals taken before the rebuild were never issued: their callers retry.
         for (_, (_, reply)) in self.proposers.drain() {
             let _ = reply.send(Err(LogError::Unavailable(
@@ -1165,7 +1202,7 @@ impl<S: StateMachine> Driver<S> {
     /// then snapshot) when the request names a new image, then served from the copy.
     fn serve_image(&mut self, payload: &[u8]) -> Result<ImageChunk, String> {
         let request: ImageRequest = postcard::from_bytes(payload).map_err(|e| e.to_string())?;
-        if self.core.disk_lost() {
+        if self.core.disk_lost() || self.core.behind() {
             return Err("this member is being rebuilt itself".into());
         }
         if self
@@ -1657,12 +1694,13 @@ impl<S: StateMachine> Driver<S> {
             stable: c.stable(),
             known: c.known(),
             lag: c.known().saturating_sub(c.delivered()),
-            recovering: c.recovering() || c.disk_lost(),
-            rebuilding: c.disk_lost(),
+            recovering: c.recovering() || c.disk_lost() || c.behind(),
+            rebuilding: c.disk_lost() || c.behind(),
             fsyncs: self.fsyncs,
             records_persisted: self.records_persisted,
             send_failures: self.send_failures,
             snapshots: self.snapshots,
+            rebuilds: self.rebuilds,
             journal_len: self.journal.len() as u64,
             resumed_at: self.resumed_at,
             epoch: c.epoch(),

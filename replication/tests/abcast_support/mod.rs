@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use replication::abcast::epoch::epoch_of;
 use replication::abcast::{
     Action, Body, Core, CoreConfig, EpochState, Message, PersistAck, Record, SnapshotBase,
 };
@@ -107,8 +108,12 @@ pub struct Sim {
     floors: Vec<u64>,
     /// Each node's stored epoch state (the runtime's key beside the journal).
     epochs: Vec<EpochState>,
-    /// Members rebuilt from a donor's disk after theirs was lost.
+    /// Members rebuilt from a donor's disk after theirs was lost, or after their peers
+    /// collected history they lacked.
     pub rebuilds: u64,
+    /// Of those, the members rebuilt because their peers collected history they lacked
+    /// ([`Core::behind`]).
+    pub rebuilds_behind: u64,
     /// Nodes whose disk the test emptied or rolled back (and that were not rebuilt since):
     /// only they may believe their disk lost; any other that does is a violation.
     damaged: Vec<bool>,
@@ -183,6 +188,8 @@ impl Sim {
                 c.heartbeat_ms = 50;
                 c.pass_retry_ms = 20;
                 c.reform_after_ms = 200;
+                // Small, so that a member down for a while is collected past and rebuilt.
+                c.retain_for_excluded = 48;
                 c
             })
             .collect();
@@ -199,6 +206,7 @@ impl Sim {
             floors: vec![0; members],
             epochs: vec![EpochState::default(); members],
             rebuilds: 0,
+            rebuilds_behind: 0,
             damaged: vec![false; members],
             tear_next_persist: vec![false; members],
             tear_needs_sequence: false,
@@ -437,22 +445,39 @@ impl Sim {
             return;
         };
         let donor = donor as usize;
+        let behind = self.nodes[i].as_ref().is_some_and(|c| c.behind());
+        let own = self.nodes[i].as_ref().expect("alive").epoch_state();
+        let first = self.cfgs[i].epoch;
+        let donor_state = self.epochs[donor].clone();
+        if epoch_of(&donor_state.chain, first) < epoch_of(&own.chain, first) {
+            // As the runtime refuses it: the donor's history may hold what a later cut voids.
+            return;
+        }
+        let state = EpochState {
+            promised: donor_state.promised.max(own.promised),
+            chain: donor_state.chain.clone(),
+        };
         self.crash(i);
+        // As the runtime's image does: a cut at 0 (the copy replaces this node's Sequences),
+        // the donor's journal, the donor's epoch state at its end.
+        self.disks[i].push(Record::Epoch {
+            cut: 0,
+            state: state.clone(),
+        });
         let copied = self.disks[donor].clone();
         self.disks[i].extend(copied);
-        // As the runtime's image does: the donor's epoch state ends the copied journal.
-        let state = self.epochs[donor].clone();
         self.disks[i].push(Record::Epoch {
             cut: replication::abcast::message::NUMBER_MAX,
-            state: state.clone(),
+            state: donor_state,
         });
         self.epochs[i] = state;
         if self.snapshots[donor].is_some() {
             self.snapshots[i] = self.snapshots[donor].clone();
         }
-        self.leases[i] = plan.lease;
+        self.leases[i] = plan.lease.max(self.leases[i]);
         self.floors[i] = plan.sequence_floor;
         self.rebuilds += 1;
+        self.rebuilds_behind += u64::from(behind);
         self.damaged[i] = false;
         self.restart(i);
     }

@@ -144,9 +144,10 @@ pub fn customer_summary(statuses: &[Option<replication::LogStatus>]) -> Option<S
     let rebuilding = with("rebuilding");
     if !rebuilding.is_empty() {
         lines.push(format!(
-            "customer database: {} found that its disk lacks history its peers hold (emptied, \
-             or restored from an older copy) and is being rebuilt from a peer's snapshot and \
-             journal; the others go on without it",
+            "customer database: {} lacks history its peers hold (its disk was emptied or \
+             restored from an older copy, or it was away so long that the others discarded \
+             what it missed) and is being rebuilt from a peer's snapshot and journal; the \
+             others go on without it",
             names(&rebuilding)
         ));
     }
@@ -301,13 +302,13 @@ mod tests {
         }
         let line = customer_summary(&rebuilt).expect("a summary");
         assert!(
-            line.contains("customer-db-4 found that its disk lacks history"),
+            line.contains("customer-db-4 lacks history its peers hold"),
             "{line}"
         );
         rebuilt[1] = None;
         let line = customer_summary(&rebuilt).expect("a summary");
         assert!(line.contains("customer-db-1 down"), "{line}");
-        assert!(line.contains("customer-db-4 found"), "{line}");
+        assert!(line.contains("customer-db-4 lacks"), "{line}");
         // Rebuilt: the counter back at 0.
         if let Some(s) = rebuilt[4].as_mut() {
             s.counters.retain(|(k, _)| k != "rebuilding");
