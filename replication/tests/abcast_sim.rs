@@ -220,11 +220,7 @@ fn a_dead_member_is_excluded_and_the_group_goes_on_then_readmits_it() {
         random_load(&mut sim, &all, 60, 600);
         sim.crash(victim);
         random_load(&mut sim, &live, 60, 600);
-        assert!(
-            sim.run_until_delivered_at(&live, 10_000),
-            "seed {seed}: the group did not go on without member {victim}{}",
-            sim.summary()
-        );
+        goes_on_without(&mut sim, seed, &live, victim, 10_000);
         for &i in &live {
             let core = sim.core(i).expect("alive");
             assert!(
@@ -251,21 +247,7 @@ fn a_dead_member_is_excluded_and_the_group_goes_on_then_readmits_it() {
             sim.check_all_delivered(),
             sim.summary()
         );
-        wait_until_nobody_excluded(&mut sim, seed);
-        let before = sim.core(victim).expect("alive").stats().sequences_issued;
-        random_load(&mut sim, &all, 30, 300);
-        assert!(
-            sim.run_until_all_delivered(20_000),
-            "seed {seed}: stalled at the end"
-        );
-        assert!(
-            sim.core(victim).expect("alive").stats().sequences_issued > before,
-            "seed {seed}: the readmitted member takes no turns"
-        );
-        sim.check_safety()
-            .unwrap_or_else(|e| fail("excluded", seed, e));
-        sim.check_all_delivered()
-            .unwrap_or_else(|e| fail("excluded", seed, e));
+        readmitted_takes_turns(&mut sim, seed, victim, "excluded");
     }
 }
 
@@ -295,11 +277,7 @@ fn a_member_away_long_is_collected_past_then_rebuilt_from_an_image() {
         }
         let away_from = sim.core(live[0]).expect("alive").delivered();
         random_load(&mut sim, &live, 200, 6_000);
-        assert!(
-            sim.run_until_delivered_at(&live, 20_000),
-            "seed {seed}: the group did not go on without member {victim}{}",
-            sim.summary()
-        );
+        goes_on_without(&mut sim, seed, &live, victim, 20_000);
         for &i in &live {
             let core = sim.core(i).expect("alive");
             let (held, _) = core.held();
@@ -328,22 +306,7 @@ fn a_member_away_long_is_collected_past_then_rebuilt_from_an_image() {
             "seed {seed}: member {victim} caught up without an image{}",
             sim.summary()
         );
-        wait_until_nobody_excluded(&mut sim, seed);
-        let before = sim.core(victim).expect("alive").stats().sequences_issued;
-        random_load(&mut sim, &all, 30, 300);
-        assert!(
-            sim.run_until_all_delivered(20_000),
-            "seed {seed}: stalled at the end{}",
-            sim.summary()
-        );
-        assert!(
-            sim.core(victim).expect("alive").stats().sequences_issued > before,
-            "seed {seed}: the readmitted member takes no turns"
-        );
-        sim.check_safety()
-            .unwrap_or_else(|e| fail("collected past", seed, e));
-        sim.check_all_delivered()
-            .unwrap_or_else(|e| fail("collected past", seed, e));
+        readmitted_takes_turns(&mut sim, seed, victim, "collected past");
     }
 }
 
@@ -1033,6 +996,36 @@ fn disk_loss_sim(seed: u64) -> (Sim, bool) {
 /// After `victim` restarted with a disk that lacks its history: load at it and at another
 /// member; it must be rebuilt, go on taking part, and every invariant hold.
 /// Runs until no member excludes anyone (an excluded member that is back was readmitted).
+/// The members in `live` deliver everything proposed at them within `max_ms` while
+/// `victim` is away.
+fn goes_on_without(sim: &mut Sim, seed: u64, live: &[usize], victim: usize, max_ms: u64) {
+    assert!(
+        sim.run_until_delivered_at(live, max_ms),
+        "seed {seed}: the group did not go on without member {victim}{}",
+        sim.summary()
+    );
+}
+
+/// Once nobody is excluded any more, the readmitted `victim` takes its turns again under
+/// load, and every invariant holds.
+fn readmitted_takes_turns(sim: &mut Sim, seed: u64, victim: usize, test: &str) {
+    wait_until_nobody_excluded(sim, seed);
+    let before = sim.core(victim).expect("alive").stats().sequences_issued;
+    random_load(sim, &[0, 1, 2, 3, 4], 30, 300);
+    assert!(
+        sim.run_until_all_delivered(20_000),
+        "seed {seed}: stalled at the end{}",
+        sim.summary()
+    );
+    assert!(
+        sim.core(victim).expect("alive").stats().sequences_issued > before,
+        "seed {seed}: the readmitted member takes no turns"
+    );
+    sim.check_safety().unwrap_or_else(|e| fail(test, seed, e));
+    sim.check_all_delivered()
+        .unwrap_or_else(|e| fail(test, seed, e));
+}
+
 fn wait_until_nobody_excluded(sim: &mut Sim, seed: u64) {
     let readmitted =
         |sim: &Sim| (0..sim.members()).all(|i| sim.core(i).is_none_or(|c| c.excluded().is_empty()));
