@@ -117,7 +117,7 @@ impl CoreConfig {
             read_probe_spare: 1,
             message_bytes_max: 4 << 20,
             reform_after_ms: 0,
-            retain_for_excluded: 16_384,
+            retain_for_excluded: 4_096,
         }
     }
 

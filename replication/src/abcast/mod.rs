@@ -122,7 +122,7 @@
 //!   Sequence), then from the other members in turn. Any member answers from what it holds.
 //! * **Garbage collection.** What every member of the epoch reports delivered (and on disk)
 //!   is dropped from memory, and what every excluded member reports too, unless one lags by
-//!   more than [`CoreConfig::retain_for_excluded`] numbers (16,384 by default): that one is
+//!   more than [`CoreConfig::retain_for_excluded`] numbers (4,096 by default): that one is
 //!   collected past, and when it is back and asks for what it missed it is told so
 //!   ([`Body::Collected`]) and rebuilt from a peer's image like a member whose disk was lost
 //!   ([`Core::behind`]). On disk, the runtime snapshots the applied state every
