@@ -2862,7 +2862,7 @@ impl Core {
         view.min(others.max(kept))
     }
 
-    /// Number of Sequences and Requests held in memory (for tests of garbage collection).
+    /// Number of Sequences and Requests held in memory (garbage not collected yet).
     pub fn held(&self) -> (usize, usize) {
         (
             self.sequences.len(),

@@ -192,6 +192,11 @@ pub struct AbcastStats {
     pub snapshots: u64,
     /// Journal entries not yet compacted.
     pub journal_len: u64,
+    /// Sequences held in memory (not yet collected: see
+    /// [`CoreConfig::retain_for_excluded`](super::CoreConfig::retain_for_excluded)).
+    pub held_sequences: u64,
+    /// Requests held in memory.
+    pub held_requests: u64,
     /// Delivery resumed at this sequence number when the member opened (its snapshot).
     pub resumed_at: u64,
     /// The epoch this member is in (0 until a reformation: see
@@ -471,6 +476,9 @@ impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
                 ("lag".into(), s.lag),
                 ("fsyncs".into(), s.fsyncs),
                 ("snapshots".into(), s.snapshots),
+                ("journal_len".into(), s.journal_len),
+                ("held_sequences".into(), s.held_sequences),
+                ("held_requests".into(), s.held_requests),
                 ("requests_issued".into(), s.core.requests_issued),
                 ("sequences_issued".into(), s.core.sequences_issued),
                 ("passes".into(), s.core.passes),
@@ -1702,6 +1710,8 @@ impl<S: StateMachine> Driver<S> {
             snapshots: self.snapshots,
             rebuilds: self.rebuilds,
             journal_len: self.journal.len() as u64,
+            held_sequences: c.held().0 as u64,
+            held_requests: c.held().1 as u64,
             resumed_at: self.resumed_at,
             epoch: c.epoch(),
             excluded: c
