@@ -430,6 +430,8 @@ pub struct Core {
     missing_requests: BTreeMap<RequestKey, Missing>,
     pending_reads: Vec<u64>,
     probes: BTreeMap<u64, Probe>,
+    /// The next read probe's id: the incarnation's nonce in the high 32 bits (see
+    /// [`Core::with_probe_nonce`]), a count in the low ones.
     next_probe: u64,
     recovering: bool,
     /// Started with nothing on disk (a new member, or one whose data directory was emptied).
@@ -798,6 +800,18 @@ impl Core {
             promised: self.promised,
             chain: self.chain.clone(),
         }
+    }
+
+    /// Sets this incarnation's read-probe nonce: probe ids are `nonce << 32` plus a count. A
+    /// peer's answer to a probe of an earlier incarnation of this member (same id space,
+    /// same member id) can arrive after a restart, or after a rebuild that replaced the core
+    /// in the same process over the same connections; taken for a new probe with the same
+    /// id, it would report a peer's progress from before the new read was issued, and the
+    /// read could miss a write acknowledged in between (found by the simulator). The runtime
+    /// gives every core a random nonce; the simulator a per-incarnation one.
+    pub fn with_probe_nonce(mut self, nonce: u32) -> Self {
+        self.next_probe = u64::from(nonce) << 32;
+        self
     }
 
     /// Restores the epoch state stored beside the journal (journal compaction may have
@@ -2715,7 +2729,7 @@ impl Core {
             return;
         }
         let probe = self.next_probe;
-        self.next_probe += 1;
+        self.next_probe = self.next_probe.wrapping_add(1);
         let mut replies = BTreeMap::new();
         replies.insert(self.cfg.id, self.stable);
         self.probes.insert(

@@ -167,7 +167,10 @@
 //! `stable` among the answers; the member waits until it has delivered up to the target, then
 //! reads its local state. Why it is enough: a write acknowledged before the read began was
 //! delivered at its proposer, so a majority had it on disk (`stable > k`); that majority meets
-//! the answering majority, and `stable` only grows, so some answer has `stable > k`. (Taking
+//! the answering majority, and `stable` only grows, so some answer has `stable > k` — provided
+//! every answer was made after the read began: probe ids carry a random per-incarnation nonce
+//! ([`Core::with_probe_nonce`]), so an answer to an earlier incarnation's probe (after a
+//! restart, or a rebuild over the same connections) never completes a new one. (Taking
 //! `stable` rather than `known` spares the read from waiting for Sequences that are still in
 //! flight and that no acknowledged write can depend on.) Reads arriving together share one
 //! probe.

@@ -425,7 +425,8 @@ impl Sim {
         };
         self.nodes[i] = Some(
             core.with_sequence_floor(self.floors[i])
-                .with_epoch_state(self.epochs[i].clone()),
+                .with_epoch_state(self.epochs[i].clone())
+                .with_probe_nonce(self.incarnation[i] as u32),
         );
     }
 
