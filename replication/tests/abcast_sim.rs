@@ -639,6 +639,61 @@ fn header(from: u64) -> Header {
 /// incarnation's probe: it reports the peer's progress from before the new read was issued.
 /// (With probe ids counted from 0 in every incarnation, 5,000 seeds of the case above found a
 /// read that missed a write acknowledged 4 ms before it was issued.)
+/// A restarted member's reclaim counts only answers made for this incarnation: an answer
+/// "not held" made for an earlier one may predate that incarnation's reissue of the very
+/// number (which the answering peer may hold by now).
+#[test]
+fn an_earlier_incarnations_reclaim_answer_does_not_count() {
+    // Member 0 wrote its own Sequence 0 and crashed: restarted, it reclaims number 5.
+    let records = vec![Record::Sequence(SequenceMsg {
+        number: 0,
+        assigned: Vec::new(),
+        reissued: false,
+    })];
+    let mut core = Core::recover(CoreConfig::new(0, 5), 0, records).with_incarnation_nonce(2);
+    core.tick(1_000);
+    let asked: Vec<(u64, u32)> = core
+        .drain()
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { message, .. } => match message.body {
+                Body::Reclaim { number, nonce } => Some((number, nonce)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![(5, 2); 4], "every peer asked, with the nonce");
+    let answer_all = |core: &mut Core, nonce: u32| {
+        for from in 1..5 {
+            core.handle_message(
+                from,
+                Message {
+                    header: header(from),
+                    body: Body::ReclaimReply {
+                        number: 5,
+                        nonce,
+                        sequence: None,
+                    },
+                },
+            );
+        }
+        core.drain();
+    };
+    answer_all(&mut core, 1);
+    assert!(
+        core.describe_epoch().contains("reclaim=Some"),
+        "answers made for an earlier incarnation ended the reclaim: {}",
+        core.describe_epoch()
+    );
+    answer_all(&mut core, 2);
+    assert!(
+        core.describe_epoch().contains("reclaim=None"),
+        "{}",
+        core.describe_epoch()
+    );
+}
+
 #[test]
 fn an_earlier_incarnations_probe_answer_does_not_complete_a_read() {
     let ready = |actions: &[Action]| {
@@ -656,7 +711,7 @@ fn an_earlier_incarnations_probe_answer_does_not_complete_a_read() {
         );
         core.drain()
     };
-    let mut core = Core::new(CoreConfig::new(0, 5)).with_probe_nonce(1);
+    let mut core = Core::new(CoreConfig::new(0, 5)).with_incarnation_nonce(1);
     core.read_barrier(7);
     let probes: Vec<u64> = core
         .drain()

@@ -430,9 +430,11 @@ pub struct Core {
     missing_requests: BTreeMap<RequestKey, Missing>,
     pending_reads: Vec<u64>,
     probes: BTreeMap<u64, Probe>,
-    /// The next read probe's id: the incarnation's nonce in the high 32 bits (see
-    /// [`Core::with_probe_nonce`]), a count in the low ones.
+    /// The next read probe's id: the incarnation's nonce in the high 32 bits, a count in
+    /// the low ones.
     next_probe: u64,
+    /// This incarnation's nonce ([`Core::with_incarnation_nonce`]).
+    nonce: u32,
     recovering: bool,
     /// Started with nothing on disk (a new member, or one whose data directory was emptied).
     fresh: bool,
@@ -560,6 +562,7 @@ impl Core {
             pending_reads: Vec::new(),
             probes: BTreeMap::new(),
             next_probe: 0,
+            nonce: 0,
             recovering: false,
             fresh: true,
             lease_bound: None,
@@ -802,14 +805,17 @@ impl Core {
         }
     }
 
-    /// Sets this incarnation's read-probe nonce: probe ids are `nonce << 32` plus a count. A
-    /// peer's answer to a probe of an earlier incarnation of this member (same id space,
-    /// same member id) can arrive after a restart, or after a rebuild that replaced the core
-    /// in the same process over the same connections; taken for a new probe with the same
-    /// id, it would report a peer's progress from before the new read was issued, and the
-    /// read could miss a write acknowledged in between (found by the simulator). The runtime
-    /// gives every core a random nonce; the simulator a per-incarnation one.
-    pub fn with_probe_nonce(mut self, nonce: u32) -> Self {
+    /// Sets this incarnation's nonce. A peer's answer to a question of an earlier
+    /// incarnation of this member can arrive after a restart, or after a rebuild that
+    /// replaced the core in the same process over the same connections. Read probe ids are
+    /// `nonce << 32` plus a count: an answer to an earlier probe with the same id would
+    /// report a peer's progress from before the new read was issued, and the read could miss
+    /// a write acknowledged in between (found by the simulator). A reclaim's answers echo
+    /// it: an earlier answer "not held" may predate the earlier incarnation's reissue of
+    /// that very number. The runtime gives every core a random nonce; the simulator a
+    /// per-incarnation one.
+    pub fn with_incarnation_nonce(mut self, nonce: u32) -> Self {
+        self.nonce = nonce;
         self.next_probe = u64::from(nonce) << 32;
         self
     }
@@ -1388,10 +1394,20 @@ impl Core {
                 requests,
             } => self.answer_retransmit(from, &sequences, &requests),
             Body::Progress => {}
-            Body::Reclaim { number } => self.answer_reclaim(from, number),
-            Body::ReclaimReply { number, sequence } => {
-                self.reclaim_answered(from, number, sequence);
-                self.advance();
+            Body::Reclaim { number, nonce } => self.answer_reclaim(from, number, nonce),
+            Body::ReclaimReply {
+                number,
+                nonce,
+                sequence,
+            } => {
+                if nonce == self.nonce {
+                    self.reclaim_answered(from, number, sequence);
+                    self.advance();
+                } else {
+                    // Made for an earlier incarnation: that one may have reissued the number
+                    // (and this peer received it) since.
+                    self.stats.dropped += 1;
+                }
             }
             Body::ReadProbe { probe } => {
                 let message = self.message(Body::ReadProbeReply { probe });
@@ -2267,14 +2283,17 @@ impl Core {
             .filter(|p| !r.answered.contains(p))
             .collect();
         for to in ask {
-            let message = self.message(Body::Reclaim { number });
+            let message = self.message(Body::Reclaim {
+                number,
+                nonce: self.nonce,
+            });
             self.actions.push(Action::Send { to, message });
         }
     }
 
     /// A restarted owner asks about its Sequence `number`: hand it over, or promise to refuse
     /// any copy of it that is not reissued.
-    fn answer_reclaim(&mut self, from: MemberId, number: u64) {
+    fn answer_reclaim(&mut self, from: MemberId, number: u64, nonce: u32) {
         if self.owner(number) != Some(from) || number < self.gc.max(self.base()) {
             self.stats.dropped += 1;
             return;
@@ -2283,7 +2302,11 @@ impl Core {
         if sequence.is_none() {
             self.refused.insert(number);
         }
-        let message = self.message(Body::ReclaimReply { number, sequence });
+        let message = self.message(Body::ReclaimReply {
+            number,
+            nonce,
+            sequence,
+        });
         self.actions.push(Action::Send { to: from, message });
     }
 

@@ -102,12 +102,17 @@ pub enum Body {
     Reclaim {
         /// The Sequence number (owned by the asking member).
         number: u64,
+        /// The asking incarnation's nonce, echoed in the answer: an answer made for an
+        /// earlier incarnation (which may have reissued the number since) does not count.
+        nonce: u32,
     },
     /// Answer to [`Body::Reclaim`]: the Sequence if held. `None` also promises that the
     /// receiver will refuse that number unless it comes [`SequenceMsg::reissued`].
     ReclaimReply {
         /// The Sequence number asked about.
         number: u64,
+        /// The nonce of the [`Body::Reclaim`] answered.
+        nonce: u32,
         /// The Sequence, if the answering member holds it.
         sequence: Option<SequenceMsg>,
     },

@@ -150,7 +150,8 @@
 //! Wire bodies ([`Body`]): `Data { requests, sequences }` (originals and retransmissions),
 //! `Retransmit { sequences, requests }`, `Progress` (heartbeat; also sent at once to the
 //! proposers of newly stable Requests, so delivery never waits for a heartbeat), `Reclaim {
-//! number }` and `ReclaimReply { number, sequence }` (a restart, see above), `ReadProbe { probe }` and
+//! number, nonce }` and `ReclaimReply { number, nonce, sequence }` (a restart, see above; the
+//! nonce is the asking incarnation's, so an answer made for an earlier one does not count), `ReadProbe { probe }` and
 //! `ReadProbeReply { probe }`, `HistoryQuery` and `HistoryReply { issued, request_max,
 //! sequence_max }` (a member started with nothing on disk, see above). Besides these one-way
 //! messages, members answer one request: a rebuilt member's fetch of a donor's image
@@ -169,7 +170,7 @@
 //! delivered at its proposer, so a majority had it on disk (`stable > k`); that majority meets
 //! the answering majority, and `stable` only grows, so some answer has `stable > k` — provided
 //! every answer was made after the read began: probe ids carry a random per-incarnation nonce
-//! ([`Core::with_probe_nonce`]), so an answer to an earlier incarnation's probe (after a
+//! ([`Core::with_incarnation_nonce`]), so an answer to an earlier incarnation's probe (after a
 //! restart, or a rebuild over the same connections) never completes a new one. (Taking
 //! `stable` rather than `known` spares the read from waiting for Sequences that are still in
 //! flight and that no acknowledged write can depend on.) Reads arriving together share one

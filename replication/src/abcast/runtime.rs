@@ -295,7 +295,7 @@ impl<S: StateMachine> AbcastLog<S> {
         let core = Core::recover_from(cfg.core.clone(), base.clone(), lease, records)
             .with_sequence_floor(floor)
             .with_epoch_state(epoch)
-            .with_probe_nonce(rand::random());
+            .with_incarnation_nonce(rand::random());
         let stats = AbcastStats {
             resumed_at: base.as_ref().map_or(0, |b| b.delivered),
             ..AbcastStats::default()
@@ -1183,7 +1183,7 @@ impl<S: StateMachine> Driver<S> {
         )
         .with_sequence_floor(loaded.floor)
         .with_epoch_state(loaded.epoch)
-        .with_probe_nonce(rand::random());
+        .with_incarnation_nonce(rand::random());
         tracing::warn!(
             member = self.cfg.core.id,
             resumes_at = loaded.base.as_ref().map_or(0, |b| b.delivered),

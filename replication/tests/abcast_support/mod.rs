@@ -426,7 +426,7 @@ impl Sim {
         self.nodes[i] = Some(
             core.with_sequence_floor(self.floors[i])
                 .with_epoch_state(self.epochs[i].clone())
-                .with_probe_nonce(self.incarnation[i] as u32),
+                .with_incarnation_nonce(self.incarnation[i] as u32),
         );
     }
 
