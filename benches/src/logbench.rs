@@ -41,7 +41,6 @@
 //! * `mt`: one tokio multi-thread runtime (2 workers) for every replica's network and the load
 //!   generator.
 
-use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +52,7 @@ use replication::abcast::{AbcastConfig, AbcastLog};
 use replication::conformance::{TestCommand, TestMachine, TestQuery};
 use replication::raft::{RaftConfig, RaftLog};
 use replication::{ReadConsistency, ReplicatedLog, RequestId, Role};
-use transport::{Network, PeerInfo, QuicConfig, QuicNetwork};
+use transport::{Network, QuicConfig, QuicNetwork};
 
 /// Which replicated log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,23 +345,9 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
         let names: Vec<String> = (0..n as u64).map(|i| node_name(kind, i)).collect();
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let certs = dir.path().join("certs");
-        transport::certs::generate_cluster(&certs, &name_refs).map_err(|e| e.to_string())?;
-        let mut sockets = Vec::new();
-        let mut peers = BTreeMap::new();
-        for (i, name) in names.iter().enumerate() {
-            let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-            let addr = socket.local_addr().map_err(|e| e.to_string())?;
-            peers.insert(i as u64, PeerInfo::server(name.clone(), addr));
-            sockets.push(socket);
-        }
-        let mut configs = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let identity =
-                transport::certs::load_identity(&certs, name).map_err(|e| e.to_string())?;
-            let bind = peers[&(i as u64)].addr.ok_or("no address")?;
-            configs.push(QuicConfig::new(i as u64, identity, bind, peers.clone()));
-        }
+        let nodes = transport::loopback::group(&dir.path().join("certs"), &name_refs)
+            .map_err(|e| e.to_string())?;
+        let (configs, sockets): (Vec<QuicConfig>, Vec<UdpSocket>) = nodes.into_iter().unzip();
         let mut cluster = Cluster {
             replicas: Vec::new(),
             stops: Vec::new(),

@@ -19,7 +19,6 @@
 //! peer table of every other member (see the README's "Deploying on several hosts").
 
 use std::collections::BTreeMap;
-use std::net::UdpSocket;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ use replication::{
     LogError, ReadConsistency, ReplicatedLog, RequestId, Role, SnapshotError, StateMachine,
 };
 use serde::{Deserialize, Serialize};
-use transport::{Network, PeerInfo, QuicConfig, QuicNetwork};
+use transport::{Network, QuicNetwork};
 
 const MEMBERS: u64 = 5;
 const WRITES: u64 = 200;
@@ -118,24 +117,17 @@ impl Member {
 
 /// Starts five members on loopback; must run inside a tokio runtime.
 fn start(raft: bool, dir: &Path) -> Result<Vec<Member>, String> {
+    // Certificates (one cluster CA, mutual TLS), a socket per member on a free port, and
+    // each member's QUIC configuration with the whole group's peer table. On several hosts
+    // each member gets its own certificate and the same table of host addresses instead
+    // (`transport::certs`, `QuicConfig::new`).
     let names: Vec<String> = (0..MEMBERS).map(|i| format!("kv-{i}")).collect();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let certs = dir.join("certs");
-    transport::certs::generate_cluster(&certs, &name_refs).map_err(|e| e.to_string())?;
-    let mut sockets = Vec::new();
-    let mut peers = BTreeMap::new();
-    for (i, name) in names.iter().enumerate() {
-        let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        let addr = socket.local_addr().map_err(|e| e.to_string())?;
-        peers.insert(i as u64, PeerInfo::server(name.clone(), addr));
-        sockets.push(socket);
-    }
+    let nodes =
+        transport::loopback::group(&dir.join("certs"), &name_refs).map_err(|e| e.to_string())?;
     let mut members = Vec::new();
-    for ((i, name), socket) in names.iter().enumerate().zip(sockets) {
+    for (i, (config, socket)) in nodes.into_iter().enumerate() {
         let id = i as u64;
-        let identity = transport::certs::load_identity(&certs, name).map_err(|e| e.to_string())?;
-        let bind = peers[&id].addr.ok_or("no address")?;
-        let config = QuicConfig::new(id, identity, bind, peers.clone());
         let network =
             Arc::new(QuicNetwork::bind_socket(config, socket).map_err(|e| e.to_string())?);
         let net: Arc<dyn Network> = network.clone();

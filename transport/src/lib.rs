@@ -4,6 +4,8 @@
 //! * [`quic`]: QUIC with mutual TLS (quinn, rustls, rcgen) for production.
 //! * [`sim`]: a deterministic, seeded simulated network for tests.
 //! * [`certs`]: the cluster CA and per-node certificates.
+//! * [`loopback`]: a whole group's certificates, sockets and configurations on 127.0.0.1
+//!   (tests, benchmarks, examples).
 //!
 //! ```no_run
 //! use std::collections::BTreeMap;
@@ -38,6 +40,7 @@
 
 pub mod certs;
 pub mod liveness;
+pub mod loopback;
 pub mod network;
 pub mod quic;
 pub mod sim;
