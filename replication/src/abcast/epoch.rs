@@ -96,6 +96,24 @@ pub struct EpochState {
     pub chain: Chain,
 }
 
+impl EpochState {
+    /// The state a member takes with a peer's rebuild image whose epoch state is `donor`:
+    /// the donor's chain, and the larger of the two promises (what this member promised
+    /// stays promised). `Err` (the epochs) if the donor is in an older epoch than this
+    /// member: its history may hold what a later cut voided. `first` is the group's first
+    /// epoch.
+    pub fn adopt(&self, donor: &EpochState, first: u64) -> Result<EpochState, (u64, u64)> {
+        let (theirs, ours) = (epoch_of(&donor.chain, first), epoch_of(&self.chain, first));
+        if theirs < ours {
+            return Err((theirs, ours));
+        }
+        Ok(EpochState {
+            promised: donor.promised.max(self.promised),
+            chain: donor.chain.clone(),
+        })
+    }
+}
+
 /// The epoch a chain ends in (`first` if it is empty).
 pub fn epoch_of(chain: &[Cut], first: u64) -> u64 {
     chain.last().map_or(first, |c| c.epoch)

@@ -76,7 +76,7 @@ use transport::{Incoming, Network};
 use super::core::{
     Action, Core, CoreConfig, CoreStats, Delivery, PersistAck, RebuildPlan, SnapshotBase,
 };
-use super::epoch::{epoch_of, EpochState};
+use super::epoch::EpochState;
 use super::message::{Message, Record, RequestKey, NUMBER_MAX};
 use crate::dedup::{Applied, Deduped};
 use crate::log::{
@@ -1123,17 +1123,11 @@ impl<S: StateMachine> Driver<S> {
         let own = self.core.epoch_state();
         let first = self.cfg.core.epoch;
         let state = match last_epoch_state(decoded.iter()) {
-            Some(donor) if epoch_of(&donor.chain, first) < self.core.epoch() => {
-                return Err(InstallError::Image(format!(
-                    "the donor is in epoch {}, this member in {}",
-                    epoch_of(&donor.chain, first),
-                    self.core.epoch()
-                )));
-            }
-            Some(donor) => EpochState {
-                promised: donor.promised.max(own.promised),
-                chain: donor.chain.clone(),
-            },
+            Some(donor) => own.adopt(donor, first).map_err(|(theirs, ours)| {
+                InstallError::Image(format!(
+                    "the donor is in epoch {theirs}, this member in {ours}"
+                ))
+            })?,
             None => own,
         };
         let cut = Record::Epoch {
@@ -1697,6 +1691,7 @@ impl<S: StateMachine> Driver<S> {
 
     fn publish(&mut self) {
         let c = &self.core;
+        let (held_sequences, held_requests) = c.held();
         let s = AbcastStats {
             delivered: c.delivered(),
             deliverable: c.deliverable(),
@@ -1712,8 +1707,8 @@ impl<S: StateMachine> Driver<S> {
             snapshots: self.snapshots,
             rebuilds: self.rebuilds,
             journal_len: self.journal.len() as u64,
-            held_sequences: c.held().0 as u64,
-            held_requests: c.held().1 as u64,
+            held_sequences: held_sequences as u64,
+            held_requests: held_requests as u64,
             resumed_at: self.resumed_at,
             epoch: c.epoch(),
             excluded: c

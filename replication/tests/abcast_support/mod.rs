@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use replication::abcast::epoch::epoch_of;
 use replication::abcast::{
     Action, Body, Core, CoreConfig, EpochState, Message, PersistAck, Record, SnapshotBase,
 };
@@ -448,15 +447,10 @@ impl Sim {
         let donor = donor as usize;
         let behind = self.nodes[i].as_ref().is_some_and(|c| c.behind());
         let own = self.nodes[i].as_ref().expect("alive").epoch_state();
-        let first = self.cfgs[i].epoch;
         let donor_state = self.epochs[donor].clone();
-        if epoch_of(&donor_state.chain, first) < epoch_of(&own.chain, first) {
-            // As the runtime refuses it: the donor's history may hold what a later cut voids.
+        // As the runtime: a donor in an older epoch is refused.
+        let Ok(state) = own.adopt(&donor_state, self.cfgs[i].epoch) else {
             return;
-        }
-        let state = EpochState {
-            promised: donor_state.promised.max(own.promised),
-            chain: donor_state.chain.clone(),
         };
         self.crash(i);
         // As the runtime's image does: a cut at 0 (the copy replaces this node's Sequences),
