@@ -16,7 +16,9 @@
 //! * proposals retried with the same request id across leader crashes are applied once;
 //! * leadership transfer; malformed peer input is dropped without harm;
 //! * a replica whose data directory is emptied votes only once it has caught up (with it
-//!   voting at once, it and two stale replicas elect a leader without the committed writes).
+//!   voting at once, it and two stale replicas elect a leader without the committed writes);
+//!   so does one started from an older copy of its directory, as long as the leader that
+//!   saw its later acknowledgements is up when it starts.
 //!
 //! Every loop is bounded in count; nothing asserts on timing beyond generous poll bounds.
 
@@ -1077,6 +1079,101 @@ async fn an_emptied_replica_votes_only_after_it_caught_up() {
     )
     .await
     .expect("a write after the emptied replica rejoined");
+    let history = converge(&c, 21, 500).await;
+    assert_eq!(history, (1..=21).collect::<Vec<u64>>());
+}
+
+/// A replica started from an older copy of its data directory (a backup) while the leader
+/// that replicated to it is up learns from that leader that it had acknowledged entries its
+/// copy lacks, and then behaves as an emptied one: it votes only once it has caught up.
+/// Same shape as the emptied case: entries committed by three replicas while the two others
+/// are down, one of the three restored from a copy taken before them, then the two others of
+/// the three die: the restored one and the two stale ones must elect nobody. A replica that
+/// does not check its store against its peers fails at the first assertion (it never
+/// reports `Recovering`), and would elect a leader without the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_copy_of_a_replica_votes_only_after_it_caught_up() {
+    let (c, leader, followers) = five_with_leader(33).await;
+    let (stale, holders) = (&followers[..2], [leader, followers[2], followers[3]]);
+    let restored = holders[2];
+    append(&c, leader, 8, 1).await;
+    let backup = c.backup(restored);
+    c.restart(restored);
+    for &s in stale {
+        c.crash(s);
+    }
+    for v in 2..=20u64 {
+        append(&c, leader, 8, v).await;
+    }
+    c.restore(restored, backup.path());
+    c.restart(restored);
+    let mut detected = false;
+    for _ in 0..200 {
+        if c.node(restored).status().role == replication::Role::Recovering {
+            detected = true;
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(
+        detected,
+        "the restored replica never noticed its copy was older"
+    );
+    assert_eq!(c.node(restored).stats().older_stores, 1);
+    c.crash(holders[0]);
+    c.crash(holders[1]);
+    for &s in stale {
+        c.restart(s);
+    }
+    let cfg = c.config(0);
+    let window = cfg.tick_interval * (5 * 2 * cfg.election_tick as u32);
+    let polls = (window.as_millis() / POLL.as_millis()) as usize;
+    for _ in 0..polls {
+        assert_eq!(
+            c.leader(),
+            None,
+            "two stale replicas and one restored from an older copy elected a leader"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(
+        c.node(restored).status().role,
+        replication::Role::Recovering
+    );
+    // Restarted, it keeps the mark: still not voting.
+    c.crash(restored);
+    c.restart(restored);
+    c.restart(holders[0]);
+    let mut caught_up = false;
+    for _ in 0..500 {
+        if c.node(restored).status().role == replication::Role::Follower {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(caught_up, "the restored replica never caught up");
+    let history = converge(&c, 20, 500).await;
+    assert_eq!(
+        history[..20],
+        (1..=20).collect::<Vec<u64>>()[..],
+        "a write was lost"
+    );
+    // It votes again: without its vote the two stale replicas elect nobody.
+    c.crash(holders[0]);
+    let (now, _) = c
+        .wait_leader(500)
+        .await
+        .expect("a leader with the restored replica voting");
+    propose_retrying(
+        &c,
+        now,
+        RequestId { client: 8, seq: 21 },
+        TestCommand::Append(21),
+        10,
+    )
+    .await
+    .expect("a write after the restored replica rejoined");
     let history = converge(&c, 21, 500).await;
     assert_eq!(history, (1..=21).collect::<Vec<u64>>());
 }

@@ -346,10 +346,12 @@ async fn empty_dir(dir: &std::path::Path) {
     std::fs::create_dir_all(dir).expect("recreate the data directory");
 }
 
-/// A replaced or restored disk under load. A customer-db member is started again from an
-/// older copy of its data directory (taken while it was down earlier in the run, as a backup
-/// or a VM snapshot would be): it finds that its peers hold ids and turns the copy lacks and
-/// is rebuilt from a peer. Then a customer-db member and a product-db follower are killed,
+/// A replaced or restored disk under load. A customer-db member and a product-db follower
+/// are started again from older copies of their data directories (taken while they were
+/// down earlier in the run, as a backup or a VM snapshot would be): the customer-db member
+/// finds that its peers hold ids and turns the copy lacks and is rebuilt from a peer; the
+/// product-db replica learns from the leader that it had acknowledged entries the copy
+/// lacks, and catches up before it votes. Then a customer-db member and a product-db follower are killed,
 /// their data directories emptied, and each is started again under its id. The emptied
 /// customer-db member is rebuilt from a peer's snapshot and journal (the ring waits for it
 /// meanwhile); the product-db replica catches up before it votes. No call fails, every
@@ -363,30 +365,38 @@ async fn replicas_started_with_emptied_or_older_data_directories_rejoin_and_no_c
     let load = Load::start(&c, &accounts, 0);
     let ledger = &load.ledger;
     wait_for_calls(ledger, 1000).await;
-    // customer-db-1: a copy of its directory now, more history after it, then the copy back.
-    let restored = c.cluster.replica_dir(RoleKind::CustomerDb, 1);
-    let copies = tempfile::tempdir().expect("tempdir");
-    let copy = copies.path().join("customer-db-1");
-    c.kill9("customer-db-1");
-    copy_dir(&restored, &copy);
-    c.restart_customer_db(1);
-    wait_for_calls(ledger, 1000).await;
-    c.kill9("customer-db-1");
-    empty_dir(&restored).await;
-    std::fs::remove_dir(&restored).expect("remove the emptied directory");
-    copy_dir(&copy, &restored);
-    c.restart_customer_db(1);
-    wait_for_calls(ledger, 1000).await;
+    // customer-db-1 and a product-db follower: a copy of each one's directory now, more
+    // history after it, then the copies back.
     let leader = c.product_leader().await;
-    let follower = (leader + 1) % 5;
+    let (follower, copied) = ((leader + 1) % 5, (leader + 2) % 5);
+    let copies = tempfile::tempdir().expect("tempdir");
+    let backups = [(RoleKind::CustomerDb, 1), (RoleKind::ProductDb, copied)];
+    let restart = |c: &mut TestCluster, kind: RoleKind, id: u64| match kind {
+        RoleKind::CustomerDb => c.restart_customer_db(id),
+        _ => c.restart_product_db(id),
+    };
+    for (kind, id) in backups {
+        let name = Cluster::cert_name(kind, id);
+        c.kill9(&name);
+        copy_dir(&c.cluster.replica_dir(kind, id), &copies.path().join(&name));
+        restart(&mut c, kind, id);
+    }
+    wait_for_calls(ledger, 1000).await;
+    for (kind, id) in backups {
+        let name = Cluster::cert_name(kind, id);
+        let dir = c.cluster.replica_dir(kind, id);
+        c.kill9(&name);
+        empty_dir(&dir).await;
+        std::fs::remove_dir(&dir).expect("remove the emptied directory");
+        copy_dir(&copies.path().join(&name), &dir);
+        restart(&mut c, kind, id);
+    }
+    wait_for_calls(ledger, 1000).await;
     for (kind, id) in [(RoleKind::CustomerDb, 3), (RoleKind::ProductDb, follower)] {
         let name = Cluster::cert_name(kind, id);
         c.kill9(&name);
         empty_dir(&c.cluster.replica_dir(kind, id)).await;
-        match kind {
-            RoleKind::CustomerDb => c.restart_customer_db(id),
-            _ => c.restart_product_db(id),
-        }
+        restart(&mut c, kind, id);
         wait_for_calls(ledger, 1000).await;
     }
     let ledger = load.finish().await;
@@ -396,8 +406,8 @@ async fn replicas_started_with_emptied_or_older_data_directories_rejoin_and_no_c
         ledger.failures
     );
     verify(&c, &accounts, &ledger, true).await;
-    // Both reach the others once the load has stopped, and the product-db replica votes
-    // again (a follower, no longer recovering).
+    // They reach the others once the load has stopped, and the product-db replicas vote
+    // again (followers or the leader, no longer recovering).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = c.status();
@@ -409,13 +419,17 @@ async fn replicas_started_with_emptied_or_older_data_directories_rejoin_and_no_c
                     .is_some_and(|(mine, theirs)| mine >= theirs && theirs > 0)
             })
         };
-        let voting = status
-            .get(&format!("product-db-{follower}"))
-            .is_some_and(|r| r.0 == "follower");
+        let voting = |id: u64| {
+            status
+                .get(&format!("product-db-{id}"))
+                .is_some_and(|r| r.0 == "follower" || r.0 == "leader")
+        };
         if reached("customer-db", 3)
             && reached("customer-db", 1)
             && reached("product-db", follower)
-            && voting
+            && reached("product-db", copied)
+            && voting(follower)
+            && voting(copied)
         {
             break;
         }
@@ -445,6 +459,12 @@ async fn replicas_started_with_emptied_or_older_data_directories_rejoin_and_no_c
     assert!(
         product.contains("catching up before voting"),
         "product-db-{follower} did not rejoin as an emptied replica:\n{product}"
+    );
+    let product = log(format!("product-db-{copied}"));
+    assert!(
+        product.contains("store older than what a peer saw of this node")
+            && product.contains("catching up before voting"),
+        "product-db-{copied}, restarted from an older copy, did not rejoin:\n{product}"
     );
     c.stop().await;
 }

@@ -11,10 +11,12 @@
 //!   says so and the caller retries with the same request id (safe: duplicates are
 //!   answered from the duplicate table).
 //!
-//! * one-way [`Wire::StateQuery`] and [`Wire::StateAnswer`]: a node that started with an
-//!   empty store asks its peers for their term and last log index, to tell a new cluster
-//!   from one it is rejoining (see "Started with an empty disk" in the [module docs](super)).
-//!   Every node answers, whatever its own state.
+//! * one-way [`Wire::StateQuery`] and [`Wire::StateAnswer`]: a node that starts asks its
+//!   peers for their term and last log index and for what they saw of it: with an empty
+//!   store, to tell a new cluster from one it is rejoining; with a store, to learn whether
+//!   the store is older than what it had already done (see "Started with an empty disk" and
+//!   "Started from an older copy" in the [module docs](super)). Every node answers, whatever
+//!   its own state.
 //!
 //! Reads need no message of their own: raft-rs carries a follower's ReadIndex request to the
 //! leader (`MsgReadIndex` / `MsgReadIndexResp`) inside [`Wire::Raft`].
@@ -38,16 +40,35 @@ pub(crate) enum Wire {
     Raft(#[serde(with = "crate::byte_strings")] Vec<Vec<u8>>),
     /// A proposal forwarded to the leader: a postcard `Envelope<S::Command>`.
     ForwardPropose(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// "What term are you in, and where does your log end?" (answered with
-    /// [`Wire::StateAnswer`]).
-    StateQuery,
-    /// The answer to [`Wire::StateQuery`].
-    StateAnswer {
-        /// The sender's current term.
-        term: u64,
-        /// The index of the last entry in the sender's log (compacted entries included).
+    /// "What term are you in, where does your log end, and what have you seen of me?"
+    /// (answered with [`Wire::StateAnswer`]).
+    StateQuery {
+        /// The index of the last entry in the asker's log: a leader that believes the asker
+        /// holds more stops believing it.
         last_index: u64,
     },
+    /// The answer to [`Wire::StateQuery`].
+    StateAnswer(StateAnswer),
+}
+
+/// What a node answers a peer that asks for its state ([`Wire::StateQuery`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StateAnswer {
+    /// The answering node's current term.
+    pub(crate) term: u64,
+    /// The index of the last entry in the answering node's log (compacted entries included).
+    pub(crate) last_index: u64,
+    /// The highest term of a message the answering node received from the asker since it
+    /// started, pre-votes left out (a node sends a message of a term only once that term is
+    /// on its disk; a pre-vote names a term it has not entered). 0 if none.
+    pub(crate) seen_term: u64,
+    /// If the answering node leads: the highest log index the asker acknowledged to it (the
+    /// asker had it on disk then). 0 otherwise.
+    pub(crate) matched: u64,
+    /// The `last_index` of the query this answers (where the asker's log ended when it
+    /// asked): the asker compares `matched` with it, since the leader may bring its log
+    /// further before the answer is read.
+    pub(crate) asked_last_index: u64,
 }
 
 /// The answer to [`Wire::ForwardPropose`].

@@ -118,14 +118,39 @@
 //!   deleted and the node votes again.
 //!
 //! A restart in the middle keeps the mark, and begins again with the queries. What it does
-//! not cover: a disk that lost data silently, or that was restored from an older copy (a
-//! backup, a VM snapshot): the store is not empty, so nothing tells it, and the peers that
-//! saw its later terms and acknowledgements may be exactly the ones that are down (an
-//! operator restoring a replica should empty its directory instead); and a node emptied and restarted *while* an election it had voted in is still running (the
-//! answers can then predate that election's votes), which a real disk replacement is far too
-//! slow for. Tested in `tests/raft_faults.rs`
+//! not cover: a node emptied and restarted *while* an election it had voted in is still
+//! running (the answers can then predate that election's votes), which a real disk
+//! replacement is far too slow for. Tested in `tests/raft_faults.rs`
 //! (`an_emptied_replica_votes_only_after_it_caught_up`: without the mark, two stale replicas
 //! and the emptied one elect a leader that lacks the committed writes).
+//!
+//! # Started from an older copy
+//!
+//! A store restored from an older copy (a backup, a VM snapshot) or one that silently lost
+//! writes is not empty, and breaks the same two promises. Nothing on the disk tells, but the
+//! peers may: so a node whose store carries no mark checks it at *every* start, asking every
+//! peer the same question (`Wire::StateQuery`), whose answer also says what the peer saw of
+//! the asker: the highest term of a message it received from it (pre-votes left out: a
+//! node sends a message of a term only once the term is on its disk) and, from a leader,
+//! the highest index it acknowledged (acknowledged only once on its disk). An answer above
+//! the node's current term or its log's end proves the store older than what the node had
+//! done: the node writes the mark and rejoins as above (nothing it sent or acknowledged in
+//! this incarnation can exceed its current term and log, so a store that is not older
+//! never trips it). The check holds the node's vote until every peer has answered, or for
+//! one election timeout at most (a node never waits for peers that are down), so a normal
+//! restart costs a tick or two before the node may vote. The asker's query carries where
+//! its log ends, and a leader that believed it held more (raft-rs never lowers a follower's
+//! `matched`) starts probing it from there, and no longer counts it towards entries it
+//! lost. Measured by the counter `older_stores`.
+//!
+//! It is a check, not a proof: the peers remember only since their own start, and only a
+//! leader knows what a follower acknowledged. A copy taken in the current term and restored
+//! while the leader that replicated to it is up is caught (the usual case: a replica
+//! restored from last night's backup while the cluster runs), as is a copy older than a term
+//! the node took part in while some peer that saw it is up; a copy restored after every
+//! peer that saw its later messages restarted, or once a new leader took over in a term
+//! the copy already holds, is not. Late answers (after the check ended) are not acted on.
+//! Tested in `tests/raft_faults.rs` (`an_older_copy_of_a_replica_votes_only_after_it_caught_up`).
 //!
 //! # Ids
 //!
@@ -292,6 +317,7 @@ struct Stats {
     forwarded: AtomicU64,
     first_index: AtomicU64,
     appends_deferred: AtomicU64,
+    older_stores: AtomicU64,
 }
 
 /// A copy of a node's counters.
@@ -309,6 +335,10 @@ pub struct RaftStats {
     pub first_index: u64,
     /// Append batches this node, as leader, held back for a follower a commit did not need.
     pub appends_deferred: u64,
+    /// 1 if this node's store turned out, at its start, older than what its peers had seen
+    /// of it (restored from an older copy, or it lost writes), so that it catches up before
+    /// it votes ("Started from an older copy" in the module docs); 0 otherwise.
+    pub older_stores: u64,
 }
 
 /// State shared by the handle, the Ready loop and the receive task.
@@ -427,7 +457,12 @@ impl<S: StateMachine> RaftLog<S> {
             state: RwLock::new(state),
             status: Mutex::new(LogStatus {
                 node_id: config.id,
-                role: Role::Follower,
+                // Until the loop publishes: a store with the mark is recovering from the start.
+                role: if rejoin {
+                    Role::Recovering
+                } else {
+                    Role::Follower
+                },
                 term: node.raft.term,
                 leader: None,
                 commit_index: node.raft.raft_log.committed,
@@ -459,7 +494,12 @@ impl<S: StateMachine> RaftLog<S> {
             snapshotting: None,
             held: Vec::new(),
             deferred: Default::default(),
-            rejoin: rejoin.then(node::Rejoin::default),
+            rejoin: Some(if rejoin {
+                node::Rejoin::default()
+            } else {
+                node::Rejoin::check()
+            }),
+            seen: HashMap::new(),
         })));
         let ready_loop = runtime.spawn(node::drive(Arc::clone(&driver), rx, tick));
         let inner = Arc::new(Inner {
@@ -498,6 +538,7 @@ impl<S: StateMachine> RaftLog<S> {
             forwarded: s.forwarded.load(Ordering::Relaxed),
             first_index: s.first_index.load(Ordering::Relaxed),
             appends_deferred: s.appends_deferred.load(Ordering::Relaxed),
+            older_stores: s.older_stores.load(Ordering::Relaxed),
         }
     }
 
@@ -791,22 +832,20 @@ async fn receive_loop<S: StateMachine>(inner: Arc<Inner<S>>) {
                 Ok(Wire::ForwardPropose(_)) => {
                     tracing::warn!(from, "forwarded proposal sent as a one-way message dropped")
                 }
-                Ok(Wire::StateQuery) if inner.is_peer(from) => {
-                    if inner.submit(Input::StateQuery { from }).is_err() {
+                Ok(Wire::StateQuery { last_index }) if inner.is_peer(from) => {
+                    if inner
+                        .submit(Input::StateQuery { from, last_index })
+                        .is_err()
+                    {
                         return;
                     }
                 }
-                Ok(Wire::StateAnswer { term, last_index }) if inner.is_peer(from) => {
-                    let answer = Input::StateAnswer {
-                        from,
-                        term,
-                        last_index,
-                    };
-                    if inner.submit(answer).is_err() {
+                Ok(Wire::StateAnswer(answer)) if inner.is_peer(from) => {
+                    if inner.submit(Input::StateAnswer { from, answer }).is_err() {
                         return;
                     }
                 }
-                Ok(Wire::StateQuery | Wire::StateAnswer { .. }) => {
+                Ok(Wire::StateQuery { .. } | Wire::StateAnswer(_)) => {
                     tracing::warn!(
                         from,
                         "state query or answer from outside the cluster dropped"
@@ -829,7 +868,7 @@ async fn receive_loop<S: StateMachine>(inner: Arc<Inner<S>>) {
                         }
                     });
                 }
-                Ok(Wire::StateQuery | Wire::StateAnswer { .. }) => {
+                Ok(Wire::StateQuery { .. } | Wire::StateAnswer(_)) => {
                     tracing::warn!(from, "state query or answer sent as a request dropped");
                     drop(responder);
                 }
@@ -892,6 +931,7 @@ impl<S: StateMachine> ReplicatedLog<S> for RaftLog<S> {
             ("forwarded".into(), s.forwarded),
             ("first_index".into(), s.first_index),
             ("appends_deferred".into(), s.appends_deferred),
+            ("older_stores".into(), s.older_stores),
         ];
         status
     }

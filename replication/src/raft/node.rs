@@ -57,9 +57,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use transport::Network;
 
-use super::message::{Wire, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MAX};
+use super::message::{StateAnswer, Wire, RAFT_BATCH_BYTES_MAX, RAFT_BATCH_MAX};
 use super::storage::{EngineStorage, PendingWrite};
-use super::{to_node, RaftConfig, Shared};
+use super::{to_node, to_raft, RaftConfig, Shared};
 use crate::dedup::Applied;
 use crate::log::{Envelope, LogError, LogStatus, Role};
 use crate::state_machine::StateMachine;
@@ -103,14 +103,11 @@ pub(crate) enum Input<S: StateMachine> {
     Transfer(u64),
     /// The network saw this peer's process die (transport id).
     PeerDown(u64),
-    /// A peer (transport id) asks for this node's term and last log index.
-    StateQuery { from: u64 },
-    /// A peer's answer to this node's [`Input::StateQuery`].
-    StateAnswer {
-        from: u64,
-        term: u64,
-        last_index: u64,
-    },
+    /// A peer (transport id) whose log ends at `last_index` asks for this node's state
+    /// ([`Wire::StateQuery`]).
+    StateQuery { from: u64, last_index: u64 },
+    /// A peer's (transport id) answer to this node's [`Input::StateQuery`].
+    StateAnswer { from: u64, answer: StateAnswer },
     /// Stop the loop.
     Shutdown,
 }
@@ -147,20 +144,34 @@ pub(crate) struct Driver<S: StateMachine> {
     pub(crate) held: Vec<Entry>,
     /// Appends held back for the followers a commit does not need (see [`Driver::send`]).
     pub(crate) deferred: Deferred,
-    /// This node started with an empty store and may not vote or campaign yet.
+    /// This node may not vote or campaign yet: it has just started and checks its store
+    /// against what its peers saw of it, or its store started empty or older than that.
     pub(crate) rejoin: Option<Rejoin>,
+    /// The highest term of a message received from each peer (raft id) since this node
+    /// started, pre-votes left out: what [`StateAnswer::seen_term`] reports.
+    pub(crate) seen: HashMap<u64, u64>,
 }
 
 /// Ticks between two rounds of state queries to the peers that have not answered.
 const STATE_QUERY_EVERY_TICKS: u64 = 5;
 
-/// The way back to voting of a node whose store started empty ("Started with an empty disk"
-/// in the [module docs](super)). Until it ends the node drops vote, pre-vote and
-/// timeout-now requests and never campaigns.
+/// The way back to voting of a node that has just started: a short check of its store
+/// against what its peers saw of it ("Started from an older copy" in the [module
+/// docs](super)) and, for a store that started empty or turned out older than that, the
+/// catch-up before it votes again ("Started with an empty disk"). Until it ends the node
+/// drops vote, pre-vote and timeout-now requests and never campaigns.
 #[derive(Debug, Default)]
 pub(crate) struct Rejoin {
-    /// The peers' answers: transport id -> (term, last index).
-    answers: BTreeMap<u64, (u64, u64)>,
+    /// Only checking: the store carries no mark. The check ends once every peer answered
+    /// or after one election timeout, or becomes a catch-up if an answer shows that the
+    /// store is older than what this node had done.
+    checking: bool,
+    /// The tick at which the node started.
+    since: u64,
+    /// The peers' answers, by transport id.
+    answers: BTreeMap<u64, StateAnswer>,
+    /// While checking: the first answer that proved the store older, with its sender.
+    older: Option<(u64, StateAnswer)>,
     /// The tick of the last round of queries.
     asked_at: Option<u64>,
     /// Once enough peers answered and one of them had a history: the largest term they
@@ -170,6 +181,48 @@ pub(crate) struct Rejoin {
     /// Caught up; waiting for the vote that marks the current term as taken to be on disk
     /// (term, vote).
     finishing: Option<(u64, u64)>,
+}
+
+impl Rejoin {
+    /// The check every node with a store that carries no mark makes at its start.
+    pub(crate) fn check() -> Self {
+        Self {
+            checking: true,
+            ..Self::default()
+        }
+    }
+
+    /// Records a peer's answer, read while this node is in `term`. While checking, an
+    /// answer proves the store older than what this node had done if the peer received
+    /// from it a message of a term above its current one (it sends a message of a term only
+    /// once the term is on its disk; nothing this incarnation sent goes beyond `term`), or
+    /// if the peer leads and holds its acknowledgement of an entry beyond where its log
+    /// ended when it asked (it acknowledges only what is on its disk; a leader never
+    /// truncates what a follower acknowledged to it).
+    fn record(&mut self, from: u64, answer: StateAnswer, term: u64) {
+        self.answers.insert(from, answer);
+        let older = answer.seen_term > term || answer.matched > answer.asked_last_index;
+        if self.checking && older && self.older.is_none() {
+            self.older = Some((from, answer));
+        }
+    }
+
+    /// The peers (transport ids) to ask now: those that have not answered, once every
+    /// [`STATE_QUERY_EVERY_TICKS`].
+    fn due(&mut self, peers: &[u64], ticks: u64) -> Vec<u64> {
+        if self
+            .asked_at
+            .is_some_and(|t| ticks.saturating_sub(t) < STATE_QUERY_EVERY_TICKS)
+        {
+            return Vec::new();
+        }
+        self.asked_at = Some(ticks);
+        peers
+            .iter()
+            .copied()
+            .filter(|p| !self.answers.contains_key(p))
+            .collect()
+    }
 }
 
 /// Appends a leader holds back for the followers a commit does not need ("Quorum-first
@@ -403,6 +456,13 @@ impl<S: StateMachine> Driver<S> {
         match input {
             Input::Raft(msgs) => {
                 for m in msgs {
+                    if !matches!(
+                        m.get_msg_type(),
+                        MessageType::MsgRequestPreVote | MessageType::MsgRequestPreVoteResponse
+                    ) {
+                        let seen = self.seen.entry(m.from).or_insert(0);
+                        *seen = (*seen).max(m.term);
+                    }
                     // What a dead leader sent before it died may still be queued: it must not
                     // make this follower believe in that leader again.
                     if self
@@ -434,26 +494,53 @@ impl<S: StateMachine> Driver<S> {
             Input::Read { reply } => reads.push(reply),
             Input::Transfer(to) => self.node.transfer_leader(to),
             Input::PeerDown(peer) => self.leader_died(peer),
-            Input::StateQuery { from } => {
-                let raft = &self.node.raft;
-                let answer = Wire::StateAnswer {
-                    term: raft.term,
-                    last_index: raft.raft_log.last_index(),
-                };
-                self.send_wire(from, &answer);
+            Input::StateQuery { from, last_index } => {
+                let answer = self.state_answer(from, last_index);
+                self.send_wire(from, &Wire::StateAnswer(answer));
             }
-            Input::StateAnswer {
-                from,
-                term,
-                last_index,
-            } => {
+            Input::StateAnswer { from, answer } => {
                 if let Some(r) = self.rejoin.as_mut() {
-                    r.answers.insert(from, (term, last_index));
+                    r.record(from, answer, self.node.raft.term);
                 }
             }
             Input::Shutdown => return true,
         }
         false
+    }
+
+    /// This node's answer to a peer (transport id) that asks for its state, its log ending
+    /// at `last_index`. A leader that believed the peer held more (the peer lost entries it
+    /// had acknowledged: an emptied store, an older copy) stops believing it: it probes the
+    /// peer afresh from where its log ends, and no longer counts it towards committing
+    /// entries it does not hold.
+    fn state_answer(&mut self, from: u64, last_index: u64) -> StateAnswer {
+        let asker = to_raft(from);
+        let raft = &mut self.node.raft;
+        let mut answer = StateAnswer {
+            term: raft.term,
+            last_index: raft.raft_log.last_index(),
+            seen_term: self.seen.get(&asker).copied().unwrap_or(0),
+            matched: 0,
+            asked_last_index: last_index,
+        };
+        if raft.state == StateRole::Leader {
+            if let Some(pr) = raft.mut_prs().get_mut(asker) {
+                answer.matched = pr.matched;
+                if pr.matched > last_index {
+                    tracing::warn!(
+                        node = self.config.id,
+                        peer = from,
+                        matched = pr.matched,
+                        last_index,
+                        "a follower lost entries it had acknowledged: probing it afresh"
+                    );
+                    pr.matched = 0;
+                    pr.become_probe();
+                    pr.next_idx = last_index + 1;
+                }
+            }
+        }
+        answer
     }
 
     /// Starts one ReadIndex request for every read of this turn (and those deferred), or
@@ -570,11 +657,14 @@ impl<S: StateMachine> Driver<S> {
     }
 
     /// Moves a node that may not vote yet along, once per tick: asks the peers that have
-    /// not answered for their term and last index; decides, once enough have answered,
+    /// not answered for their state. While only checking its store (no mark on disk), ends
+    /// the check once every peer answered or after one election timeout, unless an answer
+    /// shows the store is older than what this node had done: then it marks the store and
+    /// rejoins as an emptied one does. Rejoining, decides once enough peers have answered
     /// whether the cluster is new (nobody has a history: vote at once) or is being rejoined
     /// (follow a leader of a term at least every term reported, and catch up to its first
-    /// committed entry of its term); then marks the leader's term as voted in, and once that is on disk
-    /// lets the node vote. `Err` on a storage error.
+    /// committed entry of its term); then marks the leader's term as voted in, and once
+    /// that is on disk lets the node vote. `Err` on a storage error.
     fn rejoin_step(&mut self) -> Result<(), LogError> {
         let me = self.config.id;
         let ticks = self.ticks;
@@ -585,6 +675,9 @@ impl<S: StateMachine> Driver<S> {
             .copied()
             .filter(|&p| p != me)
             .collect();
+        let query = Wire::StateQuery {
+            last_index: self.node.raft.raft_log.last_index(),
+        };
         let Some(r) = self.rejoin.as_mut() else {
             return Ok(());
         };
@@ -594,15 +687,45 @@ impl<S: StateMachine> Driver<S> {
             self.rejoin = None;
             return Ok(());
         }
+        if r.checking {
+            if let Some((peer, a)) = r.older {
+                tracing::warn!(
+                    node = me,
+                    peer,
+                    seen_term = a.seen_term,
+                    matched = a.matched,
+                    asked_last_index = a.asked_last_index,
+                    "store older than what a peer saw of this node (restored from an older \
+                     copy, or it lost writes): catching up before voting"
+                );
+                r.checking = false;
+                self.node.mut_store().begin_rejoin()?;
+                self.shared
+                    .stats
+                    .older_stores
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            let timeout = self.config.election_tick as u64;
+            if r.answers.len() >= peers.len() || ticks.saturating_sub(r.since) >= timeout {
+                tracing::debug!(
+                    node = me,
+                    answers = r.answers.len(),
+                    "store checked against the peers' accounts: votes"
+                );
+                self.rejoin = None;
+                return Ok(());
+            }
+            for p in r.due(&peers, ticks) {
+                self.send_wire(p, &query);
+            }
+            return Ok(());
+        }
         if let Some((term, vote)) = r.finishing {
             if self.node.store().durable_vote() == (term, vote) || self.node.raft.term > term {
                 self.node.mut_store().end_rejoin()?;
                 self.rejoin = None;
-                tracing::info!(
-                    node = me,
-                    term,
-                    "store started empty: caught up, votes again"
-                );
+                tracing::info!(node = me, term, "store caught up: votes again");
             }
             return Ok(());
         }
@@ -613,8 +736,8 @@ impl<S: StateMachine> Driver<S> {
             if r.answers.len() >= needed {
                 let raft = &self.node.raft;
                 let mine_empty = raft.term == 0 && raft.raft_log.last_index() == 0;
-                let floor = r.answers.values().map(|(t, _)| *t).max().unwrap_or(0);
-                let history = r.answers.values().any(|&(t, last)| t > 0 || last > 0);
+                let floor = r.answers.values().map(|a| a.term).max().unwrap_or(0);
+                let history = r.answers.values().any(|a| a.term > 0 || a.last_index > 0);
                 if mine_empty && !history {
                     self.node.mut_store().end_rejoin()?;
                     self.rejoin = None;
@@ -625,22 +748,12 @@ impl<S: StateMachine> Driver<S> {
                 tracing::warn!(
                     node = me,
                     floor,
-                    "store started empty in a cluster with a history: catching up before voting"
+                    "store empty or older than the cluster's history: catching up before voting"
                 );
                 return Ok(());
             }
-            if r.asked_at
-                .is_some_and(|t| ticks.saturating_sub(t) < STATE_QUERY_EVERY_TICKS)
-            {
-                return Ok(());
-            }
-            r.asked_at = Some(ticks);
-            let ask: Vec<u64> = peers
-                .into_iter()
-                .filter(|p| !r.answers.contains_key(p))
-                .collect();
-            for p in ask {
-                self.send_wire(p, &Wire::StateQuery);
+            for p in r.due(&peers, ticks) {
+                self.send_wire(p, &query);
             }
             return Ok(());
         };
@@ -1228,7 +1341,9 @@ impl<S: StateMachine> Driver<S> {
         let raft = &self.node.raft;
         let role = match raft.state {
             StateRole::Leader => Role::Leader,
-            StateRole::Follower if self.rejoin.is_some() => Role::Recovering,
+            StateRole::Follower if self.rejoin.as_ref().is_some_and(|r| !r.checking) => {
+                Role::Recovering
+            }
             StateRole::Follower => Role::Follower,
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
         };
@@ -1294,5 +1409,47 @@ mod tests {
             vec![RAFT_BATCH_MAX, 1]
         );
         assert!(split_batch(Vec::new()).is_empty());
+    }
+
+    /// What proves a store older than what its node had done, and what does not.
+    #[test]
+    fn a_store_is_older_only_when_a_peer_saw_more_of_it() {
+        let answer = |seen_term, matched| StateAnswer {
+            term: 9,
+            last_index: 500,
+            seen_term,
+            matched,
+            asked_last_index: 100,
+        };
+        let mut r = Rejoin::check();
+        // Peers in later terms, with longer logs, that saw no more of it than it holds.
+        r.record(1, answer(5, 0), 5);
+        r.record(2, answer(0, 100), 5);
+        assert_eq!(r.older, None);
+        // A message of term 6 from it: term 6 was on its disk before it was sent; unless
+        // this incarnation has reached term 6 itself.
+        r.record(3, answer(6, 0), 6);
+        assert_eq!(r.older, None);
+        r.record(3, answer(6, 0), 5);
+        assert_eq!(r.older, Some((3, answer(6, 0))));
+        // A leader holding its acknowledgement of entry 101 when its log ended at 100.
+        let mut r = Rejoin::check();
+        r.record(4, answer(0, 101), 5);
+        assert_eq!(r.older, Some((4, answer(0, 101))));
+        // Only a check looks for it: a rejoining node knows already.
+        let mut r = Rejoin::default();
+        r.record(4, answer(0, 101), 5);
+        assert_eq!(r.older, None);
+        assert_eq!(r.answers.len(), 1);
+    }
+
+    /// A node asks the peers that have not answered, once every few ticks.
+    #[test]
+    fn queries_go_to_the_silent_peers_every_few_ticks() {
+        let mut r = Rejoin::check();
+        assert_eq!(r.due(&[1, 2, 3], 0), vec![1, 2, 3]);
+        assert!(r.due(&[1, 2, 3], STATE_QUERY_EVERY_TICKS - 1).is_empty());
+        r.answers.insert(2, StateAnswer::default());
+        assert_eq!(r.due(&[1, 2, 3], STATE_QUERY_EVERY_TICKS), vec![1, 3]);
     }
 }

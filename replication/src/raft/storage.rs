@@ -193,6 +193,21 @@ impl EngineStorage {
         self.rejoin
     }
 
+    /// The store turned out older than what its node had done: writes the mark (synced),
+    /// so that the node does not vote until it has caught up, across restarts too.
+    pub(crate) fn begin_rejoin(&mut self) -> Result<(), LogError> {
+        if self.rejoin {
+            return Ok(());
+        }
+        let mut batch = LogBatch::default();
+        batch
+            .put(GROUP, KEY_REJOIN.to_vec(), vec![1])
+            .map_err(storage_err)?;
+        self.write(&mut batch, true)?;
+        self.rejoin = true;
+        Ok(())
+    }
+
     /// The node may vote from now on: deletes the mark (synced).
     pub(crate) fn end_rejoin(&mut self) -> Result<(), LogError> {
         if !self.rejoin {

@@ -119,6 +119,21 @@ impl Cluster {
         std::fs::create_dir(dir).expect("recreate the data directory");
     }
 
+    /// Kills replica `i` (if up) and returns a copy of its data directory (a backup).
+    pub fn backup(&self, i: usize) -> tempfile::TempDir {
+        self.crash(i);
+        let copy = tempfile::tempdir().expect("tempdir");
+        copy_dir(self.dirs[i].path(), copy.path());
+        copy
+    }
+
+    /// Kills replica `i` (if up) and puts a copy of `backup` in place of its data directory:
+    /// its next start is from an older copy of its disk.
+    pub fn restore(&self, i: usize, backup: &std::path::Path) {
+        self.wipe(i);
+        copy_dir(backup, self.dirs[i].path());
+    }
+
     /// Kills every replica, then starts them all again from disk.
     pub fn restart_all_now(&self) {
         for i in 0..self.n {
@@ -147,6 +162,20 @@ impl Cluster {
             tokio::time::sleep(POLL).await;
         }
         None
+    }
+}
+
+/// Copies the files of directory `from` into `to`, subdirectories included.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read the data directory") {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            std::fs::create_dir_all(&target).expect("create a directory");
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
     }
 }
 

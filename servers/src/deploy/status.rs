@@ -155,8 +155,8 @@ pub fn customer_summary(statuses: &[Option<replication::LogStatus>]) -> Option<S
 }
 
 /// What the product-db rows mean: nothing while a leader is up and every replica votes;
-/// otherwise which replicas are catching up after starting with an empty data directory (they
-/// vote only once they have), and, without a leader, that too few voting replicas are left
+/// otherwise which replicas are catching up after starting with an empty data directory or
+/// an older copy of one (they vote only once they have), and, without a leader, that too few voting replicas are left
 /// or that an election is under way.
 pub fn product_summary(statuses: &[Option<replication::LogStatus>]) -> Option<String> {
     let n = statuses.len();
@@ -171,8 +171,8 @@ pub fn product_summary(statuses: &[Option<replication::LogStatus>]) -> Option<St
     let mut parts = Vec::new();
     if !rejoining.is_empty() {
         parts.push(format!(
-            "{} started with an empty data directory: it catches up from the leader and votes \
-             only once it has",
+            "{} started with an empty data directory, or one older than what its peers saw of \
+             it: it catches up from the leader and votes only once it has",
             rejoining.join(", ")
         ));
     }
