@@ -251,6 +251,10 @@ fn a_dead_member_is_excluded_and_the_group_goes_on_then_readmits_it() {
     }
 }
 
+/// The bytes of held Requests the members keep for an excluded one in the seeds that bound
+/// it in bytes rather than numbers.
+const RETAIN_BYTES: usize = 2048;
+
 /// A member away for longer than its peers keep history for it
 /// (`CoreConfig::retain_for_excluded`, 48 numbers here) is collected past: while it is away
 /// its peers hold a bounded amount of history (and, with snapshots, compact their disks past
@@ -265,6 +269,11 @@ fn a_member_away_long_is_collected_past_then_rebuilt_from_an_image() {
             sim.snapshot_every = Some(16);
         }
         let cut_off = seed % 4 >= 2;
+        // Every third seed bounds the history in bytes only.
+        let by_bytes = seed % 3 == 2;
+        if by_bytes {
+            sim.set_retain(u64::MAX, RETAIN_BYTES);
+        }
         let all = [0, 1, 2, 3, 4];
         let victim = (seed % 5) as usize;
         let live: Vec<usize> = all.into_iter().filter(|i| *i != victim).collect();
@@ -281,11 +290,18 @@ fn a_member_away_long_is_collected_past_then_rebuilt_from_an_image() {
         for &i in &live {
             let core = sim.core(i).expect("alive");
             let (held, _) = core.held();
+            let bounded = if by_bytes {
+                core.held_bytes() <= RETAIN_BYTES
+            } else {
+                held <= 48 + 64
+            };
             assert!(
-                core.collected() > away_from && held <= 48 + 64,
+                core.collected() > away_from && bounded,
                 "seed {seed}: member {i} kept the history of member {victim} that was away: \
-                 collected {} (away from {away_from}), {held} Sequences held{}",
+                 collected {} (away from {away_from}), {held} Sequences and {} bytes of \
+                 Requests held{}",
                 core.collected(),
+                core.held_bytes(),
                 sim.summary()
             );
         }

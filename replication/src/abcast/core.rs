@@ -92,6 +92,11 @@ pub struct CoreConfig {
     /// ([`Core::behind`]). Bounds the memory and journal a member that is down for good
     /// costs its peers.
     pub retain_for_excluded: u64,
+    /// The same bound in bytes: once the Requests a member holds (delivered or not, about
+    /// their encoded size) exceed this, it keeps nothing more for excluded members, however
+    /// few numbers they lag by. Numbers alone would hold however much the Sequences name:
+    /// with large payloads, gigabytes.
+    pub retain_for_excluded_bytes: usize,
 }
 
 impl CoreConfig {
@@ -118,6 +123,7 @@ impl CoreConfig {
             message_bytes_max: 4 << 20,
             reform_after_ms: 0,
             retain_for_excluded: 4_096,
+            retain_for_excluded_bytes: 64 << 20,
         }
     }
 
@@ -301,6 +307,28 @@ struct SenderState {
     /// Held Requests not written yet: a Request is written with the first persist that
     /// claims a Sequence naming it (see `Core::drain`).
     unwritten: BTreeSet<u64>,
+    /// About the encoded size of the Requests in `received`.
+    bytes: usize,
+}
+
+impl SenderState {
+    /// Holds a Request (replacing one under the same seq, if any).
+    fn hold(&mut self, r: RequestMsg) {
+        self.bytes += approx_size(&r);
+        if let Some(old) = self.received.insert(r.key.seq, r) {
+            self.bytes -= approx_size(&old);
+        }
+    }
+
+    /// Drops the held Requests below `seq`.
+    fn drop_below(&mut self, seq: u64) {
+        while let Some(entry) = self.received.first_entry() {
+            if *entry.key() >= seq {
+                break;
+            }
+            self.bytes -= approx_size(&entry.remove());
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -663,7 +691,7 @@ impl Core {
                         core.next_proposal =
                             core.next_proposal.max(r.base + r.payloads.len() as u64);
                     }
-                    core.senders[s as usize].received.insert(r.key.seq, r);
+                    core.senders[s as usize].hold(r);
                 }
                 Record::Sequence(s) => {
                     core.known = core.known.max(s.number + 1);
@@ -925,7 +953,7 @@ impl Core {
         self.out_requests.push(req.clone());
         let st = &mut self.senders[self.cfg.id as usize];
         st.unwritten.insert(req.key.seq);
-        st.received.insert(req.key.seq, req);
+        st.hold(req);
     }
 
     /// What a state snapshot taken now must record to resume delivery after it.
@@ -2211,7 +2239,7 @@ impl Core {
         }
         self.missing_requests.remove(&r.key);
         st.unwritten.insert(r.key.seq);
-        st.received.insert(r.key.seq, r);
+        st.hold(r);
     }
 
     fn receive_sequence(&mut self, s: SequenceMsg) {
@@ -2838,7 +2866,8 @@ impl Core {
 
     /// Drops what every member of the epoch has delivered (and has on disk), and what every
     /// excluded member has too, unless one lags by more than
-    /// [`CoreConfig::retain_for_excluded`] numbers: that one will be rebuilt from an image.
+    /// [`CoreConfig::retain_for_excluded`] numbers, or the Requests held exceed
+    /// [`CoreConfig::retain_for_excluded_bytes`]: that one will be rebuilt from an image.
     fn collect_garbage(&mut self) {
         while self.refused.first().is_some_and(|&k| k < self.gc) {
             self.refused.pop_first();
@@ -2850,12 +2879,7 @@ impl Core {
                     let st = &mut self.senders[key.sender as usize];
                     st.gc = st.gc.max(key.seq + 1);
                     // Below a restart Request also the voided Requests go.
-                    while let Some((&q, _)) = st.received.first_key_value() {
-                        if q >= st.gc {
-                            break;
-                        }
-                        st.received.remove(&q);
-                    }
+                    st.drop_below(st.gc);
                     while st.unwritten.first().is_some_and(|&q| q < st.gc) {
                         st.unwritten.pop_first();
                     }
@@ -2867,19 +2891,16 @@ impl Core {
             if self.gc >= *base {
                 for (st, p) in self.senders.iter_mut().zip(prefixes) {
                     st.gc = st.gc.max(*p);
-                    while let Some((&q, _)) = st.received.first_key_value() {
-                        if q >= st.gc {
-                            break;
-                        }
-                        st.received.remove(&q);
-                    }
+                    st.drop_below(st.gc);
                 }
                 self.base_prefixes = None;
             }
         }
     }
 
-    /// The number below which everything may be collected (see `collect_garbage`).
+    /// The number below which everything may be collected (see `collect_garbage`). An
+    /// excluded member already collected past (it will be rebuilt from an image anyway) is
+    /// kept nothing for.
     fn collectable(&self) -> u64 {
         let excluded = self.excluded();
         let mut view = self.delivered.min(self.stable);
@@ -2890,13 +2911,24 @@ impl Core {
                 continue;
             }
             if excluded.contains(&j) {
-                others = others.min(p.delivered);
+                if p.delivered >= self.gc {
+                    others = others.min(p.delivered);
+                }
             } else {
                 view = view.min(p.delivered);
             }
         }
-        let kept = view.saturating_sub(self.cfg.retain_for_excluded);
+        let kept = if self.held_bytes() > self.cfg.retain_for_excluded_bytes {
+            view
+        } else {
+            view.saturating_sub(self.cfg.retain_for_excluded)
+        };
         view.min(others.max(kept))
+    }
+
+    /// About the encoded size of the Requests held in memory (delivered or not).
+    pub fn held_bytes(&self) -> usize {
+        self.senders.iter().map(|s| s.bytes).sum()
     }
 
     /// Number of Sequences and Requests held in memory (garbage not collected yet).
@@ -2911,4 +2943,36 @@ impl Core {
 /// A header that reports no progress (see `Core::blank_message`).
 fn is_blank(h: &Header) -> bool {
     h.stable == 0 && h.delivered == 0 && h.known == 0 && h.issued == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(seq: u64, sizes: &[usize]) -> RequestMsg {
+        RequestMsg {
+            key: RequestKey { sender: 0, seq },
+            base: 0,
+            payloads: sizes.iter().map(|n| vec![0; *n]).collect(),
+            restart: None,
+        }
+    }
+
+    /// A sender's byte count follows what it holds: held, replaced, dropped.
+    #[test]
+    fn held_bytes_follow_the_requests_held() {
+        let mut st = SenderState::default();
+        let sum = |st: &SenderState| st.received.values().map(approx_size).sum::<usize>();
+        st.hold(request(0, &[10, 20]));
+        st.hold(request(1, &[100]));
+        st.hold(request(2, &[]));
+        assert_eq!(st.bytes, sum(&st));
+        st.hold(request(1, &[5]));
+        assert_eq!(st.bytes, sum(&st));
+        st.drop_below(2);
+        assert_eq!(st.received.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(st.bytes, sum(&st));
+        st.drop_below(10);
+        assert_eq!(st.bytes, 0);
+    }
 }

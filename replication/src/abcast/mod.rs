@@ -122,8 +122,10 @@
 //!   Sequence), then from the other members in turn. Any member answers from what it holds.
 //! * **Garbage collection.** What every member of the epoch reports delivered (and on disk)
 //!   is dropped from memory, and what every excluded member reports too, unless one lags by
-//!   more than [`CoreConfig::retain_for_excluded`] numbers (4,096 by default): that one is
-//!   collected past, and when it is back and asks for what it missed it is told so
+//!   more than [`CoreConfig::retain_for_excluded`] numbers (4,096 by default) or the
+//!   Requests held exceed [`CoreConfig::retain_for_excluded_bytes`] (64 MiB: numbers alone
+//!   would hold however much the Sequences name): that one is collected past, nothing more
+//!   is kept for it, and when it is back and asks for what it missed it is told so
 //!   ([`Body::Collected`]) and rebuilt from a peer's image like a member whose disk was lost
 //!   ([`Core::behind`]). On disk, the runtime snapshots the applied state every
 //!   [`AbcastConfig::snapshot_every`] payloads (more as the state grows:
@@ -198,7 +200,8 @@
 //!   (a member cut off but alive) costs two reformations and nothing else: the cut-off
 //!   member delivers nothing new meanwhile, then drops what it held beyond the new epoch's
 //!   base and rejoins. While a member is excluded the others keep at most
-//!   [`CoreConfig::retain_for_excluded`] numbers of history it has not delivered (a member
+//!   [`CoreConfig::retain_for_excluded`] numbers and
+//!   [`CoreConfig::retain_for_excluded_bytes`] of history it has not delivered (a member
 //!   restarted within that catches up by retransmission); beyond, they collect and compact
 //!   past it, and back, it is rebuilt from a peer's snapshot and journal, catches up and is
 //!   readmitted. So a member down for good costs its peers bounded memory and disk. It asks
@@ -279,8 +282,8 @@
 //! # Not done yet
 //!
 //! State transfer is a whole image of a peer's store (snapshot and journal), not an incremental
-//! catch-up: a member excluded for longer than [`CoreConfig::retain_for_excluded`] numbers
-//! fetches the whole state even if it missed little more than that. A member of the epoch
+//! catch-up: a member excluded for longer than its peers keep history for it
+//! ([`CoreConfig::retain_for_excluded`]) fetches the whole state even if it missed little more than that. A member of the epoch
 //! that falls behind without being excluded is still waited for (the ring stops at its turns
 //! anyway until it is excluded).
 

@@ -197,6 +197,9 @@ pub struct AbcastStats {
     pub held_sequences: u64,
     /// Requests held in memory.
     pub held_requests: u64,
+    /// About the encoded size of the Requests held in memory (see
+    /// [`CoreConfig::retain_for_excluded_bytes`](super::CoreConfig::retain_for_excluded_bytes)).
+    pub held_request_bytes: u64,
     /// Delivery resumed at this sequence number when the member opened (its snapshot).
     pub resumed_at: u64,
     /// The epoch this member is in (0 until a reformation: see
@@ -480,6 +483,7 @@ impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
                 ("journal_len".into(), s.journal_len),
                 ("held_sequences".into(), s.held_sequences),
                 ("held_requests".into(), s.held_requests),
+                ("held_request_bytes".into(), s.held_request_bytes),
                 ("requests_issued".into(), s.core.requests_issued),
                 ("sequences_issued".into(), s.core.sequences_issued),
                 ("passes".into(), s.core.passes),
@@ -1709,6 +1713,7 @@ impl<S: StateMachine> Driver<S> {
             journal_len: self.journal.len() as u64,
             held_sequences: held_sequences as u64,
             held_requests: held_requests as u64,
+            held_request_bytes: c.held_bytes() as u64,
             resumed_at: self.resumed_at,
             epoch: c.epoch(),
             excluded: c

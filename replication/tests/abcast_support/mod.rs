@@ -256,6 +256,17 @@ impl Sim {
         }
     }
 
+    /// Sets how much history every member keeps for an excluded one: `numbers` Sequence
+    /// numbers and `bytes` of held Requests (`CoreConfig::retain_for_excluded` and
+    /// `retain_for_excluded_bytes`). Call before anything happens: the cores start afresh.
+    pub fn set_retain(&mut self, numbers: u64, bytes: usize) {
+        for (i, c) in self.cfgs.iter_mut().enumerate() {
+            c.retain_for_excluded = numbers;
+            c.retain_for_excluded_bytes = bytes;
+            self.nodes[i] = Some(Core::new(c.clone()));
+        }
+    }
+
     /// Whether every payload proposed at one of `nodes` (and not lost with a crashed
     /// outbox or in flight at a crash) has been delivered by every one of `nodes`.
     pub fn delivered_at(&self, nodes: &[usize]) -> bool {
