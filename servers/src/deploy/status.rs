@@ -156,24 +156,43 @@ pub fn customer_summary(statuses: &[Option<replication::LogStatus>]) -> Option<S
 
 /// What the product-db rows mean: nothing while a leader is up and every replica votes;
 /// otherwise which replicas are catching up after starting with an empty data directory or
-/// an older copy of one (they vote only once they have), and, without a leader, that too few voting replicas are left
-/// or that an election is under way.
+/// one older than what their peers saw of them (they vote only once they have), and,
+/// without a leader, that too few voting replicas are left or that an election is under way.
 pub fn product_summary(statuses: &[Option<replication::LogStatus>]) -> Option<String> {
     let n = statuses.len();
     let role = |i: usize| statuses[i].as_ref().map(|s| s.role);
-    let rejoining: Vec<String> = (0..n)
-        .filter(|&i| role(i) == Some(replication::Role::Recovering))
-        .map(|i| format!("product-db-{i}"))
-        .collect();
+    let recovering = |i: usize| role(i) == Some(replication::Role::Recovering);
+    // The Raft node counts a store found older than what its peers saw (`older_stores`).
+    let older = |i: usize| {
+        statuses[i]
+            .as_ref()
+            .and_then(|s| counter(s, "older_stores"))
+            .is_some_and(|c| c > 0)
+    };
+    let names = |pick: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..n)
+            .filter(|&i| recovering(i) && pick(i))
+            .map(|i| format!("product-db-{i}"))
+            .collect()
+    };
+    let (emptied, restored) = (names(&|i| !older(i)), names(&older));
     let voting = (0..n)
         .filter(|&i| role(i).is_some_and(|r| r != replication::Role::Recovering))
         .count();
     let mut parts = Vec::new();
-    if !rejoining.is_empty() {
+    if !emptied.is_empty() {
         parts.push(format!(
-            "{} started with an empty data directory, or one older than what its peers saw of \
-             it: it catches up from the leader and votes only once it has",
-            rejoining.join(", ")
+            "{} started with an empty data directory: it catches up from the leader and votes \
+             only once it has",
+            emptied.join(", ")
+        ));
+    }
+    if !restored.is_empty() {
+        parts.push(format!(
+            "{} started from a data directory older than what its peers saw of it (an older \
+             copy, or a disk that lost writes): it catches up from the leader and votes only \
+             once it has",
+            restored.join(", ")
         ));
     }
     if !(0..n).any(|i| role(i) == Some(replication::Role::Leader)) && n > 0 {
@@ -367,11 +386,24 @@ mod tests {
             line.contains("product-db-4 started with an empty data directory"),
             "{line}"
         );
+        assert!(!line.contains("older"), "{line}");
+        // One restored from an older copy says so.
+        let mut restored = replica(2, Role::Recovering);
+        if let Some(s) = restored.as_mut() {
+            s.counters.push(("older_stores".into(), 1));
+        }
+        rows[2] = restored;
+        let line = product_summary(&rows).expect("a summary");
+        assert!(
+            line.contains("product-db-4 started with an empty data directory")
+                && line.contains("product-db-2 started from a data directory older than"),
+            "{line}"
+        );
         rows[0] = None;
         rows[1] = None;
         let line = product_summary(&rows).expect("a summary");
         assert!(
-            line.contains("3 of 5 replicas down or not voting yet"),
+            line.contains("4 of 5 replicas down or not voting yet"),
             "{line}"
         );
     }
