@@ -132,11 +132,14 @@
 //! peer the same question (`Wire::StateQuery`), whose answer also says what the peer saw of
 //! the asker: the highest term of a message it received from it (pre-votes left out: a
 //! node sends a message of a term only once the term is on its disk) and, from a leader,
-//! the highest index it acknowledged (acknowledged only once on its disk). An answer above
-//! the node's current term or its log's end proves the store older than what the node had
-//! done: the node writes the mark and rejoins as above (nothing it sent or acknowledged in
-//! this incarnation can exceed its current term and log, so a store that is not older
-//! never trips it). The check holds the node's vote until every peer has answered, or for
+//! the highest index it acknowledged (acknowledged only once on its disk). The first
+//! queries go out before the node handles any input and carry where its log ends on disk.
+//! An answer above the node's current term, or an acknowledgement beyond the log end the
+//! query carried, proves the store older than what the node had done: the node writes the
+//! mark and rejoins as above. Nothing it sent in this incarnation exceeds its current term,
+//! and it acknowledges nothing before its first queries leave, so a sound store trips it
+//! only if a leader reads one of its later acknowledgements before its query (the two
+//! travel apart); it then merely catches up before it votes. The check holds the node's vote until every peer has answered, or for
 //! one election timeout at most (a node never waits for peers that are down), so a normal
 //! restart costs a tick or two before the node may vote. The asker's query carries where
 //! its log ends, and a leader that believed it held more (raft-rs never lowers a follower's

@@ -198,7 +198,11 @@ impl Rejoin {
     /// once the term is on its disk; nothing this incarnation sent goes beyond `term`), or
     /// if the peer leads and holds its acknowledgement of an entry beyond where its log
     /// ended when it asked (it acknowledges only what is on its disk; a leader never
-    /// truncates what a follower acknowledged to it).
+    /// truncates what a follower acknowledged to it). The first queries go out before the
+    /// node handles any input, so what they compare with is its disk; a later query (to a
+    /// peer that did not answer) compares with a log that may have grown since, which can
+    /// only hide an older store, never accuse a sound one, unless the peer read an
+    /// acknowledgement this node sent after the query before the query itself.
     fn record(&mut self, from: u64, answer: StateAnswer, term: u64) {
         self.answers.insert(from, answer);
         let older = answer.seen_term > term || answer.matched > answer.asked_last_index;
@@ -268,6 +272,19 @@ pub(crate) async fn drive<S: StateMachine>(
     mut rx: mpsc::UnboundedReceiver<Input<S>>,
     tick: Duration,
 ) {
+    // A starting node asks its peers about itself before it handles any input, so that its
+    // queries carry where its log ended on disk: what it acknowledged beyond that, it
+    // acknowledged in an earlier incarnation (see `Rejoin::record`).
+    let started = match cell.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        Some(driver) => driver.rejoin_step(),
+        None => return,
+    };
+    if let Err(e) = started {
+        if let Some(driver) = cell.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            driver.finish(Err(e));
+        }
+        return;
+    }
     let mut next_tick = Instant::now() + tick;
     let sleep = tokio::time::sleep_until(next_tick);
     tokio::pin!(sleep);
