@@ -1035,6 +1035,16 @@ async fn an_emptied_replica_votes_only_after_it_caught_up() {
         c.restart(s);
     }
     c.restart(emptied);
+    votes_only_after_it_caught_up(&c, emptied, holders[0], "emptied").await;
+}
+
+/// The second half of the emptied-replica test above and the older-copy one below: replica
+/// `rejoining`, which does not vote yet, and the two stale replicas (the only ones up) must
+/// elect nobody for five maximal election timeouts, and `rejoining` restarted must still not
+/// vote; once `holder` (which has the 20 writes) is back, `rejoining` must catch up, every
+/// write must be there, and it must vote again (with `holder` down once more, the stale
+/// replicas elect nobody without it) so that a 21st write goes through.
+async fn votes_only_after_it_caught_up(c: &Cluster, rejoining: usize, holder: usize, what: &str) {
     // Five maximal election timeouts (raft-rs randomizes in [election, 2 * election) ticks).
     let cfg = c.config(0);
     let window = cfg.tick_interval * (5 * 2 * cfg.election_tick as u32);
@@ -1043,43 +1053,47 @@ async fn an_emptied_replica_votes_only_after_it_caught_up() {
         assert_eq!(
             c.leader(),
             None,
-            "two stale replicas and an emptied one elected a leader"
+            "two stale replicas and the {what} one elected a leader"
         );
         tokio::time::sleep(POLL).await;
     }
-    assert_eq!(c.node(emptied).status().role, replication::Role::Recovering);
-    c.restart(holders[0]);
+    let role = |c: &Cluster| c.node(rejoining).status().role;
+    assert_eq!(role(c), replication::Role::Recovering);
+    // Restarted, it keeps the mark: still not voting.
+    c.crash(rejoining);
+    c.restart(rejoining);
+    assert_eq!(role(c), replication::Role::Recovering);
+    c.restart(holder);
     let mut caught_up = false;
     for _ in 0..500 {
-        if c.node(emptied).status().role == replication::Role::Follower {
+        if role(c) == replication::Role::Follower {
             caught_up = true;
             break;
         }
         tokio::time::sleep(POLL).await;
     }
-    assert!(caught_up, "the emptied replica never caught up");
-    let history = converge(&c, 20, 500).await;
+    assert!(caught_up, "the {what} replica never caught up");
+    let history = converge(c, 20, 500).await;
     assert_eq!(
         history[..20],
         (1..=20).collect::<Vec<u64>>()[..],
         "a write was lost"
     );
-    // It votes again: without its vote the two stale replicas elect nobody.
-    c.crash(holders[0]);
+    c.crash(holder);
     let (now, _) = c
         .wait_leader(500)
         .await
-        .expect("a leader with the emptied replica voting");
+        .unwrap_or_else(|| panic!("no leader with the {what} replica voting"));
     propose_retrying(
-        &c,
+        c,
         now,
         RequestId { client: 8, seq: 21 },
         TestCommand::Append(21),
         10,
     )
     .await
-    .expect("a write after the emptied replica rejoined");
-    let history = converge(&c, 21, 500).await;
+    .unwrap_or_else(|e| panic!("no write after the {what} replica rejoined: {e}"));
+    let history = converge(c, 21, 500).await;
     assert_eq!(history, (1..=21).collect::<Vec<u64>>());
 }
 
@@ -1125,55 +1139,5 @@ async fn an_older_copy_of_a_replica_votes_only_after_it_caught_up() {
     for &s in stale {
         c.restart(s);
     }
-    let cfg = c.config(0);
-    let window = cfg.tick_interval * (5 * 2 * cfg.election_tick as u32);
-    let polls = (window.as_millis() / POLL.as_millis()) as usize;
-    for _ in 0..polls {
-        assert_eq!(
-            c.leader(),
-            None,
-            "two stale replicas and one restored from an older copy elected a leader"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-    assert_eq!(
-        c.node(restored).status().role,
-        replication::Role::Recovering
-    );
-    // Restarted, it keeps the mark: still not voting.
-    c.crash(restored);
-    c.restart(restored);
-    c.restart(holders[0]);
-    let mut caught_up = false;
-    for _ in 0..500 {
-        if c.node(restored).status().role == replication::Role::Follower {
-            caught_up = true;
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    assert!(caught_up, "the restored replica never caught up");
-    let history = converge(&c, 20, 500).await;
-    assert_eq!(
-        history[..20],
-        (1..=20).collect::<Vec<u64>>()[..],
-        "a write was lost"
-    );
-    // It votes again: without its vote the two stale replicas elect nobody.
-    c.crash(holders[0]);
-    let (now, _) = c
-        .wait_leader(500)
-        .await
-        .expect("a leader with the restored replica voting");
-    propose_retrying(
-        &c,
-        now,
-        RequestId { client: 8, seq: 21 },
-        TestCommand::Append(21),
-        10,
-    )
-    .await
-    .expect("a write after the restored replica rejoined");
-    let history = converge(&c, 21, 500).await;
-    assert_eq!(history, (1..=21).collect::<Vec<u64>>());
+    votes_only_after_it_caught_up(&c, restored, holders[0], "restored").await;
 }
