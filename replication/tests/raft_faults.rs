@@ -17,8 +17,9 @@
 //! * leadership transfer; malformed peer input is dropped without harm;
 //! * a replica whose data directory is emptied votes only once it has caught up (with it
 //!   voting at once, it and two stale replicas elect a leader without the committed writes);
-//!   so does one started from an older copy of its directory, as long as the leader that
-//!   saw its later acknowledgements is up when it starts.
+//!   so does one started from an older copy of its directory, when the leader that saw its
+//!   later acknowledgements is up as it starts, or when the copy predates a term it took
+//!   part in (even after every replica restarted: the peers keep the terms they saw).
 //!
 //! Every loop is bounded in count; nothing asserts on timing beyond generous poll bounds.
 
@@ -1140,4 +1141,75 @@ async fn an_older_copy_of_a_replica_votes_only_after_it_caught_up() {
         c.restart(s);
     }
     votes_only_after_it_caught_up(&c, restored, holders[0], "restored").await;
+}
+
+/// The terms a replica saw from each peer are kept on its disk, so a copy older than a term
+/// the restored replica took part in is caught even when every process restarted (no
+/// leader remembers anything of it then): the copy is taken, the replica takes part in a
+/// later term (its leader is killed and another elected, then more writes), every replica
+/// stops, the copy is put back, and all start again. With the terms kept only in memory,
+/// nobody would remember and the copy would vote at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_copy_is_caught_after_every_replica_restarted() {
+    let (c, leader, followers) = five_with_leader(35).await;
+    let restored = followers[0];
+    append(&c, leader, 8, 1).await;
+    let backup = c.backup(restored);
+    c.restart(restored);
+    c.crash(leader);
+    let mut next = None;
+    for _ in 0..500 {
+        if let Some((l, _)) = c.leader() {
+            next = Some(l);
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let next = next.expect("a leader after the first one died");
+    c.restart(leader);
+    for v in 2..=10u64 {
+        propose_retrying(
+            &c,
+            next,
+            RequestId { client: 8, seq: v },
+            TestCommand::Append(v),
+            10,
+        )
+        .await
+        .expect("a write in the later term");
+    }
+    converge(&c, 10, 500).await;
+    // The seen terms are written on a tick.
+    tokio::time::sleep(POLL * 5).await;
+    for i in 0..c.n {
+        c.crash(i);
+    }
+    c.restore(restored, backup.path());
+    for i in (0..c.n).filter(|i| *i != restored) {
+        c.restart(i);
+    }
+    c.restart(restored);
+    let mut detected = false;
+    for _ in 0..200 {
+        if c.node(restored).stats().older_stores == 1 {
+            detected = true;
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(
+        detected,
+        "the restored replica did not notice its copy predates a term it took part in"
+    );
+    let mut caught_up = false;
+    for _ in 0..500 {
+        if c.node(restored).status().role == replication::Role::Follower {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(caught_up, "the restored replica never caught up");
+    let history = converge(&c, 10, 500).await;
+    assert_eq!(history, (1..=10).collect::<Vec<u64>>());
 }

@@ -58,9 +58,9 @@ pub(crate) struct StateAnswer {
     pub(crate) term: u64,
     /// The index of the last entry in the answering node's log (compacted entries included).
     pub(crate) last_index: u64,
-    /// The highest term of a message the answering node received from the asker since it
-    /// started, pre-votes left out (a node sends a message of a term only once that term is
-    /// on its disk; a pre-vote names a term it has not entered). 0 if none.
+    /// The highest term of a message the answering node ever received from the asker (kept
+    /// on its disk), pre-votes left out (a node sends a message of a term only once that
+    /// term is on its disk; a pre-vote names a term it has not entered). 0 if none.
     pub(crate) seen_term: u64,
     /// If the answering node leads: the highest log index the asker acknowledged to it (the
     /// asker had it on disk then). 0 otherwise.

@@ -146,14 +146,17 @@
 //! `matched`) starts probing it from there, and no longer counts it towards entries it
 //! lost. Measured by the counter `older_stores`.
 //!
-//! It is a check, not a proof: the peers remember only since their own start, and only a
-//! leader knows what a follower acknowledged. A copy taken in the current term and restored
-//! while the leader that replicated to it is up is caught (the usual case: a replica
-//! restored from last night's backup while the cluster runs), as is a copy older than a term
-//! the node took part in while some peer that saw it is up; a copy restored after every
-//! peer that saw its later messages restarted, or once a new leader took over in a term
-//! the copy already holds, is not. Late answers (after the check ended) are not acted on.
-//! Tested in `tests/raft_faults.rs` (`an_older_copy_of_a_replica_votes_only_after_it_caught_up`).
+//! The terms seen are kept on each peer's disk (`raft_seen`, written on a tick after they
+//! grew, without fsync), so they outlive the peers' restarts; what a leader saw acknowledged
+//! is only in its memory. So it is a check, not a proof. Caught: a copy that lacks a term
+//! the node had sent messages in (any election it took part in since the copy was taken),
+//! as long as one peer that received them answers, even after every process restarted;
+//! and a copy taken in the current term and restored while the leader that replicated to
+//! it is up (the usual case: a replica restored from last night's backup while the cluster
+//! runs). Not caught: a copy that holds the node's last term, restored after that term's
+//! leader stopped leading. Late answers (after the check ended) are not acted on.
+//! Tested in `tests/raft_faults.rs` (`an_older_copy_of_a_replica_votes_only_after_it_caught_up`,
+//! `an_older_copy_is_caught_after_every_replica_restarted`).
 //!
 //! # Ids
 //!
@@ -502,7 +505,6 @@ impl<S: StateMachine> RaftLog<S> {
             } else {
                 node::Rejoin::check()
             }),
-            seen: HashMap::new(),
         })));
         let ready_loop = runtime.spawn(node::drive(Arc::clone(&driver), rx, tick));
         let inner = Arc::new(Inner {

@@ -147,9 +147,6 @@ pub(crate) struct Driver<S: StateMachine> {
     /// This node may not vote or campaign yet: it has just started and checks its store
     /// against what its peers saw of it, or its store started empty or older than that.
     pub(crate) rejoin: Option<Rejoin>,
-    /// The highest term of a message received from each peer (raft id) since this node
-    /// started, pre-votes left out: what [`StateAnswer::seen_term`] reports.
-    pub(crate) seen: HashMap<u64, u64>,
 }
 
 /// Ticks between two rounds of state queries to the peers that have not answered.
@@ -446,6 +443,9 @@ impl<S: StateMachine> Driver<S> {
             if let Err(e) = self.rejoin_step() {
                 return Some(Err(e));
             }
+            if let Err(e) = self.node.mut_store().write_seen() {
+                return Some(Err(e));
+            }
             // A tick may have produced regular heartbeats: those go to every peer.
             self.read_ctx = None;
         }
@@ -477,8 +477,7 @@ impl<S: StateMachine> Driver<S> {
                         m.get_msg_type(),
                         MessageType::MsgRequestPreVote | MessageType::MsgRequestPreVoteResponse
                     ) {
-                        let seen = self.seen.entry(m.from).or_insert(0);
-                        *seen = (*seen).max(m.term);
+                        self.node.mut_store().note_seen(m.from, m.term);
                     }
                     // What a dead leader sent before it died may still be queued: it must not
                     // make this follower believe in that leader again.
@@ -532,11 +531,12 @@ impl<S: StateMachine> Driver<S> {
     /// entries it does not hold.
     fn state_answer(&mut self, from: u64, last_index: u64) -> StateAnswer {
         let asker = to_raft(from);
+        let seen_term = self.node.store().seen().get(&asker).copied().unwrap_or(0);
         let raft = &mut self.node.raft;
         let mut answer = StateAnswer {
             term: raft.term,
             last_index: raft.raft_log.last_index(),
-            seen_term: self.seen.get(&asker).copied().unwrap_or(0),
+            seen_term,
             matched: 0,
             asked_last_index: last_index,
         };

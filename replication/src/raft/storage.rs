@@ -11,6 +11,7 @@
 //! | `raft_truncated` | `(index, term)` (postcard) of the last compacted entry | log compaction, snapshot install |
 //! | `raft_applied` | `u64` (postcard): the applied index recoverable from disk | with every snapshot |
 //! | `raft_rejoin` | one byte: this store started empty and may not vote yet (see "Started with an empty disk" in the [module docs](super)) | first start; deleted once the node may vote |
+//! | `raft_seen` | `Vec<(raft id, term)>` (postcard): the highest term of a message received from each peer, pre-votes left out (see "Started from an older copy") | on a tick after it grew, without fsync |
 //!
 //! The state machine lives in memory, so the applied index that survives a restart is the
 //! snapshot's index; the committed entries after it are applied again on restart
@@ -29,7 +30,7 @@
 //! engine. Older entries come from raft-engine on a thread of their own
 //! ([`crate::storage::isolated`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -47,6 +48,7 @@ const KEY_SNAPSHOT: &[u8] = b"raft_snapshot";
 const KEY_TRUNCATED: &[u8] = b"raft_truncated";
 const KEY_APPLIED: &[u8] = b"raft_applied";
 const KEY_REJOIN: &[u8] = b"raft_rejoin";
+const KEY_SEEN: &[u8] = b"raft_seen";
 
 /// Most entries kept in the recent-entry cache.
 pub(crate) const RECENT_ENTRIES_MAX: usize = 8192;
@@ -91,6 +93,10 @@ pub(crate) struct EngineStorage {
     /// `raft_rejoin` is on disk: the store started empty and the node has not yet learned
     /// that it may vote.
     rejoin: bool,
+    /// The highest term of a message received from each peer (raft id), pre-votes left out.
+    seen: BTreeMap<u64, u64>,
+    /// `seen` grew since it was last written.
+    seen_dirty: bool,
 }
 
 fn pb_err(what: &str, e: impl std::fmt::Display) -> LogError {
@@ -150,6 +156,10 @@ impl EngineStorage {
             }
         }
         let rejoin = fresh || engine.get(GROUP, KEY_REJOIN).is_some();
+        let seen: Vec<(u64, u64)> = match engine.get(GROUP, KEY_SEEN) {
+            Some(raw) => postcard::from_bytes(&raw).map_err(|e| pb_err("seen terms", e))?,
+            None => Vec::new(),
+        };
         let mut store = Self {
             engine: Arc::new(engine),
             hard_state,
@@ -162,6 +172,8 @@ impl EngineStorage {
             recent: VecDeque::new(),
             recent_bytes: 0,
             rejoin,
+            seen: seen.into_iter().collect(),
+            seen_dirty: false,
         };
         // raft-rs stops the process on a hard state committing beyond the log; a damaged or
         // foreign store is refused here with an error instead.
@@ -217,6 +229,39 @@ impl EngineStorage {
         batch.delete(GROUP, KEY_REJOIN.to_vec());
         self.write(&mut batch, true)?;
         self.rejoin = false;
+        Ok(())
+    }
+
+    /// The highest term of a message received from each peer (raft id) that this store
+    /// knows of, pre-votes left out: what the node tells a starting peer it saw of it.
+    pub(crate) fn seen(&self) -> &BTreeMap<u64, u64> {
+        &self.seen
+    }
+
+    /// A message of `term` arrived from `peer` (raft id): remembers it if it is the highest
+    /// yet (written by [`EngineStorage::write_seen`]).
+    pub(crate) fn note_seen(&mut self, peer: u64, term: u64) {
+        let known = self.seen.entry(peer).or_insert(0);
+        if term > *known {
+            *known = term;
+            self.seen_dirty = true;
+        }
+    }
+
+    /// Writes the seen terms if they grew, without fsync: they are evidence for a peer's
+    /// check, not a promise, so a crash that loses the last of them costs nothing but that.
+    pub(crate) fn write_seen(&mut self) -> Result<(), LogError> {
+        if !self.seen_dirty {
+            return Ok(());
+        }
+        let seen: Vec<(u64, u64)> = self.seen.iter().map(|(p, t)| (*p, *t)).collect();
+        let raw = postcard::to_stdvec(&seen).map_err(|e| pb_err("seen terms", e))?;
+        let mut batch = LogBatch::default();
+        batch
+            .put(GROUP, KEY_SEEN.to_vec(), raw)
+            .map_err(storage_err)?;
+        self.write(&mut batch, false)?;
+        self.seen_dirty = false;
         Ok(())
     }
 
@@ -781,6 +826,8 @@ mod tests {
         s.persist(None, &ents(1..=20, 1), Some(&hs(1, 1, 12)), true)
             .unwrap();
         s.snapshot_and_compact(10, b"state@10".to_vec(), 0).unwrap();
+        s.note_seen(2, 1);
+        s.write_seen().unwrap();
     }
 
     fn assert_intact(dir: &Path) {
@@ -798,7 +845,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         written_store(dir.path());
         assert_intact(dir.path());
-        for key in [KEY_HARD_STATE, KEY_CONF_STATE, KEY_SNAPSHOT, KEY_TRUNCATED] {
+        for key in [
+            KEY_HARD_STATE,
+            KEY_CONF_STATE,
+            KEY_SNAPSHOT,
+            KEY_TRUNCATED,
+            KEY_SEEN,
+        ] {
             let good = raw(dir.path(), key).expect("key written");
             for bad in [&[0xff_u8; 9][..], &[0x08, 0xff][..]] {
                 put_raw(dir.path(), key, bad);
@@ -814,6 +867,29 @@ mod tests {
             put_raw(dir.path(), key, &good);
             assert_intact(dir.path());
         }
+    }
+
+    /// The terms seen from each peer survive a reopen, only ever grow, and are written only
+    /// when they did.
+    #[test]
+    fn seen_terms_grow_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+            assert!(s.seen().is_empty());
+            s.note_seen(2, 4);
+            s.note_seen(3, 7);
+            s.note_seen(2, 3);
+            s.write_seen().unwrap();
+            assert!(!s.seen_dirty);
+            s.note_seen(3, 7);
+            assert!(!s.seen_dirty, "an equal term is not news");
+        }
+        let s = EngineStorage::open(dir.path(), &[1, 2, 3]).unwrap();
+        assert_eq!(
+            s.seen().iter().map(|(p, t)| (*p, *t)).collect::<Vec<_>>(),
+            vec![(2, 4), (3, 7)]
+        );
     }
 
     #[test]
