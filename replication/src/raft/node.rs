@@ -753,7 +753,12 @@ impl<S: StateMachine> Driver<S> {
             if r.answers.len() >= needed {
                 let raft = &self.node.raft;
                 let mine_empty = raft.term == 0 && raft.raft_log.last_index() == 0;
-                let floor = r.answers.values().map(|a| a.term).max().unwrap_or(0);
+                // A peer may have seen this node in a term it did not enter itself (a vote
+                // request it ignored while it had a leader).
+                let floor = (r.answers.values())
+                    .map(|a| a.term.max(a.seen_term))
+                    .max()
+                    .unwrap_or(0);
                 let history = r.answers.values().any(|a| a.term > 0 || a.last_index > 0);
                 if mine_empty && !history {
                     self.node.mut_store().end_rejoin()?;
