@@ -106,7 +106,8 @@
 //! * nobody has a history (term 0, no entries, and neither has this node): a **new
 //!   cluster**. The mark goes and the node votes at once. Every node of a new cluster takes
 //!   this path at its first start, which costs its first election one round of queries.
-//! * otherwise the node is **rejoining**. `floor` is the largest term reported: any term an
+//! * otherwise the node is **rejoining**. `floor` is the largest term reported (a peer's
+//!   own, or one it saw the node in): any term an
 //!   earlier incarnation of the node voted in is at most `floor` (that vote's candidate, or
 //!   another member of its quorum, is among those who answered). The node follows a leader
 //!   of a term at least `floor`, which holds every entry committed before the disk was lost
