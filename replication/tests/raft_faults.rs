@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft_support::{converge, propose_retrying, Cluster, POLL};
+use raft_support::{converge, eventually, propose_retrying, Cluster, POLL};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use replication::conformance::{TestAnswer, TestCommand, TestQuery};
@@ -1065,14 +1065,7 @@ async fn votes_only_after_it_caught_up(c: &Cluster, rejoining: usize, holder: us
     c.restart(rejoining);
     assert_eq!(role(c), replication::Role::Recovering);
     c.restart(holder);
-    let mut caught_up = false;
-    for _ in 0..500 {
-        if role(c) == replication::Role::Follower {
-            caught_up = true;
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let caught_up = eventually(500, || role(c) == replication::Role::Follower).await;
     assert!(caught_up, "the {what} replica never caught up");
     let history = converge(c, 20, 500).await;
     assert_eq!(
@@ -1122,14 +1115,10 @@ async fn an_older_copy_of_a_replica_votes_only_after_it_caught_up() {
     }
     c.restore(restored, backup.path());
     c.restart(restored);
-    let mut detected = false;
-    for _ in 0..200 {
-        if c.node(restored).status().role == replication::Role::Recovering {
-            detected = true;
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let detected = eventually(200, || {
+        c.node(restored).status().role == replication::Role::Recovering
+    })
+    .await;
     assert!(
         detected,
         "the restored replica never noticed its copy was older"
@@ -1157,15 +1146,10 @@ async fn an_older_copy_is_caught_after_every_replica_restarted() {
     let backup = c.backup(restored);
     c.restart(restored);
     c.crash(leader);
-    let mut next = None;
-    for _ in 0..500 {
-        if let Some((l, _)) = c.leader() {
-            next = Some(l);
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    let next = next.expect("a leader after the first one died");
+    let (next, _) = c
+        .wait_leader(500)
+        .await
+        .expect("a leader after the first one died");
     c.restart(leader);
     for v in 2..=10u64 {
         propose_retrying(
@@ -1179,8 +1163,7 @@ async fn an_older_copy_is_caught_after_every_replica_restarted() {
         .expect("a write in the later term");
     }
     converge(&c, 10, 500).await;
-    // The seen terms are written on a tick.
-    tokio::time::sleep(POLL * 5).await;
+    // An orderly stop writes the seen terms that grew since the last tick.
     for i in 0..c.n {
         c.crash(i);
     }
@@ -1189,26 +1172,15 @@ async fn an_older_copy_is_caught_after_every_replica_restarted() {
         c.restart(i);
     }
     c.restart(restored);
-    let mut detected = false;
-    for _ in 0..200 {
-        if c.node(restored).stats().older_stores == 1 {
-            detected = true;
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let detected = eventually(200, || c.node(restored).stats().older_stores == 1).await;
     assert!(
         detected,
         "the restored replica did not notice its copy predates a term it took part in"
     );
-    let mut caught_up = false;
-    for _ in 0..500 {
-        if c.node(restored).status().role == replication::Role::Follower {
-            caught_up = true;
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let caught_up = eventually(500, || {
+        c.node(restored).status().role == replication::Role::Follower
+    })
+    .await;
     assert!(caught_up, "the restored replica never caught up");
     let history = converge(&c, 10, 500).await;
     assert_eq!(history, (1..=10).collect::<Vec<u64>>());

@@ -456,7 +456,13 @@ impl<S: StateMachine> Driver<S> {
     /// closes the engine.
     pub(crate) fn finish(mut self, result: Result<(), LogError>) {
         let err = match result {
-            Ok(()) => LogError::Shutdown,
+            Ok(()) => {
+                // Seen terms that grew since the last tick go with an orderly stop.
+                if let Err(e) = self.node.mut_store().write_seen() {
+                    tracing::warn!(node = self.config.id, error = %e, "seen terms not written");
+                }
+                LogError::Shutdown
+            }
             Err(e) => {
                 tracing::error!(node = self.config.id, error = %e, "raft node stops on a storage error");
                 e

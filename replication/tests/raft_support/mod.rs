@@ -179,6 +179,17 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Polls `condition` every [`POLL`], at most `polls` times; whether it came true.
+pub async fn eventually(polls: usize, mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..polls {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    false
+}
+
 /// Replica `i`'s applied history (stale read).
 pub async fn stale_history(log: &Log) -> Vec<u64> {
     replication::conformance::stale_history(log).await
