@@ -163,8 +163,6 @@ pub(crate) struct Rejoin {
     /// or after one election timeout, or becomes a catch-up if an answer shows that the
     /// store is older than what this node had done.
     checking: bool,
-    /// The tick at which the node started.
-    since: u64,
     /// The peers' answers, by transport id.
     answers: BTreeMap<u64, StateAnswer>,
     /// While checking: the first answer that proved the store older, with its sender.
@@ -730,7 +728,8 @@ impl<S: StateMachine> Driver<S> {
                 return Ok(());
             }
             let timeout = self.config.election_tick as u64;
-            if r.answers.len() >= peers.len() || ticks.saturating_sub(r.since) >= timeout {
+            // The node's ticks count from its start.
+            if r.answers.len() >= peers.len() || ticks >= timeout {
                 tracing::debug!(
                     node = me,
                     answers = r.answers.len(),
