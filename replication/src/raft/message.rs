@@ -46,6 +46,8 @@ pub(crate) enum Wire {
         /// The index of the last entry in the asker's log: a leader that believes the asker
         /// holds more stops believing it.
         last_index: u64,
+        /// The asker's current term.
+        term: u64,
     },
     /// The answer to [`Wire::StateQuery`].
     StateAnswer(StateAnswer),
@@ -69,6 +71,10 @@ pub(crate) struct StateAnswer {
     /// asked): the asker compares `matched` with it, since the leader may bring its log
     /// further before the answer is read.
     pub(crate) asked_last_index: u64,
+    /// The `term` of the query this answers (the asker's term when it asked): the asker
+    /// compares `seen_term` with it, since it may enter a later term (a peer's message)
+    /// before the answer is read.
+    pub(crate) asked_term: u64,
 }
 
 /// The answer to [`Wire::ForwardPropose`].

@@ -133,29 +133,35 @@
 //! peer the same question (`Wire::StateQuery`), whose answer also says what the peer saw of
 //! the asker: the highest term of a message it received from it (pre-votes left out: a
 //! node sends a message of a term only once the term is on its disk) and, from a leader,
-//! the highest index it acknowledged (acknowledged only once on its disk). The first
-//! queries go out before the node handles any input and carry where its log ends on disk.
-//! An answer above the node's current term, or an acknowledgement beyond the log end the
-//! query carried, proves the store older than what the node had done: the node writes the
-//! mark and rejoins as above. Nothing it sent in this incarnation exceeds its current term,
-//! and it acknowledges nothing before its first queries leave, so a sound store trips it
-//! only if a leader reads one of its later acknowledgements before its query (the two
-//! travel apart); it then merely catches up before it votes. The check holds the node's vote until every peer has answered, or for
-//! one election timeout at most (a node never waits for peers that are down), so a normal
-//! restart costs a tick or two before the node may vote. The asker's query carries where
-//! its log ends, and a leader that believed it held more (raft-rs never lowers a follower's
-//! `matched`) starts probing it from there, and no longer counts it towards entries it
-//! lost. Measured by the counter `older_stores`.
+//! the highest index it acknowledged (acknowledged only once on its disk). The queries
+//! carry the asker's term and log end, and the first ones go out before the node handles
+//! any input, so they carry what its disk holds. A term seen above the one the query
+//! carried, or an acknowledgement beyond the log end it carried, proves the store older
+//! than what the node had done: the node writes the mark and rejoins as above. (Compared
+//! with the query, not with the node when the answer is read: by then a peer's message may
+//! have moved it to a later term, or the leader's probing filled its log.) Nothing the node
+//! sent before asking exceeds what the query carried, so a sound store trips the check
+//! only if a peer reads one of its later messages before its query (the two travel apart);
+//! it then merely catches up before it votes. The check holds the node's vote until every
+//! peer has answered, or for one election timeout at most (a node never waits for peers
+//! that are down), so a normal restart costs a tick or two before the node may vote. A
+//! leader that believed the asker held more than its log end (raft-rs never lowers a
+//! follower's `matched`) starts probing it from there, and no longer counts it towards
+//! entries it lost. Counted by `older_stores`.
 //!
 //! The terms seen are kept on each peer's disk (`raft_seen`, written on a tick after they
-//! grew, without fsync), so they outlive the peers' restarts; what a leader saw acknowledged
-//! is only in its memory. So it is a check, not a proof. Caught: a copy that lacks a term
-//! the node had sent messages in (any election it took part in since the copy was taken),
-//! as long as one peer that received them answers, even after every process restarted;
-//! and a copy taken in the current term and restored while the leader that replicated to
-//! it is up (the usual case: a replica restored from last night's backup while the cluster
-//! runs). Not caught: a copy that holds the node's last term, restored after that term's
-//! leader stopped leading. Late answers (after the check ended) are not acted on.
+//! grew and at an orderly stop, without fsync), so they outlive the peers' restarts; what a
+//! leader saw acknowledged is only in its memory. So it is a check, not a proof. Caught: a
+//! copy that lacks a term the node had sent messages in (any election it took part in since
+//! the copy was taken), as long as one peer that received them answers the check, even
+//! after every process restarted; and a copy taken in the current term and restored while
+//! the leader that replicated to it is up (the usual case: a replica restored from last
+//! night's backup while the cluster runs). Not caught: a copy that holds the node's last
+//! term, restored after that term's leader stopped leading; and a node whose check ended
+//! before any peer that could tell was up (started alone, its peers more than an election
+//! timeout later): answers after the check are not acted on, since by then its later
+//! queries would carry terms it entered in this incarnation, and a peer cannot tell which
+//! incarnation a message came from (tagging messages with an incarnation would close it).
 //! Tested in `tests/raft_faults.rs` (`an_older_copy_of_a_replica_votes_only_after_it_caught_up`,
 //! `an_older_copy_is_caught_after_every_replica_restarted`).
 //!
@@ -838,11 +844,13 @@ async fn receive_loop<S: StateMachine>(inner: Arc<Inner<S>>) {
                 Ok(Wire::ForwardPropose(_)) => {
                     tracing::warn!(from, "forwarded proposal sent as a one-way message dropped")
                 }
-                Ok(Wire::StateQuery { last_index }) if inner.is_peer(from) => {
-                    if inner
-                        .submit(Input::StateQuery { from, last_index })
-                        .is_err()
-                    {
+                Ok(Wire::StateQuery { last_index, term }) if inner.is_peer(from) => {
+                    let query = Input::StateQuery {
+                        from,
+                        last_index,
+                        term,
+                    };
+                    if inner.submit(query).is_err() {
                         return;
                     }
                 }

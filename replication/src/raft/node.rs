@@ -103,9 +103,13 @@ pub(crate) enum Input<S: StateMachine> {
     Transfer(u64),
     /// The network saw this peer's process die (transport id).
     PeerDown(u64),
-    /// A peer (transport id) whose log ends at `last_index` asks for this node's state
-    /// ([`Wire::StateQuery`]).
-    StateQuery { from: u64, last_index: u64 },
+    /// A peer (transport id) whose log ends at `last_index`, in `term`, asks for this node's
+    /// state ([`Wire::StateQuery`]).
+    StateQuery {
+        from: u64,
+        last_index: u64,
+        term: u64,
+    },
     /// A peer's (transport id) answer to this node's [`Input::StateQuery`].
     StateAnswer { from: u64, answer: StateAnswer },
     /// Stop the loop.
@@ -187,20 +191,23 @@ impl Rejoin {
         }
     }
 
-    /// Records a peer's answer, read while this node is in `term`. While checking, an
-    /// answer proves the store older than what this node had done if the peer received
-    /// from it a message of a term above its current one (it sends a message of a term only
-    /// once the term is on its disk; nothing this incarnation sent goes beyond `term`), or
-    /// if the peer leads and holds its acknowledgement of an entry beyond where its log
-    /// ended when it asked (it acknowledges only what is on its disk; a leader never
-    /// truncates what a follower acknowledged to it). The first queries go out before the
+    /// Records a peer's answer. While checking, an answer proves the store older than what
+    /// this node had done if the peer received from it a message of a term above the one it
+    /// was in when it asked (it sends a message of a term only once the term is on its
+    /// disk; nothing this incarnation sent before asking goes beyond it), or if the peer
+    /// leads and holds its acknowledgement of an entry beyond where its log ended when it
+    /// asked (it acknowledges only what is on its disk; a leader never truncates what a
+    /// follower acknowledged to it). Both compare with what the query carried, not with
+    /// the node's state when the answer is read: by then a peer's message may have moved
+    /// it to a later term, or the leader's probing filled its log. The first queries go out before the
     /// node handles any input, so what they compare with is its disk; a later query (to a
     /// peer that did not answer) compares with a log that may have grown since, which can
     /// only hide an older store, never accuse a sound one, unless the peer read an
     /// acknowledgement this node sent after the query before the query itself.
-    fn record(&mut self, from: u64, answer: StateAnswer, term: u64) {
+    fn record(&mut self, from: u64, answer: StateAnswer) {
         self.answers.insert(from, answer);
-        let older = answer.seen_term > term || answer.matched > answer.asked_last_index;
+        let older =
+            answer.seen_term > answer.asked_term || answer.matched > answer.asked_last_index;
         if self.checking && older && self.older.is_none() {
             self.older = Some((from, answer));
         }
@@ -514,13 +521,17 @@ impl<S: StateMachine> Driver<S> {
             Input::Read { reply } => reads.push(reply),
             Input::Transfer(to) => self.node.transfer_leader(to),
             Input::PeerDown(peer) => self.leader_died(peer),
-            Input::StateQuery { from, last_index } => {
-                let answer = self.state_answer(from, last_index);
+            Input::StateQuery {
+                from,
+                last_index,
+                term,
+            } => {
+                let answer = self.state_answer(from, last_index, term);
                 self.send_wire(from, &Wire::StateAnswer(answer));
             }
             Input::StateAnswer { from, answer } => {
                 if let Some(r) = self.rejoin.as_mut() {
-                    r.record(from, answer, self.node.raft.term);
+                    r.record(from, answer);
                 }
             }
             Input::Shutdown => return true,
@@ -533,7 +544,7 @@ impl<S: StateMachine> Driver<S> {
     /// had acknowledged: an emptied store, an older copy) stops believing it: it probes the
     /// peer afresh from where its log ends, and no longer counts it towards committing
     /// entries it does not hold.
-    fn state_answer(&mut self, from: u64, last_index: u64) -> StateAnswer {
+    fn state_answer(&mut self, from: u64, last_index: u64, term: u64) -> StateAnswer {
         let asker = to_raft(from);
         let seen_term = self.node.store().seen().get(&asker).copied().unwrap_or(0);
         let raft = &mut self.node.raft;
@@ -543,6 +554,7 @@ impl<S: StateMachine> Driver<S> {
             seen_term,
             matched: 0,
             asked_last_index: last_index,
+            asked_term: term,
         };
         if raft.state == StateRole::Leader {
             if let Some(pr) = raft.mut_prs().get_mut(asker) {
@@ -698,6 +710,7 @@ impl<S: StateMachine> Driver<S> {
             .collect();
         let query = Wire::StateQuery {
             last_index: self.node.raft.raft_log.last_index(),
+            term: self.node.raft.term,
         };
         let Some(r) = self.rejoin.as_mut() else {
             return Ok(());
@@ -1441,31 +1454,30 @@ mod tests {
     /// What proves a store older than what its node had done, and what does not.
     #[test]
     fn a_store_is_older_only_when_a_peer_saw_more_of_it() {
+        // Answers to a query sent in term 5 with the log ending at 100.
         let answer = |seen_term, matched| StateAnswer {
             term: 9,
             last_index: 500,
             seen_term,
             matched,
             asked_last_index: 100,
+            asked_term: 5,
         };
         let mut r = Rejoin::check();
-        // Peers in later terms, with longer logs, that saw no more of it than it holds.
-        r.record(1, answer(5, 0), 5);
-        r.record(2, answer(0, 100), 5);
+        // Peers in later terms, with longer logs, that saw no more of it than it held.
+        r.record(1, answer(5, 0));
+        r.record(2, answer(0, 100));
         assert_eq!(r.older, None);
-        // A message of term 6 from it: term 6 was on its disk before it was sent; unless
-        // this incarnation has reached term 6 itself.
-        r.record(3, answer(6, 0), 6);
-        assert_eq!(r.older, None);
-        r.record(3, answer(6, 0), 5);
+        // A message of term 6 from it: term 6 was on its disk before it was sent.
+        r.record(3, answer(6, 0));
         assert_eq!(r.older, Some((3, answer(6, 0))));
         // A leader holding its acknowledgement of entry 101 when its log ended at 100.
         let mut r = Rejoin::check();
-        r.record(4, answer(0, 101), 5);
+        r.record(4, answer(0, 101));
         assert_eq!(r.older, Some((4, answer(0, 101))));
         // Only a check looks for it: a rejoining node knows already.
         let mut r = Rejoin::default();
-        r.record(4, answer(0, 101), 5);
+        r.record(4, answer(0, 101));
         assert_eq!(r.older, None);
         assert_eq!(r.answers.len(), 1);
     }
