@@ -699,6 +699,9 @@ impl<S: StateMachine> Driver<S> {
     /// committed entry of its term); then marks the leader's term as voted in, and once
     /// that is on disk lets the node vote. `Err` on a storage error.
     fn rejoin_step(&mut self) -> Result<(), LogError> {
+        if self.rejoin.is_none() {
+            return Ok(());
+        }
         let me = self.config.id;
         let ticks = self.ticks;
         let peers: Vec<u64> = self

@@ -11,7 +11,7 @@
 //! | `raft_truncated` | `(index, term)` (postcard) of the last compacted entry | log compaction, snapshot install |
 //! | `raft_applied` | `u64` (postcard): the applied index recoverable from disk | with every snapshot |
 //! | `raft_rejoin` | one byte: this store started empty and may not vote yet (see "Started with an empty disk" in the [module docs](super)) | first start; deleted once the node may vote |
-//! | `raft_seen` | `Vec<(raft id, term)>` (postcard): the highest term of a message received from each peer, pre-votes left out (see "Started from an older copy") | on a tick after it grew, without fsync |
+//! | `raft_seen` | map raft id -> term (postcard): the highest term of a message received from each peer, pre-votes left out (see "Started from an older copy") | on a tick after it grew, without fsync |
 //!
 //! The state machine lives in memory, so the applied index that survives a restart is the
 //! snapshot's index; the committed entries after it are applied again on restart
@@ -156,9 +156,9 @@ impl EngineStorage {
             }
         }
         let rejoin = fresh || engine.get(GROUP, KEY_REJOIN).is_some();
-        let seen: Vec<(u64, u64)> = match engine.get(GROUP, KEY_SEEN) {
+        let seen: BTreeMap<u64, u64> = match engine.get(GROUP, KEY_SEEN) {
             Some(raw) => postcard::from_bytes(&raw).map_err(|e| pb_err("seen terms", e))?,
-            None => Vec::new(),
+            None => BTreeMap::new(),
         };
         let mut store = Self {
             engine: Arc::new(engine),
@@ -172,7 +172,7 @@ impl EngineStorage {
             recent: VecDeque::new(),
             recent_bytes: 0,
             rejoin,
-            seen: seen.into_iter().collect(),
+            seen,
             seen_dirty: false,
         };
         // raft-rs stops the process on a hard state committing beyond the log; a damaged or
@@ -254,8 +254,7 @@ impl EngineStorage {
         if !self.seen_dirty {
             return Ok(());
         }
-        let seen: Vec<(u64, u64)> = self.seen.iter().map(|(p, t)| (*p, *t)).collect();
-        let raw = postcard::to_stdvec(&seen).map_err(|e| pb_err("seen terms", e))?;
+        let raw = postcard::to_stdvec(&self.seen).map_err(|e| pb_err("seen terms", e))?;
         let mut batch = LogBatch::default();
         batch
             .put(GROUP, KEY_SEEN.to_vec(), raw)

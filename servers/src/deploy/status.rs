@@ -169,31 +169,27 @@ pub fn product_summary(statuses: &[Option<replication::LogStatus>]) -> Option<St
             .and_then(|s| counter(s, "older_stores"))
             .is_some_and(|c| c > 0)
     };
-    let names = |pick: &dyn Fn(usize) -> bool| -> Vec<String> {
-        (0..n)
-            .filter(|&i| recovering(i) && pick(i))
-            .map(|i| format!("product-db-{i}"))
-            .collect()
-    };
-    let (emptied, restored) = (names(&|i| !older(i)), names(&older));
+    let (restored, emptied): (Vec<usize>, Vec<usize>) =
+        (0..n).filter(|&i| recovering(i)).partition(|&i| older(i));
     let voting = (0..n)
         .filter(|&i| role(i).is_some_and(|r| r != replication::Role::Recovering))
         .count();
     let mut parts = Vec::new();
-    if !emptied.is_empty() {
-        parts.push(format!(
-            "{} started with an empty data directory: it catches up from the leader and votes \
-             only once it has",
-            emptied.join(", ")
-        ));
-    }
-    if !restored.is_empty() {
-        parts.push(format!(
-            "{} started from a data directory older than what its peers saw of it (an older \
-             copy, or a disk that lost writes): it catches up from the leader and votes only \
-             once it has",
-            restored.join(", ")
-        ));
+    for (ids, started) in [
+        (emptied, "with an empty data directory"),
+        (
+            restored,
+            "from a data directory older than what its peers saw of it (an older copy, or a \
+             disk that lost writes)",
+        ),
+    ] {
+        if !ids.is_empty() {
+            let names: Vec<String> = ids.iter().map(|i| format!("product-db-{i}")).collect();
+            parts.push(format!(
+                "{} started {started}: it catches up from the leader and votes only once it has",
+                names.join(", ")
+            ));
+        }
     }
     if !(0..n).any(|i| role(i) == Some(replication::Role::Leader)) && n > 0 {
         if voting <= n / 2 {
