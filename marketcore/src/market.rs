@@ -45,11 +45,17 @@
 //! [`Market::make_purchase`]: validate the card; read the working cart (`cart_empty`);
 //! `Reserve` every line in the product database (all or none: `insufficient_quantity` names the
 //! item); ask the [`PaymentService`]. Declined: `Release`, answer `payment_declined`; nothing
-//! else changed. Service error: `Release`, answer `unavailable`. Approved: `Confirm` in the
-//! product database and `RecordPurchase` in the customer database (history, counters, both
-//! carts emptied), side by side: two writes to two databases, one round of waiting.
+//! else changed. Service error: `Release`, answer `unavailable`. Approved: `RecordPurchase` in
+//! the customer database (history, counters, both carts emptied), answer the purchase, and
+//! then `Confirm` in the product database on a task of its own. The confirmation moves the
+//! units from reserved to sold, which no client function shows (an item's `quantity` counts
+//! available units, which the reservation already took; the sold counters are the customer
+//! database's), so it is the recorded purchase that makes the sale, and the caller does not
+//! wait for a second write to a second database: one round of waiting after the payment.
+//! [`Market::settle`] waits for the confirmations still on their way. If the record's outcome
+//! is unknown (the customer database failed), the attempt confirms first and records again.
 //!
-//! Side by side needs a fence. A frontend can die with the record written and the
+//! Recording before confirming needs a fence. A frontend can die with the record written and the
 //! confirmation not; a retry with the same key then finds the reservation still held, and
 //! (the payment service takes no key) would pay again and, on a decline, release the units
 //! of a recorded purchase (the failover test caught that once, when nothing fenced it). So
@@ -58,7 +64,7 @@
 //! differs) first writes `ClaimPurchase` to the customer database. The claim answers the
 //! purchase if an earlier attempt recorded it (that attempt was paid: the retry confirms and
 //! answers it, without a second payment); otherwise it fences every earlier attempt: a
-//! `RecordPurchase` sent beside a confirmation names its attempt and is refused
+//! `RecordPurchase` sent before its confirmation names its attempt and is refused
 //! (`Superseded`) once another attempt holds the claim. An attempt whose record was refused
 //! waits for its confirmation and then records with no attempt named, which is never refused
 //! (the units are sold). The customer database's total order decides which of a claim and an
@@ -70,8 +76,9 @@
 //! come too late to sell the units. First attempts, the common case, pay nothing for the
 //! fence: only retries write a claim.
 //!
-//! A frontend that dies after its record but before its confirmation, whose client never
-//! retries, is covered by the *purchase sweeper* ([`Market::sweep_purchases`], run by every
+//! A frontend that dies after its record but before its confirmation (it answered the
+//! purchase, or was about to), or whose confirmation failed after answering, is covered by
+//! the *purchase sweeper* ([`Market::sweep_purchases`], run by every
 //! [`Market::tick`]; every seller and buyer server ticks every 5 s): it claims each
 //! reservation still held within [`MarketConfig::sweep_ahead_ms`] of its lapse. A claim that
 //! answers a purchase means the dead attempt was paid and recorded: the sweeper confirms, so the units stay
@@ -124,6 +131,7 @@ use std::time::Duration;
 
 use rand::RngCore;
 use replication::{LogError, LogStatus, ReadConsistency, ReplicatedLog, RequestId};
+use tokio_util::task::TaskTracker;
 
 use crate::api::{
     AddToCart, BuyerCreated, BuyerLoginResponse, Cart, CreateAccount, FeedbackRequest, Item, Items,
@@ -266,6 +274,22 @@ pub struct Market {
     /// Which user each recently checked token belongs to (by digest): a token never changes
     /// owner, so this tells who a token *claims* to be, never whether its session is live.
     token_users: Mutex<HashMap<u64, UserId>>,
+    /// Confirmations sent after their purchase was answered ([`Market::settle`]). Closed
+    /// from the start: spawning still works, and `wait` then ends whenever none is running.
+    deferred: TaskTracker,
+    /// Deferred confirmations that failed (the purchase sweeper sells their units).
+    deferred_failed: Arc<AtomicU64>,
+}
+
+/// Work a [`Market`] finishes after it answered: a purchase's confirmation
+/// ([`Market::deferred`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deferred {
+    /// Confirmations still being sent.
+    pub running: usize,
+    /// Confirmations that failed since this Market started; the purchase sweeper confirms
+    /// each of them before its reservation lapses.
+    pub failed: u64,
 }
 
 /// Most entries in [`Market`]'s token-to-user memory (it starts over when full).
@@ -440,6 +464,30 @@ fn path_item(id: &str) -> Result<ItemId, MarketError> {
     })
 }
 
+/// [`Market::with_retries`] without the Market, for work that outlives the call that
+/// started it: `attempts` tries at most, the pause doubling from `backoff_ms`.
+async fn retrying<T, Fut>(
+    attempts: u32,
+    backoff_ms: u64,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T, MarketError>
+where
+    Fut: std::future::Future<Output = Result<T, LogError>>,
+{
+    let mut attempt: u32 = 0;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(LogError::Unavailable(_)) if attempt.saturating_add(1) < attempts => {
+                let ms = backoff_ms.saturating_mul(1u64 << attempt.min(10));
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 impl Market {
     /// A Market over the two databases. `client` ids for request ids are drawn at random.
     pub fn new(
@@ -462,6 +510,27 @@ impl Market {
             seq: AtomicU64::new(1),
             dummy_hash,
             token_users: Mutex::new(HashMap::new()),
+            deferred: {
+                let tracker = TaskTracker::new();
+                tracker.close();
+                tracker
+            },
+            deferred_failed: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Waits until every confirmation sent after its purchase was answered is done. A server
+    /// calls it when it stops (with a time limit of its own); a test before it counts sold
+    /// units. Purchases answered meanwhile are waited for too.
+    pub async fn settle(&self) {
+        self.deferred.wait().await;
+    }
+
+    /// How the work sent after answering stands.
+    pub fn deferred(&self) -> Deferred {
+        Deferred {
+            running: self.deferred.len(),
+            failed: self.deferred_failed.load(Ordering::Relaxed),
         }
     }
 
@@ -511,32 +580,19 @@ impl Market {
         }
     }
 
-    async fn backoff(&self, attempt: u32) {
-        let ms = self
-            .config
-            .retry_backoff_ms
-            .saturating_mul(1u64 << attempt.min(10));
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-
     /// Runs one database call, again while the log answers `Unavailable`, up to
     /// [`MarketConfig::propose_attempts`] times with a doubling pause. A proposal is retried
     /// with the same request id, so it takes effect once.
-    async fn with_retries<T, Fut>(&self, mut call: impl FnMut() -> Fut) -> Result<T, MarketError>
+    async fn with_retries<T, Fut>(&self, call: impl FnMut() -> Fut) -> Result<T, MarketError>
     where
         Fut: std::future::Future<Output = Result<T, LogError>>,
     {
-        let mut attempt = 0;
-        loop {
-            match call().await {
-                Ok(v) => return Ok(v),
-                Err(LogError::Unavailable(_)) if attempt + 1 < self.config.propose_attempts => {
-                    self.backoff(attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        retrying(
+            self.config.propose_attempts,
+            self.config.retry_backoff_ms,
+            call,
+        )
+        .await
     }
 
     /// Proposes one step to the customer database, retrying `Unavailable` with the same id.
@@ -1372,28 +1428,33 @@ impl Market {
                     }
                 }
                 let paid = self.pay(&reservation, req).await?;
-                // Approved: confirm the reservation and record the purchase side by side,
-                // unless the payment took so long that the confirmation might come too late
-                // (then a record must wait for it). The record is refused if a retry of this
+                // Approved: record the purchase, then confirm the reservation, unless the
+                // payment took so long that the confirmation might come too late (then a
+                // record must wait for it). The record is refused if a retry of this
                 // purchase claimed it meanwhile (that retry pays again and, on a decline,
                 // releases the units): then it waits for the confirmation.
-                let beside = self
+                let record_first = self
                     .now()
                     .saturating_add(self.config.reservation_ttl_ms / 2)
                     < expires_at_ms;
                 match paid {
-                    Paid::Now if beside => {
-                        let (confirmed, recorded) = tokio::join!(
-                            self.confirm(reservation_id),
-                            self.customer(record(Some(attempt)))
-                        );
-                        confirmed?;
-                        match recorded? {
-                            CustomerOutput::Purchase(p) => return Ok(p),
-                            CustomerOutput::Superseded => {}
-                            _ => return Err(unexpected("purchase")),
+                    Paid::Now if record_first => match self.customer(record(Some(attempt))).await {
+                        // Paid and recorded, the purchase is made: the confirmation moves
+                        // units from reserved to sold, which no answer shows, so it is sent
+                        // once the purchase is answered.
+                        Ok(CustomerOutput::Purchase(p)) => {
+                            self.confirm_after_answer(reservation_id).await;
+                            return Ok(p);
                         }
-                    }
+                        // A retry claimed the record (or the record's fate is unknown): the
+                        // units are sold first, then the purchase is recorded below, which
+                        // is never refused. Confirmed, the reservation tells any retry that
+                        // this attempt was paid.
+                        Ok(CustomerOutput::Superseded) | Err(_) => {
+                            self.confirm(reservation_id).await?;
+                        }
+                        Ok(_) => return Err(unexpected("purchase")),
+                    },
                     Paid::Now => {
                         self.confirm(reservation_id).await?;
                     }
@@ -1420,7 +1481,7 @@ impl Market {
     /// Claims the purchase record of a held reservation for `attempt`
     /// ([`CustomerCommand::ClaimPurchase`]). If an earlier attempt recorded the purchase, it
     /// was paid: confirms the reservation and returns the purchase. Otherwise the claim now
-    /// refuses every other attempt's record sent beside its confirmation: `None`.
+    /// refuses every other attempt's record sent before its confirmation: `None`.
     async fn claim_purchase(
         &self,
         reservation: &Reservation,
@@ -1449,6 +1510,43 @@ impl Market {
             at_ms: self.now(),
         })
         .await
+    }
+
+    /// Sends the confirmation of a paid and recorded purchase on a task of its own, so the
+    /// purchase is answered without waiting for it ([`Market::settle`] waits for it). It is
+    /// retried like any step, with the request id this call would have used; if it still
+    /// fails, the purchase sweeper confirms the reservation before it lapses, since the
+    /// purchase is recorded. Outside a Tokio runtime it is sent before returning.
+    async fn confirm_after_answer(&self, reservation_id: u64) {
+        let command = ProductCommand::Confirm {
+            reservation_id,
+            at_ms: self.now(),
+        };
+        // The step id comes from the request's idempotency key, which the task cannot see.
+        let id = self.step_id(command.step());
+        let products = Arc::clone(&self.products);
+        let (attempts, backoff_ms) = (self.config.propose_attempts, self.config.retry_backoff_ms);
+        let failed = Arc::clone(&self.deferred_failed);
+        let confirm = async move {
+            let sent = retrying(attempts, backoff_ms, || {
+                products.propose(id, command.clone())
+            })
+            .await;
+            if let Err(e) = sent.and_then(|r| r) {
+                failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    reservation = reservation_id,
+                    error = %e,
+                    "confirmation of a recorded purchase failed; the purchase sweeper will send it"
+                );
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                self.deferred.spawn_on(confirm, &runtime);
+            }
+            Err(_) => confirm.await,
+        }
     }
 
     /// Asks the payment service; on anything but yes, releases the reservation. If the release
@@ -1700,14 +1798,14 @@ impl Market {
     /// The purchase sweeper: for each reservation still held within
     /// [`MarketConfig::sweep_ahead_ms`] of its lapse (at most [`SWEEP_BATCH`] per call), claims
     /// its purchase record ([`CustomerCommand::ClaimPurchase`]). If the attempt that made it
-    /// recorded the purchase beside a confirmation that never landed (its frontend died and
-    /// its client did not retry), the claim answers the purchase and the sweeper confirms
+    /// recorded the purchase but its confirmation never landed (its frontend died, or the
+    /// product database failed it), the claim answers the purchase and the sweeper confirms
     /// the reservation, so the units of a recorded purchase do not go back on sale; otherwise
     /// the claim refuses that attempt's record from now on, and the reservation lapses as
     /// before. [`Market::tick`] runs it; every seller and buyer server ticks every 5 seconds.
     pub async fn sweep_purchases(&self, now_ms: u64) -> Result<(), MarketError> {
         // A reservation a quarter of its lifetime from lapsing is long past the point (half
-        // its lifetime left) up to which its purchase may be recorded beside the
+        // its lifetime left) up to which its purchase may be recorded before the
         // confirmation, so a claim never sends a live attempt down the slower path.
         let ahead = self
             .config

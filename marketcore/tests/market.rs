@@ -5,6 +5,7 @@ mod common;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
@@ -14,7 +15,7 @@ use marketcore::api::{
 };
 use marketcore::customer::{CustomerCommand, CustomerMachine, CustomerOutput, CustomerQuery};
 use marketcore::ids::{BuyerId, ItemId, Role, UserId};
-use marketcore::market::reservation_id_for;
+use marketcore::market::{reservation_id_for, Deferred};
 use marketcore::payment::{AlwaysApprove, AlwaysDecline, AlwaysFail};
 use marketcore::product::{
     ProductAnswer, ProductCommand, ProductMachine, ProductQuery, ReservationState,
@@ -977,6 +978,39 @@ impl<S: StateMachine> ReplicatedLog<S> for Faulty<S> {
     }
 }
 
+/// A log that holds each proposal `gated` picks until `open` is notified (once per proposal).
+struct Gated<S: StateMachine> {
+    inner: SingleNodeLog<S>,
+    gated: fn(&S::Command) -> bool,
+    open: tokio::sync::Notify,
+}
+
+impl<S: StateMachine> Gated<S> {
+    fn new(initial: S, gated: fn(&S::Command) -> bool) -> Self {
+        Self {
+            inner: SingleNodeLog::in_memory(initial),
+            gated,
+            open: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: StateMachine> ReplicatedLog<S> for Gated<S> {
+    async fn propose(&self, id: RequestId, command: S::Command) -> Result<S::Output, LogError> {
+        if (self.gated)(&command) {
+            self.open.notified().await;
+        }
+        self.inner.propose(id, command).await
+    }
+    async fn read(&self, q: S::Query, c: ReadConsistency) -> Result<S::Answer, LogError> {
+        self.inner.read(q, c).await
+    }
+    fn status(&self) -> LogStatus {
+        self.inner.status()
+    }
+}
+
 #[tokio::test]
 async fn retried_steps_reuse_their_request_id_and_apply_once() {
     let customers = Arc::new(Faulty::loses_first_ack(CustomerMachine::default()));
@@ -1145,10 +1179,10 @@ async fn purchases(m: &Market, t: &str) -> Vec<marketcore::api::Purchase> {
     m.get_purchase_history(t).await.unwrap().purchases
 }
 
-/// The first attempt of a keyed purchase was paid and recorded, but its confirmation never
-/// landed (its frontend died): the retry finds the record through its claim, confirms, and
-/// answers the same purchase without asking for payment again (a second payment, declined,
-/// would have released the units of a recorded purchase).
+/// The first attempt of a keyed purchase was paid and recorded, and answered, but its
+/// confirmation, sent after the answer, never landed: the retry finds the record through its
+/// claim, confirms, and answers the same purchase without asking for payment again (a second
+/// payment, declined, would have released the units of a recorded purchase).
 #[tokio::test]
 async fn a_retry_of_a_recorded_but_unconfirmed_purchase_only_confirms() {
     let products = Arc::new(Faulty::refusing(ProductMachine::default(), |c| {
@@ -1160,15 +1194,95 @@ async fn a_retry_of_a_recorded_but_unconfirmed_purchase_only_confirms() {
     let (m, t, a) = one_item_market(customers, products.clone(), pay.clone(), clock).await;
     m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
 
-    assert_eq!(code(keyed_purchase(&m, &t).await), "unavailable");
+    let first = keyed_purchase(&m, &t).await.unwrap();
+    m.settle().await;
+    assert_eq!(
+        m.deferred(),
+        Deferred {
+            running: 0,
+            failed: 1
+        }
+    );
+    assert!(matches!(
+        reservation_of(&products.inner, "k").await.state,
+        ReservationState::Held { .. }
+    ));
     products.refusing.store(false, Ordering::SeqCst);
     pay.mode.store(1, Ordering::SeqCst);
     let p = keyed_purchase(&m, &t).await.unwrap();
-    assert_eq!(p.total_cents, 20);
+    assert_eq!(p, first);
     assert_eq!(pay.calls.load(Ordering::SeqCst), 1, "paid once");
     let history = purchases(&m, &t).await;
     assert_eq!(history, vec![p]);
     assert_eq!(m.get_item(&a).await.unwrap().quantity, 3, "two units sold");
+    assert_eq!(
+        reservation_of(&products.inner, "k").await.state,
+        ReservationState::Confirmed
+    );
+    products.inner.with_state(|p| p.check_invariants()).unwrap();
+}
+
+/// A purchase is answered once it is recorded; its confirmation follows on a task of its own,
+/// which `settle` waits for. A Market without a confirmation to send has nothing to wait for.
+#[tokio::test]
+async fn a_purchase_is_confirmed_after_it_is_answered() {
+    let products = Arc::new(Gated::new(ProductMachine::default(), |c| {
+        matches!(c, ProductCommand::Confirm { .. })
+    }));
+    let customers = Arc::new(SingleNodeLog::in_memory(CustomerMachine::default()));
+    let pay = Arc::new(Scripted::default());
+    let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
+    let (m, t, a) = one_item_market(customers, products.clone(), pay, clock).await;
+    let m = Arc::new(m);
+    m.settle().await;
+    m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
+
+    // The confirmation is held at the gate: the purchase is answered all the same.
+    let p = tokio::time::timeout(Duration::from_secs(5), keyed_purchase(&m, &t))
+        .await
+        .expect("answered before its confirmation landed")
+        .unwrap();
+    assert_eq!(p.total_cents, 20);
+    assert_eq!(purchases(&m, &t).await, vec![p]);
+    assert_eq!(
+        m.get_item(&a).await.unwrap().quantity,
+        3,
+        "reserved: off sale"
+    );
+    assert_eq!(
+        m.deferred(),
+        Deferred {
+            running: 1,
+            failed: 0
+        }
+    );
+    assert!(matches!(
+        reservation_of(&products.inner, "k").await.state,
+        ReservationState::Held { .. }
+    ));
+    let settled = tokio::spawn({
+        let m = Arc::clone(&m);
+        async move { m.settle().await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!settled.is_finished(), "settle waits for the confirmation");
+
+    products.open.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), settled)
+        .await
+        .expect("settled once the confirmation landed")
+        .unwrap();
+    assert_eq!(
+        m.deferred(),
+        Deferred {
+            running: 0,
+            failed: 0
+        }
+    );
+    assert_eq!(
+        reservation_of(&products.inner, "k").await.state,
+        ReservationState::Confirmed
+    );
     products.inner.with_state(|p| p.check_invariants()).unwrap();
 }
 
@@ -1350,9 +1464,11 @@ async fn the_sweeper_confirms_recorded_purchases_before_they_lapse_and_fences_th
     let ttl = MarketConfig::default().reservation_ttl_ms;
     let quantity = || async { m.get_item(&a).await.unwrap().quantity };
 
-    // Recorded, never confirmed; a tick well before the lapse leaves it alone.
+    // Recorded and answered, never confirmed; a tick well before the lapse leaves it alone.
     m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
-    assert_eq!(code(purchase_with_key(&m, &t, "k").await), "unavailable");
+    purchase_with_key(&m, &t, "k").await.unwrap();
+    m.settle().await;
+    assert_eq!(m.deferred().failed, 1);
     products.refusing.store(false, Ordering::SeqCst);
     assert_eq!(purchases(&m, &t).await.len(), 1);
     m.tick().await.unwrap();

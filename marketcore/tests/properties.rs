@@ -725,6 +725,10 @@ proptest! {
                         let summary = w.buyer_summary(*bid);
                         match m.make_purchase(token, &PurchaseRequest { card: card() }, None).await {
                             Ok(p) => {
+                                // The confirmation follows the answer, within the
+                                // reservation's life (the manual clock moves only between
+                                // operations): let it land before time moves.
+                                m.settle().await;
                                 let ids: BTreeSet<String> = p.lines.iter().map(|l| l.item_id.clone()).collect();
                                 let in_cart: BTreeSet<String> = cart.items.iter().map(|l| l.item_id.clone()).collect();
                                 prop_assert_eq!(&ids, &in_cart);

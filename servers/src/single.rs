@@ -103,12 +103,14 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish, and waits for the servers to end.
+    /// Stops accepting, lets in-flight requests finish, waits for the servers to end, and
+    /// then for the purchase confirmations still on their way ([`marketcore::Market::settle`]).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+        self.market.market().settle().await;
     }
 }
 

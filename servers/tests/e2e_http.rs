@@ -1016,6 +1016,10 @@ async fn health_metrics_and_openapi_are_served() {
         text.contains("remembered_responses_dropped_total{server=\"buyer\"} 0"),
         "{text}"
     );
+    assert!(
+        text.contains("purchase_confirmations_failed_total{server=\"buyer\"} 0"),
+        "{text}"
+    );
     let r = e.seller.get("/openapi.json", None).await;
     assert_eq!(r.status, 200);
     let doc = r.json();

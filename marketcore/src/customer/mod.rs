@@ -261,20 +261,21 @@ pub enum CustomerCommand {
     /// Records a paid purchase (idempotent per (`reservation_id`, `reserved_at_ms`)): history,
     /// counters, and the
     /// working and saved carts emptied. Output: [`CustomerOutput::Purchase`], or
-    /// [`CustomerOutput::Superseded`] for a record sent beside the confirmation that a later
+    /// [`CustomerOutput::Superseded`] for a record sent before its confirmation that a later
     /// attempt has fenced off.
     RecordPurchase {
         /// The buyer.
         buyer: BuyerId,
-        /// The product database reservation that was confirmed.
+        /// The product database reservation that was paid for (confirmed, or confirmed once
+        /// this is recorded).
         reservation_id: u64,
         /// When that reservation was made (see `product::Reservation::reserved_at_ms`).
         reserved_at_ms: u64,
         /// What was bought, at the prices paid.
         lines: Vec<PurchaseLine>,
         /// `None`: the reservation is known to be confirmed, so the purchase is recorded in
-        /// any case. `Some(attempt)`: sent beside the confirmation, before it is known to have
-        /// landed: refused if another attempt of the purchase has claimed it since
+        /// any case. `Some(attempt)`: sent before the confirmation (the Market confirms once
+        /// the purchase is recorded): refused if another attempt of the purchase has claimed it since
         /// ([`CustomerCommand::ClaimPurchase`]), because that attempt may pay again and, on a
         /// decline, release the units.
         attempt: Option<u64>,
@@ -284,7 +285,7 @@ pub enum CustomerCommand {
     /// A retry of a purchase whose reservation an earlier attempt made and left held: answers
     /// the purchase if an earlier attempt already recorded it (it was paid: the retry only has
     /// to confirm), and otherwise claims the record for `attempt`, so any earlier attempt's
-    /// record sent beside its confirmation is refused from now on. Output:
+    /// record sent before its confirmation is refused from now on. Output:
     /// [`CustomerOutput::Purchase`] or [`CustomerOutput::Done`] (claimed).
     ClaimPurchase {
         /// The buyer.
@@ -413,7 +414,7 @@ impl CustomerCommand {
             Self::RemoveFromCart { .. } => Some(6),
             Self::ClearCart { .. } => Some(7),
             Self::SaveCart { .. } => Some(8),
-            // A record beside the confirmation and one after it have different ids: a retry
+            // A record before the confirmation and one after it have different ids: a retry
             // must not be answered with a refusal the first kind got.
             Self::RecordPurchase {
                 attempt: Some(_), ..
@@ -453,7 +454,7 @@ pub enum CustomerOutput {
     Cart(Cart),
     /// The recorded purchase.
     Purchase(Purchase),
-    /// A [`CustomerCommand::RecordPurchase`] sent beside the confirmation was refused: a later
+    /// A [`CustomerCommand::RecordPurchase`] sent before its confirmation was refused: a later
     /// attempt of the purchase claimed the record. Nothing changed.
     Superseded,
     /// Feedback outcome.
@@ -702,7 +703,7 @@ pub struct CustomerMachine {
     purchases: BTreeMap<PurchaseId, (BuyerId, Purchase)>,
     /// (reservation id, reserved at) -> the purchase recorded for it.
     purchase_by_reservation: BTreeMap<(u64, u64), PurchaseId>,
-    /// Reservation id -> (attempt, claimed at): the attempt that may record it beside its
+    /// Reservation id -> (attempt, claimed at): the attempt that may record it before its
     /// confirmation ([`CustomerCommand::ClaimPurchase`]).
     purchase_claims: BTreeMap<u64, (u64, u64)>,
     /// `(claimed at, reservation id)`, to forget claims in order.

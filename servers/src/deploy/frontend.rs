@@ -31,6 +31,10 @@ use crate::payments::client::SoapPaymentClient;
 /// How often every frontend runs [`Market::tick`].
 const TICK_EVERY: Duration = Duration::from_secs(5);
 
+/// How long a stopping frontend waits for the purchase confirmations it still has on their
+/// way ([`Market::settle`]); the purchase sweeper sends any it leaves behind.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
 /// The client-network peer table: every database replica's client endpoint, plus the
 /// identities that may connect to them (all frontends and the admin tool).
 pub fn client_peers(cluster: &Cluster) -> BTreeMap<u64, PeerInfo> {
@@ -271,6 +275,16 @@ pub async fn run(cluster: Cluster, role: RoleKind, id: u64) -> Result<(), String
         }
     };
     tick.abort();
+    if tokio::time::timeout(SETTLE_LIMIT, market.settle())
+        .await
+        .is_err()
+    {
+        let left = market.deferred().running;
+        tracing::warn!(
+            left,
+            "stopping with purchase confirmations unsent; the sweeper will send them"
+        );
+    }
     network.shutdown();
     result.map_err(|e| e.to_string())
 }

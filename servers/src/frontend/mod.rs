@@ -442,6 +442,18 @@ impl<A: Api> Handler for ApiServer<A> {
                     A::NAME,
                     self.remember.dropped()
                 ));
+                let deferred = self.market.deferred();
+                text.push_str(&format!(
+                    "# HELP purchase_confirmations_running Purchase confirmations sent after the purchase was answered, not yet done.\n\
+                     # TYPE purchase_confirmations_running gauge\n\
+                     purchase_confirmations_running{{server=\"{name}\"}} {}\n\
+                     # HELP purchase_confirmations_failed_total Purchase confirmations that failed after the purchase was answered (the purchase sweeper sends them).\n\
+                     # TYPE purchase_confirmations_failed_total counter\n\
+                     purchase_confirmations_failed_total{{server=\"{name}\"}} {}\n",
+                    deferred.running,
+                    deferred.failed,
+                    name = A::NAME,
+                ));
                 if let Some(extra) = &self.extra_metrics {
                     text.push_str(&extra().await);
                 }
