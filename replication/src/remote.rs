@@ -27,7 +27,7 @@
 //! [`LogResponse`], so this module is generic over the state machine.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -153,6 +153,47 @@ impl Default for RemoteConfig {
     }
 }
 
+/// How long calls of one kind took, summed, as the caller saw them (failover and retries
+/// included): a cheap mean for `/metrics` and the scenario benchmark.
+#[derive(Debug, Default)]
+pub struct CallTimer {
+    count: AtomicU64,
+    nanos: AtomicU64,
+}
+
+/// What a [`CallTimer`] holds at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallTimes {
+    /// Calls finished (answered or failed).
+    pub count: u64,
+    /// Their durations, summed.
+    pub total: Duration,
+}
+
+impl CallTimes {
+    /// The mean duration, if any call finished.
+    pub fn mean(&self) -> Option<Duration> {
+        (self.count > 0).then(|| self.total / u32::try_from(self.count).unwrap_or(u32::MAX))
+    }
+}
+
+impl CallTimer {
+    /// Counts one call that took `elapsed`.
+    pub fn record(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The calls counted so far.
+    pub fn times(&self) -> CallTimes {
+        CallTimes {
+            count: self.count.load(Ordering::Relaxed),
+            total: Duration::from_nanos(self.nanos.load(Ordering::Relaxed)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Health {
     skip_until: Option<Instant>,
@@ -167,6 +208,8 @@ pub struct RemoteLog<S: StateMachine> {
     health: Mutex<Vec<Health>>,
     preferred: AtomicUsize,
     config: RemoteConfig,
+    proposals: CallTimer,
+    reads: CallTimer,
     _machine: PhantomData<fn() -> S>,
 }
 
@@ -188,8 +231,20 @@ impl<S: StateMachine> RemoteLog<S> {
             health: Mutex::new(health),
             preferred: AtomicUsize::new(0),
             config,
+            proposals: CallTimer::default(),
+            reads: CallTimer::default(),
             _machine: PhantomData,
         }
+    }
+
+    /// How long this client's proposals took so far, as its callers saw them.
+    pub fn proposal_times(&self) -> CallTimes {
+        self.proposals.times()
+    }
+
+    /// How long this client's reads took so far, as its callers saw them.
+    pub fn read_times(&self) -> CallTimes {
+        self.reads.times()
     }
 
     /// The replicas this client knows.
@@ -329,7 +384,10 @@ impl<S: StateMachine> ReplicatedLog<S> for RemoteLog<S> {
     async fn propose(&self, id: RequestId, command: S::Command) -> Result<S::Output, LogError> {
         let command =
             postcard::to_stdvec(&command).map_err(|e| LogError::Rejected(e.to_string()))?;
-        match self.call(&LogRequest::Propose { id, command }).await? {
+        let started = Instant::now();
+        let answer = self.call(&LogRequest::Propose { id, command }).await;
+        self.proposals.record(started.elapsed());
+        match answer? {
             LogResponse::Output(b, _) => {
                 postcard::from_bytes(&b).map_err(|e| LogError::Rejected(e.to_string()))
             }
@@ -346,7 +404,10 @@ impl<S: StateMachine> ReplicatedLog<S> for RemoteLog<S> {
         consistency: ReadConsistency,
     ) -> Result<S::Answer, LogError> {
         let query = postcard::to_stdvec(&query).map_err(|e| LogError::Rejected(e.to_string()))?;
-        match self.call(&LogRequest::Read { query, consistency }).await? {
+        let started = Instant::now();
+        let answer = self.call(&LogRequest::Read { query, consistency }).await;
+        self.reads.record(started.elapsed());
+        match answer? {
             LogResponse::Answer(b, _) => {
                 postcard::from_bytes(&b).map_err(|e| LogError::Rejected(e.to_string()))
             }

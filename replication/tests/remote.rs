@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use replication::conformance::{stale_history, TestCommand, TestMachine};
-use replication::remote::{serve, LogRequest, LogResponse, RemoteConfig, RemoteLog};
+use replication::remote::{serve, CallTimes, LogRequest, LogResponse, RemoteConfig, RemoteLog};
 use replication::single::SingleNodeLog;
 use replication::{LogError, ReadConsistency, ReplicatedLog, RequestId};
 use transport::sim::{LinkConfig, SimHub};
@@ -64,6 +64,22 @@ async fn clients_share_the_first_replica_and_move_on_when_it_is_down() {
     }
     assert_eq!(stale_history(replicas[1].as_ref()).await, vec![10, 11, 12]);
     assert!(stale_history(replicas[2].as_ref()).await.is_empty());
+
+    // Each client timed its two proposals, failover included, and no read yet.
+    for client in &clients {
+        let proposals = client.proposal_times();
+        assert_eq!(proposals.count, 2);
+        assert!(proposals.mean().is_some_and(|m| m > Duration::ZERO));
+        assert_eq!(client.read_times(), CallTimes::default());
+        assert_eq!(client.read_times().mean(), None);
+    }
+    assert_eq!(
+        stale_history(&clients[0]).await,
+        vec![10, 11, 12],
+        "a read through the client lands on the replica that answered last"
+    );
+    assert_eq!(clients[0].read_times().count, 1);
+    assert_eq!(clients[0].proposal_times().count, 2);
 }
 
 /// Hostile frames at a replica's client endpoint: bytes that are no request, requests whose

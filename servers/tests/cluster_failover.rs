@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use clients::api::{CreateAccount, Login, NewItem};
 use clients::{BuyerClient, SellerClient};
-use cluster::{create_accounts, verify, wait_for_calls, Ledger, Load, TestCluster, SERIAL};
+use cluster::{
+    create_accounts, http_get, metric_value, verify, wait_for_calls, Ledger, Load, TestCluster,
+    SERIAL,
+};
 
 async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -90,6 +93,21 @@ async fn replicas_die_under_load_and_no_call_fails() {
         "the load made no purchases"
     );
     verify(&c, &accounts, &ledger, true).await;
+    // The buyer server the clients moved to timed what it waited for.
+    let metrics = http_get(&c.buyer_urls()[1], "/metrics").await;
+    for series in [
+        "market_db_call_seconds_count{db=\"customer-db\",kind=\"read\"}",
+        "market_db_call_seconds_sum{db=\"customer-db\",kind=\"read\"}",
+        "market_db_call_seconds_count{db=\"product-db\",kind=\"propose\"}",
+        "market_payment_call_seconds_count",
+        "market_payment_call_seconds_sum",
+    ] {
+        let value = metric_value(&metrics, series);
+        assert!(
+            value.is_some_and(|v| v > 0.0),
+            "{series}: {value:?} in\n{metrics}"
+        );
+    }
 
     // The restarted replicas rejoin and catch up with the leader.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -30,6 +30,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use super::waits::{self, FrontendWaits};
+
 /// Every client function measured, sellers' first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[allow(missing_docs)]
@@ -194,6 +196,8 @@ pub struct RunData {
     pub injections: Vec<Injection>,
     /// The injector's error, if it failed.
     pub injector_error: Option<String>,
+    /// What the frontends waited for during the mix ([`waits`]).
+    pub frontend_waits: Option<FrontendWaits>,
 }
 
 const PASSWORD: &str = "scenario-bench-pw";
@@ -644,6 +648,17 @@ pub async fn run(
                 .map_err(|e| format!("injector panicked: {e}"))?
         })
     });
+    // The frontends' waits are read as the mix starts and once it is over.
+    let frontends: Vec<String> = seller_urls.iter().chain(buyer_urls).cloned().collect();
+    let at_start = {
+        let (shared, frontends) = (shared.clone(), frontends.clone());
+        tokio::spawn(async move {
+            while shared.mix_start.get().is_none() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            waits::read(&frontends).await
+        })
+    };
     let mut data = RunData::default();
     let mut mix_end = shared.origin;
     while let Some(done) = tasks.join_next().await {
@@ -659,6 +674,12 @@ pub async fn run(
             Err(e) => data.injector_error = Some(format!("injector task: {e}")),
         }
     }
+    // The clients are done: a start reading not taken by now never will be (no mix).
+    if !at_start.is_finished() {
+        at_start.abort();
+    }
+    let before = at_start.await.unwrap_or_default();
+    data.frontend_waits = waits::between(&before, &waits::read(&frontends).await);
     let mix_start = shared.mix_start.get().copied().unwrap_or(shared.origin);
     data.mix_start_us = mix_start.duration_since(shared.origin).as_micros() as u64;
     data.mix_end_us = mix_end.duration_since(shared.origin).as_micros() as u64;

@@ -42,6 +42,7 @@ mod charts;
 mod cluster;
 mod load;
 mod report;
+mod waits;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

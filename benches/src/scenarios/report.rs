@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::load::{Func, Injection, Outcome, RunData, Sample};
+use super::waits::{FrontendWaits, Wait};
 
 /// Half-width of the window around an injection in which the longest call is the stall.
 pub const STALL_WINDOW_MS: f64 = 2000.0;
@@ -96,6 +97,8 @@ pub struct ScenarioResult {
     pub functions: Vec<FuncStats>,
     /// Response time over the mix.
     pub timeline: Vec<Bucket>,
+    /// What the frontends waited for (`waits`), if their `/metrics` answered.
+    pub frontend_waits: Option<FrontendWaits>,
 }
 
 /// An injection, relative to the mix start.
@@ -264,6 +267,7 @@ pub fn summarize(id: u8, name: &str, data: &RunData) -> ScenarioResult {
         stalls,
         functions,
         timeline: timeline(s, data.mix_start_us, data.mix_end_us),
+        frontend_waits: data.frontend_waits,
     }
 }
 
@@ -460,6 +464,39 @@ pub fn markdown(report: &Report) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         });
+        let waited = |s: &ScenarioResult, pick: &dyn Fn(&FrontendWaits) -> String| {
+            s.frontend_waits.as_ref().map_or_else(|| "-".into(), pick)
+        };
+        let mean = |w: &Wait| {
+            if w.calls == 0 {
+                "-".to_string()
+            } else {
+                num(w.mean_ms)
+            }
+        };
+        row(
+            &mut out,
+            "frontends waited, customer-db write / read (mean ms)",
+            &|s| {
+                waited(s, &|w| {
+                    format!("{} / {}", mean(&w.customer_write), mean(&w.customer_read))
+                })
+            },
+        );
+        row(
+            &mut out,
+            "frontends waited, product-db write / read (mean ms)",
+            &|s| {
+                waited(s, &|w| {
+                    format!("{} / {}", mean(&w.product_write), mean(&w.product_read))
+                })
+            },
+        );
+        row(
+            &mut out,
+            "frontends waited, payment service (mean ms)",
+            &|s| waited(s, &|w| mean(&w.payment)),
+        );
         row(&mut out, "longest call within ±2 s of it", &|s| {
             if s.stalls.is_empty() {
                 return "-".into();

@@ -146,13 +146,18 @@ pub fn remote_logs(
 /// Prometheus text with every database replica's status as this frontend sees it: up, role,
 /// term, commit and applied index, and the log's own counters (Raft snapshots and forwards;
 /// atomic broadcast sequenced, lag, retransmits, passes). Replicas are asked concurrently;
-/// a replica that does not answer within 300 ms is reported down.
-pub fn replica_metrics(
+/// a replica that does not answer within 300 ms is reported down. Then how long this
+/// frontend has waited for each kind of database call and for the payment service
+/// (`market_db_call_seconds`, `market_payment_call_seconds`: sum and count, so a scrape
+/// before and after a run gives the mean; the scenario benchmark reports them).
+pub fn frontend_metrics(
     customers: Arc<RemoteLog<CustomerMachine>>,
     products: Arc<RemoteLog<ProductMachine>>,
+    payments: Arc<SoapPaymentClient>,
 ) -> crate::frontend::ExtraMetrics {
     Arc::new(move || {
         let (customers, products) = (Arc::clone(&customers), Arc::clone(&products));
+        let payments = Arc::clone(&payments);
         Box::pin(async move {
             let mut asks = tokio::task::JoinSet::new();
             for (i, node) in customers.replicas().iter().copied().enumerate() {
@@ -209,6 +214,31 @@ pub fn replica_metrics(
                     }
                 }
             }
+            out.push_str(
+                "# HELP market_db_call_seconds Time this frontend waited for database calls, failover included.\n\
+                 # TYPE market_db_call_seconds summary\n",
+            );
+            for (db, kind, times) in [
+                ("customer-db", "propose", customers.proposal_times()),
+                ("customer-db", "read", customers.read_times()),
+                ("product-db", "propose", products.proposal_times()),
+                ("product-db", "read", products.read_times()),
+            ] {
+                let labels = format!("db=\"{db}\",kind=\"{kind}\"");
+                out.push_str(&format!(
+                    "market_db_call_seconds_sum{{{labels}}} {}\nmarket_db_call_seconds_count{{{labels}}} {}\n",
+                    times.total.as_secs_f64(),
+                    times.count
+                ));
+            }
+            let paid = payments.times();
+            out.push_str(&format!(
+                "# HELP market_payment_call_seconds Time this frontend waited for the payment service.\n\
+                 # TYPE market_payment_call_seconds summary\n\
+                 market_payment_call_seconds_sum {}\nmarket_payment_call_seconds_count {}\n",
+                paid.total.as_secs_f64(),
+                paid.count
+            ));
             out
         })
     })
@@ -224,16 +254,22 @@ pub async fn run(cluster: Cluster, role: RoleKind, id: u64) -> Result<(), String
     .ok_or_else(|| format!("no {} with id {id} in the cluster file", role.name()))?;
     let network = client_network(&cluster, role, id)?;
     let (customers, products) = remote_logs(&cluster, network.clone() as Arc<dyn Network>);
-    let payments = SoapPaymentClient::new(
-        &format!("http://{}/soap", cluster.payments.listen),
-        Duration::from_secs(5),
-    )
-    .map_err(|e| e.to_string())?;
-    let extra = replica_metrics(Arc::clone(&customers), Arc::clone(&products));
+    let payments = Arc::new(
+        SoapPaymentClient::new(
+            &format!("http://{}/soap", cluster.payments.listen),
+            Duration::from_secs(5),
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let extra = frontend_metrics(
+        Arc::clone(&customers),
+        Arc::clone(&products),
+        Arc::clone(&payments),
+    );
     let market = Arc::new(Market::new(
         customers as Arc<dyn ReplicatedLog<CustomerMachine>>,
         products as Arc<dyn ReplicatedLog<ProductMachine>>,
-        Arc::new(payments),
+        payments,
         Arc::new(SystemClock),
         MarketConfig {
             reservation_ttl_ms: cluster.reservation_ttl_secs.saturating_mul(1000),

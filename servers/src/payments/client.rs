@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use marketcore::payment::{PaymentError, PaymentOutcome, PaymentRequest, PaymentService};
+use replication::remote::{CallTimer, CallTimes};
 
 use super::soap::{self, ProcessPayment};
 
@@ -27,6 +28,7 @@ pub struct SoapPaymentClient {
     uri: Uri,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
+    calls: CallTimer,
 }
 
 impl SoapPaymentClient {
@@ -45,7 +47,13 @@ impl SoapPaymentClient {
             uri,
             client,
             timeout,
+            calls: CallTimer::default(),
         })
+    }
+
+    /// How long the payments asked so far took, as the frontend waited for them.
+    pub fn times(&self) -> CallTimes {
+        self.calls.times()
     }
 
     async fn call(&self, envelope: String) -> Result<(u16, Bytes), PaymentError> {
@@ -84,11 +92,12 @@ impl PaymentService for SoapPaymentClient {
             security_code: request.security_code,
             amount_cents: request.amount_cents,
         });
-        let (status, body) = tokio::time::timeout(self.timeout, self.call(envelope))
-            .await
-            .map_err(|_| {
-                PaymentError::Unavailable(format!("no answer within {:?}", self.timeout))
-            })??;
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.timeout, self.call(envelope)).await;
+        self.calls.record(started.elapsed());
+        let (status, body) = answer.map_err(|_| {
+            PaymentError::Unavailable(format!("no answer within {:?}", self.timeout))
+        })??;
         let text = std::str::from_utf8(&body)
             .map_err(|_| PaymentError::Protocol("answer is not UTF-8".into()))?;
         match soap::parse_response(text) {

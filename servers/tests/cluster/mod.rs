@@ -280,6 +280,14 @@ pub async fn http_get(base: &str, path: &str) -> String {
     out
 }
 
+/// The value of one series (name and labels exactly as rendered) in a `/metrics` text.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub fn kill9(pid: u32) {
     if pid > 0 {
         let _ = Command::new("kill")
