@@ -202,8 +202,8 @@ pub fn main(args: &[String]) -> Result<(), String> {
                     .stalls
                     .iter()
                     .map(|s| format!(
-                        ", longest call ±2 s around the kill {:.1} ms",
-                        s.max_latency_ms
+                        ", longest call ±2 s around the {} {:.1} ms",
+                        s.what, s.max_latency_ms
                     ))
                     .collect::<String>()
             );
