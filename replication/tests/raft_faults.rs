@@ -1140,7 +1140,23 @@ async fn an_older_copy_of_a_replica_votes_only_after_it_caught_up() {
 /// nobody would remember and the copy would vote at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_copy_is_caught_after_every_replica_restarted() {
-    let (c, leader, followers) = five_with_leader(35).await;
+    older_copy_after_a_whole_cluster_restart(35, false).await;
+}
+
+/// As above, but the restored replica starts alone and its peers only several election
+/// timeouts later, as when hosts come up one by one: its check waits for enough peers to
+/// answer (it cannot take part in an election before that anyway), so the first of them to
+/// come up tells it. With a check that ended after one election timeout whatever the
+/// answers, the copy would vote at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_copy_started_before_its_peers_is_caught() {
+    older_copy_after_a_whole_cluster_restart(36, true).await;
+}
+
+/// The body of the two tests above: `restored_first` starts the restored replica 400 ms
+/// (four election timeouts) before the others.
+async fn older_copy_after_a_whole_cluster_restart(seed: u64, restored_first: bool) {
+    let (c, leader, followers) = five_with_leader(seed).await;
     let restored = followers[0];
     append(&c, leader, 8, 1).await;
     let backup = c.backup(restored);
@@ -1168,6 +1184,15 @@ async fn an_older_copy_is_caught_after_every_replica_restarted() {
         c.crash(i);
     }
     c.restore(restored, backup.path());
+    if restored_first {
+        c.restart(restored);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            c.node(restored).stats().older_stores,
+            0,
+            "nobody could tell yet"
+        );
+    }
     for i in (0..c.n).filter(|i| *i != restored) {
         c.restart(i);
     }

@@ -143,8 +143,11 @@
 //! sent before asking exceeds what the query carried, so a sound store trips the check
 //! only if a peer reads one of its later messages before its query (the two travel apart);
 //! it then merely catches up before it votes. The check holds the node's vote until every
-//! peer has answered, or for one election timeout at most (a node never waits for peers
-//! that are down), so a normal restart costs a tick or two before the node may vote. A
+//! peer has answered, or, after one election timeout, until a majority less one of them
+//! has: a vote counts only in a quorum, which holds the node and that many peers, all up,
+//! so the wait costs no election (peers that are down are not waited for), and a node
+//! started before its peers is checked by the first ones to come up. A normal restart costs
+//! a tick or two before the node may vote. A
 //! leader that believed the asker held more than its log end (raft-rs never lowers a
 //! follower's `matched`) starts probing it from there, and no longer counts it towards
 //! entries it lost. Counted by `older_stores`.
@@ -156,14 +159,17 @@
 //! the copy was taken), as long as one peer that received them answers the check, even
 //! after every process restarted; and a copy taken in the current term and restored while
 //! the leader that replicated to it is up (the usual case: a replica restored from last
-//! night's backup while the cluster runs). Not caught: a copy that holds the node's last
-//! term, restored after that term's leader stopped leading; and a node whose check ended
-//! before any peer that could tell was up (started alone, its peers more than an election
-//! timeout later): answers after the check are not acted on, since by then its later
-//! queries would carry terms it entered in this incarnation, and a peer cannot tell which
-//! incarnation a message came from (tagging messages with an incarnation would close it).
-//! Tested in `tests/raft_faults.rs` (`an_older_copy_of_a_replica_votes_only_after_it_caught_up`,
-//! `an_older_copy_is_caught_after_every_replica_restarted`).
+//! night's backup while the cluster runs), also when it starts long before its peers (the
+//! check waits for a majority less one of them). Not caught: a copy that holds the node's
+//! last term, restored after that term's leader stopped leading; and a copy whose evidence
+//! is held only by peers that answer after the check ended (it ended with answers from a
+//! majority less one that saw nothing newer): answers after the check are not acted on,
+//! since by then its later queries would carry terms it entered in this incarnation, and a
+//! peer cannot tell which incarnation a message came from (tagging messages with an
+//! incarnation would close it). Tested in `tests/raft_faults.rs`
+//! (`an_older_copy_of_a_replica_votes_only_after_it_caught_up`,
+//! `an_older_copy_is_caught_after_every_replica_restarted`,
+//! `an_older_copy_started_before_its_peers_is_caught`).
 //!
 //! # Ids
 //!

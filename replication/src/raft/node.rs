@@ -163,9 +163,9 @@ const STATE_QUERY_EVERY_TICKS: u64 = 5;
 /// drops vote, pre-vote and timeout-now requests and never campaigns.
 #[derive(Debug, Default)]
 pub(crate) struct Rejoin {
-    /// Only checking: the store carries no mark. The check ends once every peer answered
-    /// or after one election timeout, or becomes a catch-up if an answer shows that the
-    /// store is older than what this node had done.
+    /// Only checking: the store carries no mark. The check ends once every peer answered,
+    /// or after one election timeout once a majority less one peer answered, or becomes a
+    /// catch-up if an answer shows that the store is older than what this node had done.
     checking: bool,
     /// The peers' answers, by transport id.
     answers: BTreeMap<u64, StateAnswer>,
@@ -691,7 +691,8 @@ impl<S: StateMachine> Driver<S> {
 
     /// Moves a node that may not vote yet along, once per tick: asks the peers that have
     /// not answered for their state. While only checking its store (no mark on disk), ends
-    /// the check once every peer answered or after one election timeout, unless an answer
+    /// the check once every peer answered, or after one election timeout once a majority
+    /// less one peer answered (enough to make a quorum with this node), unless an answer
     /// shows the store is older than what this node had done: then it marks the store and
     /// rejoins as an emptied one does. Rejoining, decides once enough peers have answered
     /// whether the cluster is new (nobody has a history: vote at once) or is being rejoined
@@ -744,8 +745,16 @@ impl<S: StateMachine> Driver<S> {
                 return Ok(());
             }
             let timeout = self.config.election_tick as u64;
+            // A vote of this node counts only in a quorum, which holds it and a majority
+            // less one of its peers; those peers are up and answer. So waiting for that
+            // many answers costs no election, and a node started before its peers (hosts
+            // coming up one by one) is checked by the first of them to come up too.
+            let n = peers.len() + 1;
+            let quorum_peers = (n / 2 + 1) - 1;
             // The node's ticks count from its start.
-            if r.answers.len() >= peers.len() || ticks >= timeout {
+            if r.answers.len() >= peers.len()
+                || (ticks >= timeout && r.answers.len() >= quorum_peers)
+            {
                 tracing::debug!(
                     node = me,
                     answers = r.answers.len(),
