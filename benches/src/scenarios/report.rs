@@ -474,24 +474,20 @@ pub fn markdown(report: &Report) -> String {
                 num(w.mean_ms)
             }
         };
-        row(
-            &mut out,
-            "frontends waited, customer-db write / read (mean ms)",
-            &|s| {
+        type Pick = fn(&FrontendWaits) -> (Wait, Wait);
+        let dbs: [(&str, Pick); 2] = [
+            ("customer-db", |w| (w.customer_write, w.customer_read)),
+            ("product-db", |w| (w.product_write, w.product_read)),
+        ];
+        for (db, pick) in dbs {
+            let label = format!("frontends waited, {db} write / read (mean ms)");
+            row(&mut out, &label, &|s| {
                 waited(s, &|w| {
-                    format!("{} / {}", mean(&w.customer_write), mean(&w.customer_read))
+                    let (write, read) = pick(w);
+                    format!("{} / {}", mean(&write), mean(&read))
                 })
-            },
-        );
-        row(
-            &mut out,
-            "frontends waited, product-db write / read (mean ms)",
-            &|s| {
-                waited(s, &|w| {
-                    format!("{} / {}", mean(&w.product_write), mean(&w.product_read))
-                })
-            },
-        );
+            });
+        }
         row(
             &mut out,
             "frontends waited, payment service (mean ms)",
