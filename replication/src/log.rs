@@ -130,6 +130,13 @@ pub trait ReplicatedLog<S: StateMachine>: Send + Sync + 'static {
 
     /// This replica's progress.
     fn status(&self) -> LogStatus;
+
+    /// The leader this replica knows, as [`LogStatus::leader`] gives it, without building
+    /// the rest of the status: remote clients get it with every answer. Logs whose status
+    /// is costly to build override it.
+    fn leader_hint(&self) -> Option<u64> {
+        self.status().leader
+    }
 }
 
 /// Default time a proposal may wait for a quorum before [`LogError::Unavailable`].

@@ -108,7 +108,7 @@ async fn handle<S: StateMachine>(log: &dyn ReplicatedLog<S>, req: LogRequest) ->
         LogRequest::Propose { id, command } => match postcard::from_bytes::<S::Command>(&command) {
             Ok(cmd) => match log.propose(id, cmd).await {
                 Ok(out) => match postcard::to_stdvec(&out) {
-                    Ok(b) => LogResponse::Output(b, log.status().leader),
+                    Ok(b) => LogResponse::Output(b, log.leader_hint()),
                     Err(e) => LogResponse::Error(LogError::Rejected(e.to_string())),
                 },
                 Err(e) => LogResponse::Error(e),
@@ -118,7 +118,7 @@ async fn handle<S: StateMachine>(log: &dyn ReplicatedLog<S>, req: LogRequest) ->
         LogRequest::Read { query, consistency } => match postcard::from_bytes::<S::Query>(&query) {
             Ok(q) => match log.read(q, consistency).await {
                 Ok(ans) => match postcard::to_stdvec(&ans) {
-                    Ok(b) => LogResponse::Answer(b, log.status().leader),
+                    Ok(b) => LogResponse::Answer(b, log.leader_hint()),
                     Err(e) => LogResponse::Error(LogError::Rejected(e.to_string())),
                 },
                 Err(e) => LogResponse::Error(e),

@@ -1132,6 +1132,25 @@ async fn an_older_copy_of_a_replica_votes_only_after_it_caught_up() {
     votes_only_after_it_caught_up(&c, restored, holders[0], "restored").await;
 }
 
+/// Remote clients learn the leader from every answer (`leader_hint`, read without building
+/// the status): every replica names the one it follows, as its status does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_hints_at_the_leader_its_status_names() {
+    let (c, leader, _) = five_with_leader(37).await;
+    let leader = Some(leader as u64);
+    let named = eventually(200, || {
+        (0..c.n).all(|i| {
+            let node = c.node(i);
+            node.leader_hint() == leader && node.status().leader == leader
+        })
+    })
+    .await;
+    assert!(
+        named,
+        "a replica hints at another leader than its status names"
+    );
+}
+
 /// The terms a replica saw from each peer are kept on its disk, so a copy older than a term
 /// the restored replica took part in is caught even when every process restarted (no
 /// leader remembers anything of it then): the copy is taken, the replica takes part in a

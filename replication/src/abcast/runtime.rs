@@ -459,6 +459,11 @@ impl<S: StateMachine> ReplicatedLog<S> for AbcastLog<S> {
         Ok(state.query(&query))
     }
 
+    /// No leader: every member sequences its turns.
+    fn leader_hint(&self) -> Option<u64> {
+        None
+    }
+
     fn status(&self) -> LogStatus {
         let s = self.stats();
         LogStatus {

@@ -955,4 +955,13 @@ impl<S: StateMachine> ReplicatedLog<S> for RaftLog<S> {
         ];
         status
     }
+
+    fn leader_hint(&self) -> Option<u64> {
+        self.inner
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leader
+    }
 }
