@@ -1136,6 +1136,14 @@ async fn reservation_of(
     }
 }
 
+/// Whether the reservation of buyer 1's purchase with key `key` is still held.
+async fn held(products: &SingleNodeLog<ProductMachine>, key: &str) -> bool {
+    matches!(
+        reservation_of(products, key).await.state,
+        ReservationState::Held { .. }
+    )
+}
+
 /// The record that the attempt which made `r` sent beside its confirmation lands now, late,
 /// and is refused.
 async fn assert_late_record_refused(
@@ -1203,10 +1211,7 @@ async fn a_retry_of_a_recorded_but_unconfirmed_purchase_only_confirms() {
             failed: 1
         }
     );
-    assert!(matches!(
-        reservation_of(&products.inner, "k").await.state,
-        ReservationState::Held { .. }
-    ));
+    assert!(held(&products.inner, "k").await);
     products.refusing.store(false, Ordering::SeqCst);
     pay.mode.store(1, Ordering::SeqCst);
     let p = keyed_purchase(&m, &t).await.unwrap();
@@ -1233,8 +1238,9 @@ async fn a_purchase_is_confirmed_after_it_is_answered() {
     let pay = Arc::new(Scripted::default());
     let clock = Arc::new(marketcore::clock::ManualClock::new(T0));
     let (m, t, a) = one_item_market(customers, products.clone(), pay, clock).await;
-    let m = Arc::new(m);
-    m.settle().await;
+    tokio::time::timeout(Duration::from_secs(5), m.settle())
+        .await
+        .expect("nothing to wait for");
     m.add_to_cart(&t, &add(&a, 2)).await.unwrap();
 
     // The confirmation is held at the gate: the purchase is answered all the same.
@@ -1256,22 +1262,18 @@ async fn a_purchase_is_confirmed_after_it_is_answered() {
             failed: 0
         }
     );
-    assert!(matches!(
-        reservation_of(&products.inner, "k").await.state,
-        ReservationState::Held { .. }
-    ));
-    let settled = tokio::spawn({
-        let m = Arc::clone(&m);
-        async move { m.settle().await }
-    });
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(!settled.is_finished(), "settle waits for the confirmation");
+    assert!(held(&products.inner, "k").await);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), m.settle())
+            .await
+            .is_err(),
+        "settle waits for the confirmation"
+    );
 
     products.open.notify_one();
-    tokio::time::timeout(Duration::from_secs(5), settled)
+    tokio::time::timeout(Duration::from_secs(5), m.settle())
         .await
-        .expect("settled once the confirmation landed")
-        .unwrap();
+        .expect("settled once the confirmation landed");
     assert_eq!(
         m.deferred(),
         Deferred {
@@ -1472,10 +1474,7 @@ async fn the_sweeper_confirms_recorded_purchases_before_they_lapse_and_fences_th
     products.refusing.store(false, Ordering::SeqCst);
     assert_eq!(purchases(&m, &t).await.len(), 1);
     m.tick().await.unwrap();
-    assert!(matches!(
-        reservation_of(&products.inner, "k").await.state,
-        ReservationState::Held { .. }
-    ));
+    assert!(held(&products.inner, "k").await);
     // Near its lapse the sweeper confirms it, and the lapse then changes nothing.
     clock.advance_ms(ttl - 10_000);
     m.tick().await.unwrap();

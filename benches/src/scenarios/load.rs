@@ -216,6 +216,8 @@ struct Shared {
     mix_done: AtomicU64,
     barrier: tokio::sync::Barrier,
     mix_start: OnceLock<Instant>,
+    /// Told once the mix starts (its one waiter reads the frontends' waits then).
+    mix_started: tokio::sync::Notify,
     /// Bounds concurrent account creations and logins (Argon2id, 19 MiB each).
     setup_gate: tokio::sync::Semaphore,
 }
@@ -276,6 +278,7 @@ impl Recorder {
     async fn start_mix(&mut self) {
         if self.shared.barrier.wait().await.is_leader() {
             let _ = self.shared.mix_start.set(Instant::now());
+            self.shared.mix_started.notify_one();
         }
         self.in_mix = true;
     }
@@ -622,6 +625,7 @@ pub async fn run(
         mix_done: AtomicU64::new(0),
         barrier: tokio::sync::Barrier::new(clients),
         mix_start: OnceLock::new(),
+        mix_started: tokio::sync::Notify::new(),
         setup_gate: tokio::sync::Semaphore::new(SETUP_CONCURRENCY),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -653,9 +657,7 @@ pub async fn run(
     let at_start = {
         let (shared, frontends) = (shared.clone(), frontends.clone());
         tokio::spawn(async move {
-            while shared.mix_start.get().is_none() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            shared.mix_started.notified().await;
             waits::read(&frontends).await
         })
     };
