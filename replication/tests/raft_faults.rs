@@ -1132,6 +1132,42 @@ async fn an_older_copy_of_a_replica_votes_only_after_it_caught_up() {
     votes_only_after_it_caught_up(&c, restored, holders[0], "restored").await;
 }
 
+/// Only the leader can tell a copy taken in the current term (it holds what the replica
+/// acknowledged). When its answer is late (here its messages to the restored replica are
+/// dropped for 300 ms, three election timeouts; in a real cluster its connection to the
+/// dead process may still be open), the check does not end on the followers' answers,
+/// which name that leader: it asks again until the leader answers. Ending after one
+/// election timeout on the followers' answers, it would miss the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_check_waits_for_the_leader_the_peers_name() {
+    let (c, leader, followers) = five_with_leader(38).await;
+    let restored = followers[0];
+    append(&c, leader, 8, 1).await;
+    let backup = c.backup(restored);
+    c.restart(restored);
+    for v in 2..=20u64 {
+        append(&c, leader, 8, v).await;
+    }
+    converge(&c, 20, 500).await;
+    c.hub.block(leader as u64, restored as u64);
+    c.restore(restored, backup.path());
+    c.restart(restored);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        c.node(restored).stats().older_stores,
+        0,
+        "only the leader could tell"
+    );
+    c.hub.unblock(leader as u64, restored as u64);
+    let detected = eventually(200, || c.node(restored).stats().older_stores == 1).await;
+    assert!(
+        detected,
+        "the restored replica stopped checking before the leader answered"
+    );
+    let history = converge(&c, 20, 500).await;
+    assert_eq!(history, (1..=20).collect::<Vec<u64>>());
+}
+
 /// Remote clients learn the leader from every answer (`leader_hint`, read without building
 /// the status): every replica names the one it follows, as its status does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -393,6 +393,14 @@ async fn replicas_started_with_emptied_or_older_data_directories_rejoin_and_no_c
         RoleKind::CustomerDb => c.restart_customer_db(id),
         _ => c.restart_product_db(id),
     };
+    let applied = |c: &TestCluster, id: u64| {
+        c.status()
+            .get(&format!("product-db-{id}"))
+            .map_or(0, |r| r.2)
+    };
+    // What the leader had applied when the product-db copy was taken; the copy's log ends
+    // at most a few entries (those in flight) beyond it.
+    let at_copy = applied(&c, leader);
     for (kind, id) in backups {
         let name = Cluster::cert_name(kind, id);
         c.kill9(&name);
@@ -400,6 +408,20 @@ async fn replicas_started_with_emptied_or_older_data_directories_rejoin_and_no_c
         restart(&mut c, kind, id);
     }
     wait_for_calls(ledger, 1000).await;
+    // The copied replica takes part again: it applies (so holds and acknowledged) entries
+    // well beyond the copy's end before the copy goes back. A replica that restarted too
+    // slowly to acknowledge anything new would lose nothing with the copy, and no check
+    // could tell (nor need to).
+    const BEYOND: u64 = 50;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while applied(&c, copied) <= at_copy + BEYOND {
+        assert!(
+            Instant::now() < deadline,
+            "product-db-{copied} applied nothing new after its restart: {:?}",
+            c.status()
+        );
+        sleep_ms(100).await;
+    }
     for (kind, id) in backups {
         let name = Cluster::cert_name(kind, id);
         let dir = c.cluster.replica_dir(kind, id);

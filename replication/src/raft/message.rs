@@ -75,6 +75,9 @@ pub(crate) struct StateAnswer {
     /// compares `seen_term` with it, since it may enter a later term (a peer's message)
     /// before the answer is read.
     pub(crate) asked_term: u64,
+    /// The leader the answering node knows (a transport id), if any: the asker's check
+    /// waits a while for that one's answer, the only one that holds `matched`.
+    pub(crate) leader: Option<u64>,
 }
 
 /// The answer to [`Wire::ForwardPropose`].

@@ -146,11 +146,16 @@
 //! peer has answered, or, after one election timeout, until a majority less one of them
 //! has: a vote counts only in a quorum, which holds the node and that many peers, all up,
 //! so the wait costs no election (peers that are down are not waited for), and a node
-//! started before its peers is checked by the first ones to come up. A normal restart costs
-//! a tick or two before the node may vote. A
-//! leader that believed the asker held more than its log end (raft-rs never lowers a
-//! follower's `matched`) starts probing it from there, and no longer counts it towards
-//! entries it lost. Counted by `older_stores`.
+//! started before its peers is checked by the first ones to come up. Answers name the
+//! leader their sender follows, and while that leader has not answered the check goes on
+//! asking for up to five election timeouts: only the leader holds what the node
+//! acknowledged, and its answer can be the one that is late (in a real cluster its
+//! connection to the node's dead process may still be open). A normal restart costs a tick
+//! or two before the node may vote. A leader that believed the asker held more than its
+//! log end (raft-rs never lowers a follower's `matched`) starts probing it from there, and
+//! no longer counts it towards entries it lost; it keeps, for its term, what the follower
+//! had acknowledged, and reports it to the follower's later queries too, so a check whose
+//! first answer was lost still learns it. Counted by `older_stores`.
 //!
 //! The terms seen are kept on each peer's disk (`raft_seen`, written on a tick after they
 //! grew and at an orderly stop, without fsync), so they outlive the peers' restarts; what a
@@ -169,7 +174,8 @@
 //! incarnation would close it). Tested in `tests/raft_faults.rs`
 //! (`an_older_copy_of_a_replica_votes_only_after_it_caught_up`,
 //! `an_older_copy_is_caught_after_every_replica_restarted`,
-//! `an_older_copy_started_before_its_peers_is_caught`).
+//! `an_older_copy_started_before_its_peers_is_caught`,
+//! `the_start_check_waits_for_the_leader_the_peers_name`).
 //!
 //! # Ids
 //!
@@ -512,6 +518,7 @@ impl<S: StateMachine> RaftLog<S> {
             departed: None,
             snapshotting: None,
             held: Vec::new(),
+            lost_acks: None,
             deferred: Default::default(),
             rejoin: Some(if rejoin {
                 node::Rejoin::default()

@@ -148,6 +148,11 @@ pub(crate) struct Driver<S: StateMachine> {
     pub(crate) held: Vec<Entry>,
     /// Appends held back for the followers a commit does not need (see [`Driver::send`]).
     pub(crate) deferred: Deferred,
+    /// While leading: the term, and per follower (raft id) the highest index it had
+    /// acknowledged in that term before a state query showed it lost it (its progress was
+    /// reset then). Later answers to that follower report it still, so a check whose first
+    /// answer was lost still learns it; cleared once the follower's log reaches it.
+    pub(crate) lost_acks: Option<(u64, BTreeMap<u64, u64>)>,
     /// This node may not vote or campaign yet: it has just started and checks its store
     /// against what its peers saw of it, or its store started empty or older than that.
     pub(crate) rejoin: Option<Rejoin>,
@@ -155,6 +160,10 @@ pub(crate) struct Driver<S: StateMachine> {
 
 /// Ticks between two rounds of state queries to the peers that have not answered.
 const STATE_QUERY_EVERY_TICKS: u64 = 5;
+
+/// Election timeouts a start check waits for the answer of a leader that other peers name
+/// (see [`Rejoin::leader_unheard`]).
+const CHECK_LEADER_WAIT_TIMEOUTS: u64 = 5;
 
 /// The way back to voting of a node that has just started: a short check of its store
 /// against what its peers saw of it ("Started from an older copy" in the [module
@@ -164,8 +173,9 @@ const STATE_QUERY_EVERY_TICKS: u64 = 5;
 #[derive(Debug, Default)]
 pub(crate) struct Rejoin {
     /// Only checking: the store carries no mark. The check ends once every peer answered,
-    /// or after one election timeout once a majority less one peer answered, or becomes a
-    /// catch-up if an answer shows that the store is older than what this node had done.
+    /// or after one election timeout once a majority less one peer answered (and the leader
+    /// they name, if any, or [`CHECK_LEADER_WAIT_TIMEOUTS`] passed), or becomes a catch-up
+    /// if an answer shows that the store is older than what this node had done.
     checking: bool,
     /// The peers' answers, by transport id.
     answers: BTreeMap<u64, StateAnswer>,
@@ -211,6 +221,17 @@ impl Rejoin {
         if self.checking && older && self.older.is_none() {
             self.older = Some((from, answer));
         }
+    }
+
+    /// Whether a peer named a leader (other than this node) that has not answered yet: only
+    /// a leader holds what the asker acknowledged (`matched`), the evidence of a copy taken
+    /// in the current term, and its answer can be late (its connection to the node's dead
+    /// process was still open, say).
+    fn leader_unheard(&self, me: u64) -> bool {
+        self.answers
+            .values()
+            .filter_map(|a| a.leader)
+            .any(|l| l != me && !self.answers.contains_key(&l))
     }
 
     /// The peers (transport ids) to ask now: those that have not answered, once every
@@ -555,10 +576,28 @@ impl<S: StateMachine> Driver<S> {
             matched: 0,
             asked_last_index: last_index,
             asked_term: term,
+            leader: (raft.leader_id != ::raft::INVALID_ID).then(|| raft.leader_id - 1),
         };
         if raft.state == StateRole::Leader {
+            let term_now = raft.term;
+            if self.lost_acks.as_ref().is_none_or(|(t, _)| *t != term_now) {
+                self.lost_acks = Some((term_now, BTreeMap::new()));
+            }
+            let lost = self.lost_acks.as_mut().map(|(_, l)| l);
+            let earlier = lost
+                .as_ref()
+                .and_then(|l| l.get(&asker))
+                .copied()
+                .unwrap_or(0);
             if let Some(pr) = raft.mut_prs().get_mut(asker) {
-                answer.matched = pr.matched;
+                answer.matched = pr.matched.max(earlier);
+                if let Some(l) = lost {
+                    if answer.matched > last_index {
+                        l.insert(asker, answer.matched);
+                    } else {
+                        l.remove(&asker);
+                    }
+                }
                 if pr.matched > last_index {
                     tracing::warn!(
                         node = self.config.id,
@@ -752,8 +791,11 @@ impl<S: StateMachine> Driver<S> {
             let n = peers.len() + 1;
             let quorum_peers = (n / 2 + 1) - 1;
             // The node's ticks count from its start.
+            // A named leader that has not answered is waited for a while longer.
+            let leader_waited =
+                !r.leader_unheard(me) || ticks >= CHECK_LEADER_WAIT_TIMEOUTS * timeout;
             if r.answers.len() >= peers.len()
-                || (ticks >= timeout && r.answers.len() >= quorum_peers)
+                || (ticks >= timeout && r.answers.len() >= quorum_peers && leader_waited)
             {
                 tracing::debug!(
                     node = me,
@@ -1463,6 +1505,24 @@ mod tests {
         assert!(split_batch(Vec::new()).is_empty());
     }
 
+    /// A check waits for the leader other peers name (not for itself named as one).
+    #[test]
+    fn a_check_knows_which_named_leader_has_not_answered() {
+        let answer = |leader| StateAnswer {
+            leader,
+            ..StateAnswer::default()
+        };
+        let mut r = Rejoin::check();
+        assert!(!r.leader_unheard(0));
+        r.record(1, answer(Some(3)));
+        assert!(r.leader_unheard(0));
+        r.record(2, answer(Some(0)));
+        r.record(3, answer(Some(3)));
+        assert!(!r.leader_unheard(0));
+        r.record(4, answer(None));
+        assert!(!r.leader_unheard(0));
+    }
+
     /// What proves a store older than what its node had done, and what does not.
     #[test]
     fn a_store_is_older_only_when_a_peer_saw_more_of_it() {
@@ -1474,6 +1534,7 @@ mod tests {
             matched,
             asked_last_index: 100,
             asked_term: 5,
+            leader: None,
         };
         let mut r = Rejoin::check();
         // Peers in later terms, with longer logs, that saw no more of it than it held.
