@@ -504,7 +504,8 @@ async fn replicas_started_with_emptied_or_older_data_directories_rejoin_and_no_c
     assert!(
         product.contains("store older than what a peer saw of this node")
             && product.contains("catching up before voting"),
-        "product-db-{copied}, restarted from an older copy, did not rejoin:\n{product}"
+        "product-db-{copied}, restarted from an older copy, did not rejoin:\n{product}\nleader {leader}:\n{}",
+        log(format!("product-db-{leader}"))
     );
     c.stop().await;
 }

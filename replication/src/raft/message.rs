@@ -78,6 +78,12 @@ pub(crate) struct StateAnswer {
     /// The leader the answering node knows (a transport id), if any: the asker's check
     /// waits a while for that one's answer, the only one that holds `matched`.
     pub(crate) leader: Option<u64>,
+    /// If the answering node leads: the highest index the asker had acknowledged to it in
+    /// its term before a query of the asker (this one or an earlier one) showed its log
+    /// ending below that (the leader reset its progress then). 0 if none. The asker compares
+    /// it with its log end at its start, so a check whose first answer was lost still
+    /// learns it, and a later sound start (its log end past it) is not accused.
+    pub(crate) lost: u64,
 }
 
 /// The answer to [`Wire::ForwardPropose`].

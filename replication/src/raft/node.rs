@@ -151,7 +151,8 @@ pub(crate) struct Driver<S: StateMachine> {
     /// While leading: the term, and per follower (raft id) the highest index it had
     /// acknowledged in that term before a state query showed it lost it (its progress was
     /// reset then). Later answers to that follower report it still, so a check whose first
-    /// answer was lost still learns it; cleared once the follower's log reaches it.
+    /// answer was lost still learns it (the follower compares it with the log end it
+    /// started from, so a later, sound start is not accused).
     pub(crate) lost_acks: Option<(u64, BTreeMap<u64, u64>)>,
     /// This node may not vote or campaign yet: it has just started and checks its store
     /// against what its peers saw of it, or its store started empty or older than that.
@@ -181,6 +182,9 @@ pub(crate) struct Rejoin {
     answers: BTreeMap<u64, StateAnswer>,
     /// While checking: the first answer that proved the store older, with its sender.
     older: Option<(u64, StateAnswer)>,
+    /// Where the log ended when the first queries went out (before any input): what the
+    /// disk held.
+    started_at_index: Option<u64>,
     /// The tick of the last round of queries.
     asked_at: Option<u64>,
     /// Once enough peers answered and one of them had a history: the largest term they
@@ -216,8 +220,15 @@ impl Rejoin {
     /// acknowledgement this node sent after the query before the query itself.
     fn record(&mut self, from: u64, answer: StateAnswer) {
         self.answers.insert(from, answer);
-        let older =
-            answer.seen_term > answer.asked_term || answer.matched > answer.asked_last_index;
+        // A lost acknowledgement the leader kept: an earlier query (maybe this node's first,
+        // whose answer went astray) showed the log ending below it. Compared with the disk's
+        // log end, not with later queries' (the leader's probing fills the log meanwhile).
+        let lost = self
+            .started_at_index
+            .is_some_and(|start| answer.lost > start);
+        let older = answer.seen_term > answer.asked_term
+            || answer.matched > answer.asked_last_index
+            || lost;
         if self.checking && older && self.older.is_none() {
             self.older = Some((from, answer));
         }
@@ -577,6 +588,7 @@ impl<S: StateMachine> Driver<S> {
             asked_last_index: last_index,
             asked_term: term,
             leader: (raft.leader_id != ::raft::INVALID_ID).then(|| raft.leader_id - 1),
+            lost: 0,
         };
         if raft.state == StateRole::Leader {
             let term_now = raft.term;
@@ -584,19 +596,22 @@ impl<S: StateMachine> Driver<S> {
                 self.lost_acks = Some((term_now, BTreeMap::new()));
             }
             let lost = self.lost_acks.as_mut().map(|(_, l)| l);
-            let earlier = lost
-                .as_ref()
-                .and_then(|l| l.get(&asker))
-                .copied()
-                .unwrap_or(0);
             if let Some(pr) = raft.mut_prs().get_mut(asker) {
-                answer.matched = pr.matched.max(earlier);
+                answer.matched = pr.matched;
                 if let Some(l) = lost {
-                    if answer.matched > last_index {
-                        l.insert(asker, answer.matched);
+                    // Kept for the term: a later query's log end may have grown past it
+                    // (this leader's probing), which says nothing about the store the
+                    // asker started from; the asker compares it with that store's end.
+                    let lost_now = if pr.matched > last_index {
+                        pr.matched
                     } else {
-                        l.remove(&asker);
+                        0
+                    };
+                    let kept = l.get(&asker).copied().unwrap_or(0).max(lost_now);
+                    if kept > 0 {
+                        l.insert(asker, kept);
                     }
+                    answer.lost = kept;
                 }
                 if pr.matched > last_index {
                     tracing::warn!(
@@ -758,6 +773,9 @@ impl<S: StateMachine> Driver<S> {
         let Some(r) = self.rejoin.as_mut() else {
             return Ok(());
         };
+        if r.started_at_index.is_none() {
+            r.started_at_index = Some(self.node.raft.raft_log.last_index());
+        }
         if peers.is_empty() {
             // A cluster of one: nobody else could have a history.
             self.node.mut_store().end_rejoin()?;
@@ -799,7 +817,9 @@ impl<S: StateMachine> Driver<S> {
             {
                 tracing::debug!(
                     node = me,
-                    answers = r.answers.len(),
+                    answers = ?r.answers,
+                    started_at_index = ?r.started_at_index,
+                    ticks,
                     "store checked against the peers' accounts: votes"
                 );
                 self.rejoin = None;
@@ -1535,6 +1555,7 @@ mod tests {
             asked_last_index: 100,
             asked_term: 5,
             leader: None,
+            lost: 0,
         };
         let mut r = Rejoin::check();
         // Peers in later terms, with longer logs, that saw no more of it than it held.
@@ -1548,6 +1569,19 @@ mod tests {
         let mut r = Rejoin::check();
         r.record(4, answer(0, 101));
         assert_eq!(r.older, Some((4, answer(0, 101))));
+        // A leader that kept an acknowledgement the node lost (an earlier query showed it):
+        // compared with the log end at the start, not with the later query's.
+        let mut r = Rejoin::check();
+        r.started_at_index = Some(100);
+        let kept = |lost| StateAnswer {
+            lost,
+            asked_last_index: 300,
+            ..answer(0, 0)
+        };
+        r.record(4, kept(100));
+        assert_eq!(r.older, None);
+        r.record(4, kept(101));
+        assert_eq!(r.older, Some((4, kept(101))));
         // Only a check looks for it: a rejoining node knows already.
         let mut r = Rejoin::default();
         r.record(4, answer(0, 101));
