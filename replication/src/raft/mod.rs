@@ -154,8 +154,11 @@
 //! or two before the node may vote. A leader that believed the asker held more than its
 //! log end (raft-rs never lowers a follower's `matched`) starts probing it from there, and
 //! no longer counts it towards entries it lost; it keeps, for its term, what the follower
-//! had acknowledged, and reports it to the follower's later queries too, so a check whose
-//! first answer was lost still learns it. Counted by `older_stores`.
+//! had acknowledged, and reports it to the follower's later queries too (`lost`), which
+//! the follower compares with the log end it started from: a check whose first round of
+//! answers was lost (peers answer within the dial backoff that follows a peer's death)
+//! still learns it, although its later queries carry a log the leader has filled since.
+//! Counted by `older_stores`.
 //!
 //! The terms seen are kept on each peer's disk (`raft_seen`, written on a tick after they
 //! grew and at an orderly stop, without fsync), so they outlive the peers' restarts; what a
