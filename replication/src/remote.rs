@@ -178,6 +178,14 @@ impl CallTimes {
 }
 
 impl CallTimer {
+    /// Runs `call` and counts the time it took.
+    pub async fn time<F: std::future::Future>(&self, call: F) -> F::Output {
+        let started = Instant::now();
+        let output = call.await;
+        self.record(started.elapsed());
+        output
+    }
+
     /// Counts one call that took `elapsed`.
     pub fn record(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
@@ -384,10 +392,8 @@ impl<S: StateMachine> ReplicatedLog<S> for RemoteLog<S> {
     async fn propose(&self, id: RequestId, command: S::Command) -> Result<S::Output, LogError> {
         let command =
             postcard::to_stdvec(&command).map_err(|e| LogError::Rejected(e.to_string()))?;
-        let started = Instant::now();
-        let answer = self.call(&LogRequest::Propose { id, command }).await;
-        self.proposals.record(started.elapsed());
-        match answer? {
+        let request = LogRequest::Propose { id, command };
+        match self.proposals.time(self.call(&request)).await? {
             LogResponse::Output(b, _) => {
                 postcard::from_bytes(&b).map_err(|e| LogError::Rejected(e.to_string()))
             }
@@ -404,10 +410,8 @@ impl<S: StateMachine> ReplicatedLog<S> for RemoteLog<S> {
         consistency: ReadConsistency,
     ) -> Result<S::Answer, LogError> {
         let query = postcard::to_stdvec(&query).map_err(|e| LogError::Rejected(e.to_string()))?;
-        let started = Instant::now();
-        let answer = self.call(&LogRequest::Read { query, consistency }).await;
-        self.reads.record(started.elapsed());
-        match answer? {
+        let request = LogRequest::Read { query, consistency };
+        match self.reads.time(self.call(&request)).await? {
             LogResponse::Answer(b, _) => {
                 postcard::from_bytes(&b).map_err(|e| LogError::Rejected(e.to_string()))
             }

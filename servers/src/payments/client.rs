@@ -92,9 +92,10 @@ impl PaymentService for SoapPaymentClient {
             security_code: request.security_code,
             amount_cents: request.amount_cents,
         });
-        let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(self.timeout, self.call(envelope)).await;
-        self.calls.record(started.elapsed());
+        let answer = self
+            .calls
+            .time(tokio::time::timeout(self.timeout, self.call(envelope)))
+            .await;
         let (status, body) = answer.map_err(|_| {
             PaymentError::Unavailable(format!("no answer within {:?}", self.timeout))
         })??;
