@@ -62,7 +62,8 @@
 //! exponential backoff, from [`QuicConfig::backoff_min`] doubling up to
 //! [`QuicConfig::backoff_max`]; while it runs, calls and sends to that peer fail at once with
 //! [`TransportError::Unreachable`] instead of waiting for their deadline. A successful dial
-//! resets the backoff. A call whose deadline is shorter than the dial abandons the dial and
+//! resets the backoff, and so does an authenticated connection *from* that peer (its process is
+//! evidently up and listening again). A call whose deadline is shorter than the dial abandons the dial and
 //! returns [`TransportError::Timeout`] without starting a backoff.
 //!
 //! Each endpoint's stateless-reset key is derived from the node's private key, so a node
@@ -642,6 +643,23 @@ impl Inner {
         let _ = self.peer_down_tx.send(peer);
     }
 
+    /// `peer` opened an authenticated connection to us, so its process is up and listening
+    /// now: whatever backoff its earlier death or failed dials started is over, and the next
+    /// call or message to it dials at once. Without this, a peer restarted within the
+    /// backoff that followed its death had every answer and message to it dropped until the
+    /// backoff ran out (a restarting product-db replica lost its whole first round of start
+    /// check answers this way).
+    fn heard_from(&self, peer: NodeId) {
+        let link = lock(&self.links).get(&peer).map(|(l, _)| l.clone());
+        if let Some(link) = link {
+            let mut st = lock(&link.state);
+            if st.retry_at.take().is_some() {
+                st.failures = 0;
+                tracing::debug!(peer, "peer connected to us: backoff cleared");
+            }
+        }
+    }
+
     /// The live connection to `link`'s peer, dialling if there is none (at most one dial at a
     /// time per peer; fails fast while backing off). A caller with a shorter deadline cancels
     /// this future, which abandons the dial without counting it as a failure.
@@ -1097,6 +1115,7 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) {
             return;
         }
     };
+    inner.heard_from(from);
     inner
         .runtime
         .spawn(read_messages(inner.clone(), from, hello_stream));

@@ -232,26 +232,7 @@ async fn down_peer_fails_fast_then_reconnects_after_restart() {
         }
     }
 
-    // Restart it on the same port (the old socket may take a moment to be released).
-    let mut sock = None;
-    for _ in 0..100 {
-        match UdpSocket::bind(server_addr) {
-            Ok(s) => {
-                sock = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let sock = sock.expect("rebind the server port");
-    let server = std::sync::Arc::new(
-        QuicNetwork::bind_socket(
-            config(SERVER, ca.identity("customer-db-1").expect("id"), &peers),
-            sock,
-        )
-        .expect("restart"),
-    );
-    let _msgs = serve(server.clone());
+    let _server = restart_server(server_addr, &ca, &peers).await;
 
     let mut ok = false;
     for _ in 0..100 {
@@ -271,6 +252,93 @@ async fn down_peer_fails_fast_then_reconnects_after_restart() {
         }
     }
     assert!(ok, "the client reconnected to the restarted server");
+}
+
+/// Restarts the pair's server on its old port (the old sockets may take a moment to be
+/// released) and serves it.
+async fn restart_server(
+    server_addr: SocketAddr,
+    ca: &ClusterCa,
+    peers: &BTreeMap<NodeId, PeerInfo>,
+) -> std::sync::Arc<QuicNetwork> {
+    for _ in 0..100 {
+        if let Ok(sock) = UdpSocket::bind(server_addr) {
+            let server = std::sync::Arc::new(
+                QuicNetwork::bind_socket(
+                    config(SERVER, ca.identity("customer-db-1").expect("id"), peers),
+                    sock,
+                )
+                .expect("restart"),
+            );
+            let _ = serve(server.clone());
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("could not rebind the server port");
+}
+
+#[tokio::test]
+async fn a_restarted_peer_that_connects_to_us_ends_our_backoff_at_once() {
+    let ca = generate_ca().expect("ca");
+    let (s_sock, c_sock) = (reserve(), reserve());
+    let server_addr = addr(&s_sock);
+    let mut peers = BTreeMap::new();
+    peers.insert(CLIENT, PeerInfo::server("customer-db-0", addr(&c_sock)));
+    peers.insert(SERVER, PeerInfo::server("customer-db-1", server_addr));
+    let server = std::sync::Arc::new(
+        QuicNetwork::bind_socket(
+            config(SERVER, ca.identity("customer-db-1").expect("id"), &peers),
+            s_sock,
+        )
+        .expect("server"),
+    );
+    let _ = serve(server.clone());
+    // A backoff far longer than the test, so only the fix can end it in time.
+    let mut ccfg = config(CLIENT, ca.identity("customer-db-0").expect("id"), &peers);
+    ccfg.backoff_min = Duration::from_secs(30);
+    let client = std::sync::Arc::new(QuicNetwork::bind_socket(ccfg, c_sock).expect("client"));
+    let _ = serve(client.clone());
+    let mut down = client.subscribe_peer_down().expect("deaths are reported");
+    echo_ok(&client, SERVER, "before").await;
+    for _ in 0..200 {
+        if client.watches(SERVER) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(client.watches(SERVER), "the client watches the server");
+
+    server.shutdown();
+    server.wait_idle().await;
+    drop(server);
+    let reported = tokio::time::timeout(LONG, down.recv()).await;
+    assert!(
+        matches!(reported, Ok(Ok(SERVER))),
+        "the death is reported: {reported:?}"
+    );
+    // The death started the backoff: calls fail at once.
+    match client.call(SERVER, Bytes::from_static(b"x"), LONG).await {
+        Err(TransportError::Unreachable(SERVER, why)) => {
+            assert!(why.contains("backing off"), "{why}")
+        }
+        other => panic!("expected Unreachable while backing off, got {other:?}"),
+    }
+
+    let server = restart_server(server_addr, &ca, &peers).await;
+    // The new incarnation speaks first (a restarted replica asking its peers).
+    echo_ok(&server, CLIENT, "hello again").await;
+    // The client answers it at once, well inside its 30 s backoff.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.call(SERVER, Bytes::from_static(b"after"), LONG),
+    )
+    .await
+    .expect("no wait for the backoff");
+    assert_eq!(
+        answer.expect("the call after the peer connected"),
+        Bytes::from(format!("echo{CLIENT}:after"))
+    );
 }
 
 /// A UDP forwarder standing between a client and a server, so a test can make the server
