@@ -76,7 +76,7 @@ struct Pair {
     peers: BTreeMap<NodeId, PeerInfo>,
     server_addr: SocketAddr,
     server: std::sync::Arc<QuicNetwork>,
-    client: QuicNetwork,
+    client: std::sync::Arc<QuicNetwork>,
     server_msgs: mpsc::UnboundedReceiver<(NodeId, Bytes)>,
 }
 
@@ -85,7 +85,7 @@ const CLIENT: NodeId = 1;
 
 /// Server `customer-db-1` (id 2) and client `customer-db-0` (id 1), both listening;
 /// `frontend-0` (id 9) is a client-only identity and `seller-1` (id 7) another server name.
-fn pair_with(server_frame_max: usize) -> Pair {
+fn pair_with(adjust: impl FnOnce(&mut QuicConfig, &mut QuicConfig)) -> Pair {
     let ca = generate_ca().expect("ca");
     let (s_sock, c_sock) = (reserve(), reserve());
     let server_addr = addr(&s_sock);
@@ -98,14 +98,11 @@ fn pair_with(server_frame_max: usize) -> Pair {
     );
     peers.insert(9, PeerInfo::client_only("frontend-0"));
     let mut scfg = config(SERVER, ca.identity("customer-db-1").expect("id"), &peers);
-    scfg.frame_size_bytes_max = server_frame_max;
+    let mut ccfg = config(CLIENT, ca.identity("customer-db-0").expect("id"), &peers);
+    adjust(&mut scfg, &mut ccfg);
     let server = std::sync::Arc::new(QuicNetwork::bind_socket(scfg, s_sock).expect("server"));
     let server_msgs = serve(server.clone());
-    let client = QuicNetwork::bind_socket(
-        config(CLIENT, ca.identity("customer-db-0").expect("id"), &peers),
-        c_sock,
-    )
-    .expect("client");
+    let client = std::sync::Arc::new(QuicNetwork::bind_socket(ccfg, c_sock).expect("client"));
     Pair {
         ca,
         peers,
@@ -117,7 +114,7 @@ fn pair_with(server_frame_max: usize) -> Pair {
 }
 
 fn pair() -> Pair {
-    pair_with(16 * 1024 * 1024)
+    pair_with(|_, _| {})
 }
 
 async fn echo_ok(net: &QuicNetwork, to: NodeId, body: &str) {
@@ -254,6 +251,17 @@ async fn down_peer_fails_fast_then_reconnects_after_restart() {
     assert!(ok, "the client reconnected to the restarted server");
 }
 
+/// Waits (up to 2 s) until `net` keeps a liveness sentinel open to `peer`.
+async fn wait_until_watched(net: &QuicNetwork, peer: NodeId) {
+    for _ in 0..200 {
+        if net.watches(peer) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no liveness sentinel to {peer} after 2 s");
+}
+
 /// Restarts the pair's server on its old port (the old sockets may take a moment to be
 /// released) and serves it.
 async fn restart_server(
@@ -280,34 +288,19 @@ async fn restart_server(
 
 #[tokio::test]
 async fn a_restarted_peer_that_connects_to_us_ends_our_backoff_at_once() {
-    let ca = generate_ca().expect("ca");
-    let (s_sock, c_sock) = (reserve(), reserve());
-    let server_addr = addr(&s_sock);
-    let mut peers = BTreeMap::new();
-    peers.insert(CLIENT, PeerInfo::server("customer-db-0", addr(&c_sock)));
-    peers.insert(SERVER, PeerInfo::server("customer-db-1", server_addr));
-    let server = std::sync::Arc::new(
-        QuicNetwork::bind_socket(
-            config(SERVER, ca.identity("customer-db-1").expect("id"), &peers),
-            s_sock,
-        )
-        .expect("server"),
-    );
-    let _ = serve(server.clone());
     // A backoff far longer than the test, so only the fix can end it in time.
-    let mut ccfg = config(CLIENT, ca.identity("customer-db-0").expect("id"), &peers);
-    ccfg.backoff_min = Duration::from_secs(30);
-    let client = std::sync::Arc::new(QuicNetwork::bind_socket(ccfg, c_sock).expect("client"));
+    let Pair {
+        server,
+        server_addr,
+        ca,
+        peers,
+        client,
+        ..
+    } = pair_with(|_, client| client.backoff_min = Duration::from_secs(30));
     let _ = serve(client.clone());
     let mut down = client.subscribe_peer_down().expect("deaths are reported");
     echo_ok(&client, SERVER, "before").await;
-    for _ in 0..200 {
-        if client.watches(SERVER) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(client.watches(SERVER), "the client watches the server");
+    wait_until_watched(&client, SERVER).await;
 
     server.shutdown();
     server.wait_idle().await;
@@ -545,7 +538,7 @@ async fn plaintext_garbage_is_ignored() {
 
 #[tokio::test]
 async fn oversized_frames_are_refused() {
-    let mut p = pair_with(1024);
+    let mut p = pair_with(|server, _| server.frame_size_bytes_max = 1024);
     // Over our own limit: refused locally, nothing sent.
     let mut small = config(9, p.ca.identity("frontend-0").expect("id"), &p.peers);
     small.frame_size_bytes_max = 16;
@@ -1017,11 +1010,8 @@ async fn kill_during_call(
         .call(SERVER, Bytes::from_static(b"ping"), LONG)
         .await
         .expect("ping");
-    for _ in 0..200 {
-        if !liveness || client.watches(SERVER) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if liveness {
+        wait_until_watched(&client, SERVER).await;
     }
     assert_eq!(client.watches(SERVER), liveness);
     let server_addr = peers[&SERVER].addr.expect("server address");
