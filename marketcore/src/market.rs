@@ -1612,7 +1612,9 @@ impl Market {
                 },
             )
             .await?;
-        Ok(Purchases { purchases })
+        Ok(Purchases {
+            purchases: purchases.into_iter().map(Arc::unwrap_or_clone).collect(),
+        })
     }
 
     /// `POST /v1/buyers/me/feedback` (204). Never bought: `not_purchased`; second time:

@@ -30,6 +30,7 @@
 //! the snapshot), so replicas cannot disagree about it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use replication::{SnapshotError, StateMachine};
 use serde::{Deserialize, Serialize};
@@ -632,8 +633,9 @@ pub enum CustomerAnswer {
     Session(Option<SessionInfo>),
     /// The working cart (`None`: no such buyer).
     Cart(Option<Cart>),
-    /// Newest first (`None`: no such buyer).
-    Purchases(Option<Vec<Purchase>>),
+    /// Newest first (`None`: no such buyer). Shared with the state, so a read of a long
+    /// history copies no purchase (an `Arc` is encoded as what it points to).
+    Purchases(Option<Vec<Arc<Purchase>>>),
     /// `None`: no such seller.
     Rating(Option<Rating>),
     /// `None`: no such seller.
@@ -700,7 +702,7 @@ pub struct CustomerMachine {
     sessions: BTreeMap<String, Session>,
     /// `(last_active_ms, token)`, to end idle sessions in order.
     session_idle: BTreeSet<(u64, String)>,
-    purchases: BTreeMap<PurchaseId, (BuyerId, Purchase)>,
+    purchases: BTreeMap<PurchaseId, (BuyerId, Arc<Purchase>)>,
     /// (reservation id, reserved at) -> the purchase recorded for it.
     purchase_by_reservation: BTreeMap<(u64, u64), PurchaseId>,
     /// Reservation id -> (attempt, claimed at): the attempt that may record it before its
@@ -1237,7 +1239,7 @@ impl CustomerMachine {
             return Ok(None);
         };
         match self.purchases.get(pid) {
-            Some((owner, p)) if *owner == buyer => Ok(Some(p.clone())),
+            Some((owner, p)) if *owner == buyer => Ok(Some(Purchase::clone(p))),
             _ => Err(MarketError::invalid(
                 "reservation_id",
                 "belongs to another purchase",
@@ -1292,7 +1294,8 @@ impl CustomerMachine {
             total_cents,
             lines,
         };
-        self.purchases.insert(id, (buyer, purchase.clone()));
+        self.purchases
+            .insert(id, (buyer, Arc::new(purchase.clone())));
         self.purchase_by_reservation.insert(reservation, id);
         Ok(CustomerOutput::Purchase(purchase))
     }

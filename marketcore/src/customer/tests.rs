@@ -299,6 +299,19 @@ fn purchases_are_recorded_once_per_reservation_and_gate_feedback() {
         }
         other => panic!("{other:?}"),
     }
+    // A read shares the recorded purchases instead of copying them (a long history is read
+    // often), and they travel as the plain purchases they are.
+    let (CustomerAnswer::Purchases(Some(a)), CustomerAnswer::Purchases(Some(b2))) = (
+        m.query(&CustomerQuery::Purchases { buyer: b }),
+        m.query(&CustomerQuery::Purchases { buyer: b }),
+    ) else {
+        panic!("no history")
+    };
+    assert!(a.iter().zip(&b2).all(|(x, y)| Arc::ptr_eq(x, y)));
+    assert_eq!(
+        postcard::to_stdvec(&a).unwrap(),
+        postcard::to_stdvec(&a.iter().map(|p| Purchase::clone(p)).collect::<Vec<_>>()).unwrap()
+    );
     match m.query(&CustomerQuery::Seller { seller: s }) {
         CustomerAnswer::Seller(Some(sum)) => assert_eq!(sum.items_sold, 7),
         other => panic!("{other:?}"),
