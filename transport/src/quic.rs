@@ -62,9 +62,9 @@
 //! exponential backoff, from [`QuicConfig::backoff_min`] doubling up to
 //! [`QuicConfig::backoff_max`]; while it runs, calls and sends to that peer fail at once with
 //! [`TransportError::Unreachable`] instead of waiting for their deadline. A successful dial
-//! resets the backoff, and so does an authenticated connection *from* that peer (its process is
-//! evidently up and listening again). A call whose deadline is shorter than the dial abandons the dial and
-//! returns [`TransportError::Timeout`] without starting a backoff.
+//! resets the backoff, and so does an authenticated connection *from* that peer (its process
+//! is evidently up and listening again). A call whose deadline is shorter than the dial
+//! abandons the dial and returns [`TransportError::Timeout`] without starting a backoff.
 //!
 //! Each endpoint's stateless-reset key is derived from the node's private key, so a node
 //! restarted on the same address answers packets of its previous incarnation's connections
