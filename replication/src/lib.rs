@@ -72,8 +72,10 @@ pub mod raft;
 pub mod remote;
 pub mod single;
 pub mod state_machine;
+pub mod stopped;
 pub mod storage;
 
 pub use log::{Envelope, LogError, LogStatus, ReadConsistency, ReplicatedLog, RequestId, Role};
 pub use single::SingleNodeLog;
 pub use state_machine::{Payload, SnapshotError, StateMachine};
+pub use stopped::Stopped;

@@ -156,3 +156,22 @@ async fn stale_reads_are_local_and_barriers_see_writes() {
     }
     assert!(stopped, "shutdown did not stop the member");
 }
+
+/// A member's `stopped` signal stays unresolved while its loop runs and resolves once it has
+/// ended (here by `shutdown`; a storage error or a panic end it the same way, see
+/// `replication::stopped`), so a process serving the member can exit with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_says_when_its_loop_has_stopped() {
+    let group = Group::start();
+    let log = group.log(1);
+    let stopped = log.stopped();
+    log.propose(RequestId { client: 1, seq: 1 }, TestCommand::Append(7))
+        .await
+        .expect("propose");
+    assert!(!stopped.has_stopped(), "running");
+    log.shutdown();
+    tokio::time::timeout(std::time::Duration::from_secs(5), stopped.wait())
+        .await
+        .expect("stopped after shutdown");
+    assert!(stopped.has_stopped());
+}

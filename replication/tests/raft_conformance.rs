@@ -27,3 +27,20 @@ async fn five_lease() -> Cluster {
 async fn lease_reads_see_acknowledged_writes() {
     replication::conformance::linearizable_reads(five_lease().await).await;
 }
+
+/// A replica's `stopped` signal stays unresolved while its Ready loop runs and resolves once
+/// it has ended (here by `shutdown`; a storage error or a panic end it the same way, see
+/// `replication::stopped`), so a process serving the replica can exit with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_says_when_its_loop_has_stopped() {
+    let cluster = five().await;
+    let (leader, _) = cluster.wait_leader(200).await.expect("a leader");
+    let log = cluster.node(leader);
+    let stopped = log.stopped();
+    assert!(!stopped.has_stopped(), "running");
+    cluster.crash(leader);
+    tokio::time::timeout(std::time::Duration::from_secs(5), stopped.wait())
+        .await
+        .expect("stopped after shutdown");
+    assert!(stopped.has_stopped());
+}

@@ -84,6 +84,7 @@ use crate::log::{
     DEFAULT_PROPOSE_TIMEOUT,
 };
 use crate::state_machine::StateMachine;
+use crate::stopped::{Running, Stopped};
 use crate::storage::{self, blocking, isolated, off_loop};
 
 /// The raft-engine group holding the journal of Requests and Sequences.
@@ -246,6 +247,7 @@ pub struct AbcastLog<S: StateMachine> {
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
     driver: DriverCell<S>,
     task: Option<tokio::task::JoinHandle<()>>,
+    stopped: Stopped,
 }
 
 impl<S: StateMachine> Drop for AbcastLog<S> {
@@ -346,7 +348,15 @@ impl<S: StateMachine> AbcastLog<S> {
             served: None,
         };
         let driver: DriverCell<S> = Arc::new(Mutex::new(Some(driver)));
-        let task = runtime.spawn(drive(Arc::clone(&driver), cmd_rx, stop_rx, network, tick));
+        let (running, stopped) = crate::stopped::signal();
+        let task = runtime.spawn(drive(
+            Arc::clone(&driver),
+            cmd_rx,
+            stop_rx,
+            network,
+            tick,
+            running,
+        ));
         Ok(Self {
             cfg,
             shared,
@@ -354,7 +364,14 @@ impl<S: StateMachine> AbcastLog<S> {
             shutdown: Mutex::new(Some(stop_tx)),
             driver,
             task: Some(task),
+            stopped,
         })
+    }
+
+    /// Resolves once the member's loop has ended for good: after [`AbcastLog::shutdown`], a
+    /// storage error or a panic in it. A process serving this member should exit then.
+    pub fn stopped(&self) -> Stopped {
+        self.stopped.clone()
     }
 
     /// Stops the member without waiting (dropping the last handle also stops it, and waits
@@ -825,7 +842,10 @@ async fn drive<S: StateMachine>(
     mut stop: oneshot::Receiver<()>,
     network: Arc<dyn Network>,
     tick: Duration,
+    running: Running,
 ) {
+    // Dropped however this ends (return, panic, abort): tells `AbcastLog::stopped`.
+    let _running = running;
     // The next tick: every `tick` while the core has timed work, at its next heartbeat
     // while it is quiet (an idle member wakes for heartbeats only).
     let mut next_tick = tokio::time::Instant::now() + tick;

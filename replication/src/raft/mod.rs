@@ -391,6 +391,7 @@ pub struct RaftLog<S: StateMachine> {
     inner: Arc<Inner<S>>,
     driver: node::DriverCell<S>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    stopped: crate::Stopped,
 }
 
 pub(crate) fn to_node(raft_id: u64) -> NodeId {
@@ -529,7 +530,8 @@ impl<S: StateMachine> RaftLog<S> {
                 node::Rejoin::check()
             }),
         })));
-        let ready_loop = runtime.spawn(node::drive(Arc::clone(&driver), rx, tick));
+        let (running, stopped) = crate::stopped::signal();
+        let ready_loop = runtime.spawn(node::drive(Arc::clone(&driver), rx, tick, running));
         let inner = Arc::new(Inner {
             config,
             shared,
@@ -548,7 +550,15 @@ impl<S: StateMachine> RaftLog<S> {
             inner,
             driver,
             tasks: Mutex::new(tasks),
+            stopped,
         }))
+    }
+
+    /// Resolves once the replica's Ready loop has ended for good: after
+    /// [`RaftLog::shutdown`], a storage error or a panic in it. A process serving this
+    /// replica should exit then.
+    pub fn stopped(&self) -> crate::Stopped {
+        self.stopped.clone()
     }
 
     /// This replica's transport id.

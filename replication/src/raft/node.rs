@@ -305,7 +305,10 @@ pub(crate) async fn drive<S: StateMachine>(
     cell: DriverCell<S>,
     mut rx: mpsc::UnboundedReceiver<Input<S>>,
     tick: Duration,
+    running: crate::stopped::Running,
 ) {
+    // Dropped however this ends (return, panic, abort): tells `RaftLog::stopped`.
+    let _running = running;
     // A starting node asks its peers about itself before it handles any input, so that its
     // queries carry where its log ended on disk: what it acknowledged beyond that, it
     // acknowledged in an earlier incarnation (see `Rejoin::record`).

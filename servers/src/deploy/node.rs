@@ -19,7 +19,7 @@ use marketcore::customer::{CustomerConfig, CustomerMachine};
 use marketcore::product::{ProductConfig, ProductMachine};
 use replication::abcast::{AbcastConfig, AbcastLog};
 use replication::raft::{RaftConfig, RaftLog};
-use replication::{ReplicatedLog, StateMachine};
+use replication::{ReplicatedLog, StateMachine, Stopped};
 use transport::certs;
 use transport::quic::{PeerInfo, QuicConfig, QuicError, QuicNetwork};
 use transport::Network;
@@ -91,16 +91,27 @@ fn bind(config: QuicConfig) -> Result<QuicNetwork, QuicError> {
 /// How long [`bind`] keeps trying an address in use.
 const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Serves `log` to the frontends until SIGINT/SIGTERM, or until the log itself stops (a
+/// storage error, a panic in its task): then this returns an error, so the process exits and
+/// does not linger as a replica that answers nothing useful while its liveness listener
+/// tells its peers it is alive and its supervisor sees nothing to restart.
 async fn serve_until_signal<S: StateMachine>(
     client_net: Arc<QuicNetwork>,
     log: Arc<dyn ReplicatedLog<S>>,
-) {
+    stopped: Stopped,
+) -> Result<(), String> {
     let serving = replication::remote::serve::<S>(client_net.clone() as Arc<dyn Network>, log);
-    tokio::select! {
-        _ = serving => {}
-        _ = crate::http::shutdown_signal() => {}
-    }
+    let result = tokio::select! {
+        _ = serving => Ok(()),
+        _ = crate::http::shutdown_signal() => Ok(()),
+        () = stopped.wait() => Err(
+            "the replicated log stopped (the reason is logged above); exiting so that a \
+             supervisor can start this replica again"
+                .to_string(),
+        ),
+    };
     client_net.shutdown();
+    result
 }
 
 /// Runs one database replica until SIGINT/SIGTERM.
@@ -119,7 +130,11 @@ pub async fn run(cluster: Cluster, db: RoleKind, id: u64) -> Result<(), String> 
             )
             .map_err(|e| format!("customer-db {id}: {e}"))?;
             tracing::info!(id, dir = %dir.display(), "customer-db replica up");
-            serve_until_signal::<CustomerMachine>(client_net, Arc::new(log)).await;
+            let stopped = log.stopped();
+            let served =
+                serve_until_signal::<CustomerMachine>(client_net, Arc::new(log), stopped).await;
+            peer_net.shutdown();
+            served?;
         }
         RoleKind::ProductDb => {
             let ids: Vec<u64> = cluster.product_db.iter().map(|r| r.id).collect();
@@ -135,11 +150,13 @@ pub async fn run(cluster: Cluster, db: RoleKind, id: u64) -> Result<(), String> 
             )
             .map_err(|e| format!("product-db {id}: {e}"))?;
             tracing::info!(id, dir = %dir.display(), "product-db replica up");
-            serve_until_signal::<ProductMachine>(client_net, log.clone()).await;
+            let served =
+                serve_until_signal::<ProductMachine>(client_net, log.clone(), log.stopped()).await;
             log.shutdown();
+            peer_net.shutdown();
+            served?;
         }
         other => return Err(format!("{} is not a database", other.name())),
     }
-    peer_net.shutdown();
     Ok(())
 }
