@@ -368,8 +368,9 @@ impl<S: StateMachine> AbcastLog<S> {
         })
     }
 
-    /// Resolves once the member's loop has ended for good: after [`AbcastLog::shutdown`], a
-    /// storage error or a panic in it. A process serving this member should exit then.
+    /// A signal whose [`Stopped::wait`] resolves once the member's loop has ended for good:
+    /// after [`AbcastLog::shutdown`], a storage error or a panic in it. A process serving this
+    /// member should exit then.
     pub fn stopped(&self) -> Stopped {
         self.stopped.clone()
     }

@@ -554,9 +554,9 @@ impl<S: StateMachine> RaftLog<S> {
         }))
     }
 
-    /// Resolves once the replica's Ready loop has ended for good: after
-    /// [`RaftLog::shutdown`], a storage error or a panic in it. A process serving this
-    /// replica should exit then.
+    /// A signal whose [`Stopped::wait`](crate::Stopped::wait) resolves once the replica's
+    /// Ready loop has ended for good: after [`RaftLog::shutdown`], a storage error or a panic
+    /// in it. A process serving this replica should exit then.
     pub fn stopped(&self) -> crate::Stopped {
         self.stopped.clone()
     }
