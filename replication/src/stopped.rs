@@ -4,7 +4,7 @@
 //! A process that serves a replica must not outlive its log: one whose log task ended but whose
 //! RPC server and liveness listener stay up looks alive to its peers (they notice it only by
 //! its silence) and to its supervisor (which restarts only processes that exit). So the task
-//! holds a [`Running`] and the process waits on [`Stopped`] beside its other work: dropping
+//! holds a `Running` and the process waits on [`Stopped`] beside its other work: dropping
 //! the `Running` (the task returned, unwound or was aborted) resolves every `Stopped`.
 
 use tokio::sync::watch;
@@ -13,7 +13,7 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub(crate) struct Running(#[allow(dead_code)] watch::Sender<()>);
 
-/// Resolves once the matching [`Running`] is gone; cheap to clone.
+/// Resolves once the log task's matching `Running` is gone; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Stopped(watch::Receiver<()>);
 
