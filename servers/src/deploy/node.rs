@@ -119,7 +119,7 @@ pub async fn run(cluster: Cluster, db: RoleKind, id: u64) -> Result<(), String> 
     let (peer_net, client_net) = networks(&cluster, db, id)?;
     let dir = cluster.replica_dir(db, id);
     let n = replicas(&cluster, db).len() as u64;
-    match db {
+    let served = match db {
         RoleKind::CustomerDb => {
             let machine = CustomerMachine::new(customer_config(&cluster));
             let log = AbcastLog::open(
@@ -131,10 +131,7 @@ pub async fn run(cluster: Cluster, db: RoleKind, id: u64) -> Result<(), String> 
             .map_err(|e| format!("customer-db {id}: {e}"))?;
             tracing::info!(id, dir = %dir.display(), "customer-db replica up");
             let stopped = log.stopped();
-            let served =
-                serve_until_signal::<CustomerMachine>(client_net, Arc::new(log), stopped).await;
-            peer_net.shutdown();
-            served?;
+            serve_until_signal::<CustomerMachine>(client_net, Arc::new(log), stopped).await
         }
         RoleKind::ProductDb => {
             let ids: Vec<u64> = cluster.product_db.iter().map(|r| r.id).collect();
@@ -153,10 +150,10 @@ pub async fn run(cluster: Cluster, db: RoleKind, id: u64) -> Result<(), String> 
             let served =
                 serve_until_signal::<ProductMachine>(client_net, log.clone(), log.stopped()).await;
             log.shutdown();
-            peer_net.shutdown();
-            served?;
+            served
         }
         other => return Err(format!("{} is not a database", other.name())),
-    }
-    Ok(())
+    };
+    peer_net.shutdown();
+    served
 }
